@@ -1,0 +1,5 @@
+import sys
+
+from cosyml.cli import main
+
+sys.exit(main())

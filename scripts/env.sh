@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Build (once) and activate the project's Python environment.
+#
+# The virtualenv lives outside the clone, keyed by a hash of the pinned dependencies (pyproject.toml's
+# dependency lists and constraints.txt), so a fresh machine builds it from nothing and later runs
+# reuse it:  ${COSYML_ENV_ROOT:-~/.cache/cosyml}/venv-<hash>.     Use:  source scripts/env.sh
+set -euo pipefail
+_repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+_py="${COSYML_PYTHON:-python3.11}"
+command -v "$_py" >/dev/null 2>&1 || _py=python3
+_root="${COSYML_ENV_ROOT:-$HOME/.cache/cosyml}"
+mkdir -p "$_root"
+_reqs="$("$_py" - "$_repo/pyproject.toml" <<'PY'
+import sys, tomllib
+meta = tomllib.load(open(sys.argv[1], "rb"))["project"]
+print("\n".join(meta["dependencies"] + meta["optional-dependencies"]["dev"]))
+PY
+)"
+_key="$( (echo "$_reqs"; cat "$_repo/constraints.txt") | sha256sum | cut -c1-16)"
+COSYML_VENV="$_root/venv-$_key"
+
+if ! command -v ffmpeg >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "[env] installing ffmpeg (decodes audio formats libsndfile cannot read)"
+  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg >/dev/null) \
+    || echo "[env] ffmpeg could not be installed; m4a/aac/wma input will be rejected as undecodable"
+fi
+
+(
+  flock 9  # one builder at a time; others wait and then reuse the result
+  if [ ! -f "$COSYML_VENV/.complete" ]; then
+    echo "[env] building $COSYML_VENV (first run on this machine: a few minutes)"
+    rm -rf "$COSYML_VENV"
+    "$_py" -m venv "$COSYML_VENV"
+    echo "$_reqs" > "$COSYML_VENV/requirements.txt"
+    { "$COSYML_VENV/bin/pip" install -q --upgrade pip "setuptools>=68" wheel \
+      && "$COSYML_VENV/bin/pip" install -q -c "$_repo/constraints.txt" -r "$COSYML_VENV/requirements.txt"; } \
+      2>&1 | grep -v "^WARNING: Location" || true
+    "$COSYML_VENV/bin/python" -c "import torch, mlflow, dvc, whisper, onnxruntime" # fail loudly on a broken build
+    touch "$COSYML_VENV/.complete"
+  fi
+) 9>"$_root/.build.lock"
+# The package itself comes from this clone (a few seconds), so the cached venv never holds stale code.
+"$COSYML_VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$_repo" >/dev/null 2>&1
+export PATH="$COSYML_VENV/bin:$PATH"
+export COSYML_VENV
+export DVC_NO_ANALYTICS=1
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
+set +eu
