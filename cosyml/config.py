@@ -62,6 +62,8 @@ class ExtractConfig:
     batch_size: int = 16
     num_threads: int = 0  # onnxruntime intra-op threads; 0 = onnxruntime's default
     device: str = "auto"  # "auto" (CUDA provider when present), "cpu" or "cuda"
+    checkpoint_every: int = 200  # utterances between atomic writes of the resume cache
+    io_workers: int = 2  # threads that read and resample audio while the models run
 
 
 @dataclass(frozen=True)
@@ -70,6 +72,7 @@ class ShardsConfig:
 
     utts_per_shard: int = 1000
     min_shards: int = 1  # raise to (ranks x workers) to keep every reader busy without duplication
+    absolute_paths: bool = False  # data.list entries relative to the list file (True for upstream's trainer)
 
 
 @dataclass(frozen=True)

@@ -99,6 +99,19 @@ class StageRun:
             mlflow.log_dict(data, artifact_file)
 
 
+def _use_experiment(name: str) -> None:
+    """Select (creating if needed) the experiment. With a local sqlite store, artifacts go to
+    ``mlruns/`` beside the database file rather than beside whatever the working directory is."""
+    import mlflow
+
+    uri = mlflow.get_tracking_uri()
+    if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
+        db = Path(uri.removeprefix("sqlite:///"))
+        with contextlib.suppress(mlflow.exceptions.MlflowException):  # another process created it first
+            mlflow.create_experiment(name, artifact_location=(db.parent / "mlruns").resolve().as_uri())
+    mlflow.set_experiment(name)
+
+
 @contextlib.contextmanager
 def stage_run(
     stage: str,
@@ -116,7 +129,7 @@ def stage_run(
     mlflow.set_tracking_uri(default_tracking_uri())
     if not os.environ.get("MLFLOW_RUN_ID"):
         # Under `mlflow run` the run already exists (in the experiment the user chose): join it.
-        mlflow.set_experiment(f"cosyml/{speaker}")
+        _use_experiment(f"cosyml/{speaker}")
     tags = {
         "cosyml.stage": stage,
         "cosyml.speaker": speaker,

@@ -66,7 +66,7 @@ def _construct_node(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
     return None if value == "" else value
 
 
-def _make_tag_constructor(kind: str):  # noqa: ANN202 - yaml constructor signature
+def _make_tag_constructor(kind: str):
     def construct(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Tagged:
         return Tagged(kind=kind, target=suffix, args=_construct_node(loader, node))
 
@@ -164,7 +164,7 @@ def read_model_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -
     if not path.is_file():
         raise ModelDirError(f"{path}: model yaml not found; the model directory needs cosyvoice2.yaml or cosyvoice3.yaml")
     try:
-        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
