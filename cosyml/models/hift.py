@@ -1,0 +1,339 @@
+"""HiFT vocoder of CosyVoice2: 80-bin log-mel at 50 frames/s -> 24 kHz waveform.
+
+A neural-source-filter + iSTFT generator ("HiFTNet"): an f0 predictor reads the mel, a harmonic
+source turns f0 into an excitation signal, its STFT is injected at every upsampling stage of a
+HiFi-GAN-style generator, and the generator predicts an 18-channel (n_fft 16) log-magnitude / phase
+spectrogram that an inverse STFT turns into audio. Each mel frame becomes
+``prod(upsample_rates) * hop_len`` = 8·5·3·4 = 480 samples.
+
+The module's state dict is exactly the official ``hift.pt`` layout (328 keys for CosyVoice2, weight
+norm as ``parametrizations.weight.original0/1``). Load ``hift.pt`` with
+``cosyml.models.modeldir.load_strict(model, path, part="hift")``, which also accepts the ``generator.``
+prefix and the old ``weight_g``/``weight_v`` spelling. Shapes: ``B`` batch, ``T`` mel frames, ``L = 480 T`` samples.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cosyml.errors import ModelDirError
+from cosyml.models.hift_parts import (
+    F0Predictor,
+    HarmonicSource,
+    SnakeResBlock,
+    SourceNoise,
+    fold_weight_norm,
+    weight_normed,
+)
+from cosyml.models.yaml_io import Tagged
+
+__all__ = [
+    "HiFT",
+    "HiFTConfig",
+    "SourceNoise",
+    "build_hift",
+    "fold_weight_norm",
+    "hift_config_from_yaml",
+]
+
+SUPPORTED_CLASS = "HiFTGenerator"
+SUPPORTED_F0_CLASS = "ConvRNNF0Predictor"
+
+
+@dataclass(frozen=True)
+class HiFTConfig:
+    """Hyperparameters of the v2 HiFT vocoder. Defaults are those of ``CosyVoice2-0.5B``."""
+
+    in_channels: int = 80
+    base_channels: int = 512
+    nb_harmonics: int = 8
+    sampling_rate: int = 24000
+    nsf_alpha: float = 0.1  # sine amplitude
+    nsf_sigma: float = 0.003  # noise std in voiced frames
+    nsf_voiced_threshold: float = 10.0  # Hz; f0 at or below is unvoiced
+    upsample_rates: tuple[int, ...] = (8, 5, 3)
+    upsample_kernel_sizes: tuple[int, ...] = (16, 11, 7)
+    n_fft: int = 16
+    hop_len: int = 4
+    resblock_kernel_sizes: tuple[int, ...] = (3, 7, 11)
+    resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    source_resblock_kernel_sizes: tuple[int, ...] = (7, 7, 11)
+    source_resblock_dilation_sizes: tuple[tuple[int, ...], ...] = ((1, 3, 5), (1, 3, 5), (1, 3, 5))
+    lrelu_slope: float = 0.1
+    audio_limit: float = 0.99
+    f0_num_class: int = 1
+    f0_in_channels: int = 80
+    f0_cond_channels: int = 512
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per mel frame (480 for CosyVoice2)."""
+        total = self.hop_len
+        for rate in self.upsample_rates:
+            total *= rate
+        return total
+
+    def channels(self, stage: int) -> int:
+        """Channels after upsampling stage ``stage`` (0-based): base / 2^(stage+1)."""
+        return self.base_channels // (2 ** (stage + 1))
+
+
+@dataclass
+class _YamlReader:
+    node: Tagged
+    where: str
+
+    def get(self, key: str, kind: type, default: Any) -> Any:
+        value = self.node.get(key, default)
+        try:
+            if kind is tuple:
+                return tuple(tuple(v) if isinstance(v, list) else v for v in value)
+            return kind(value)
+        except (TypeError, ValueError):
+            raise ModelDirError(
+                f"{self.where}: '{key}' = {value!r} is not a valid {kind.__name__}; restore the official yaml"
+            ) from None
+
+
+def hift_config_from_yaml(config: Mapping[str, Any] | Tagged, path: str | Path = "model yaml") -> HiFTConfig:
+    """Read the ``hift`` node of a model-dir yaml parsed by ``read_model_yaml`` into a :class:`HiFTConfig`.
+
+    ``config`` is the whole parsed yaml (a dict with a ``hift`` entry) or the ``hift`` node itself.
+    Missing keys take upstream's constructor defaults only where the official yaml always sets them.
+    """
+    node = config if isinstance(config, Tagged) else config.get("hift")
+    if not isinstance(node, Tagged):
+        raise ModelDirError(f"{path}: missing 'hift' section (a '!new:' node); restore the official yaml")
+    if node.class_name != SUPPORTED_CLASS:
+        raise ModelDirError(
+            f"{path}: hift is {node.class_name}; cosyml supports {SUPPORTED_CLASS} (CosyVoice2) for this vocoder"
+        )
+    where = f"{path}: hift"
+    read = _YamlReader(node, where)
+    istft = node.get("istft_params") or {}
+    f0_node = node.get("f0_predictor")
+    if not isinstance(f0_node, Tagged) or f0_node.class_name != SUPPORTED_F0_CLASS:
+        found = f0_node.class_name if isinstance(f0_node, Tagged) else f0_node
+        raise ModelDirError(f"{where}.f0_predictor is {found!r}; expected {SUPPORTED_F0_CLASS}")
+    f0 = _YamlReader(f0_node, f"{where}.f0_predictor")
+    defaults = HiFTConfig()
+    cfg = HiFTConfig(
+        in_channels=read.get("in_channels", int, 80),
+        base_channels=read.get("base_channels", int, 512),
+        nb_harmonics=read.get("nb_harmonics", int, 8),
+        sampling_rate=read.get("sampling_rate", int, 22050),
+        nsf_alpha=read.get("nsf_alpha", float, 0.1),
+        nsf_sigma=read.get("nsf_sigma", float, 0.003),
+        nsf_voiced_threshold=read.get("nsf_voiced_threshold", float, 10.0),
+        upsample_rates=read.get("upsample_rates", tuple, defaults.upsample_rates),
+        upsample_kernel_sizes=read.get("upsample_kernel_sizes", tuple, defaults.upsample_kernel_sizes),
+        n_fft=int(istft.get("n_fft", 16)),
+        hop_len=int(istft.get("hop_len", 4)),
+        resblock_kernel_sizes=read.get("resblock_kernel_sizes", tuple, defaults.resblock_kernel_sizes),
+        resblock_dilation_sizes=read.get("resblock_dilation_sizes", tuple, defaults.resblock_dilation_sizes),
+        source_resblock_kernel_sizes=read.get(
+            "source_resblock_kernel_sizes", tuple, defaults.source_resblock_kernel_sizes
+        ),
+        source_resblock_dilation_sizes=read.get(
+            "source_resblock_dilation_sizes", tuple, defaults.source_resblock_dilation_sizes
+        ),
+        lrelu_slope=read.get("lrelu_slope", float, 0.1),
+        audio_limit=read.get("audio_limit", float, 0.99),
+        f0_num_class=f0.get("num_class", int, 1),
+        f0_in_channels=f0.get("in_channels", int, 80),
+        f0_cond_channels=f0.get("cond_channels", int, 512),
+    )
+    _validate(cfg, where)
+    return cfg
+
+
+def _validate(cfg: HiFTConfig, where: str) -> None:
+    if cfg.sampling_rate == 22050:
+        raise ModelDirError(
+            f"{where}: sampling_rate 22050 selects the CosyVoice1 sine source, which cosyml does not implement"
+        )
+    stages = len(cfg.upsample_rates)
+    lengths = {
+        "upsample_kernel_sizes": len(cfg.upsample_kernel_sizes),
+        "source_resblock_kernel_sizes": len(cfg.source_resblock_kernel_sizes),
+        "source_resblock_dilation_sizes": len(cfg.source_resblock_dilation_sizes),
+    }
+    for key, n in lengths.items():
+        if n != stages:
+            raise ModelDirError(f"{where}: '{key}' has {n} entries but upsample_rates has {stages}")
+    if len(cfg.resblock_kernel_sizes) != len(cfg.resblock_dilation_sizes):
+        raise ModelDirError(f"{where}: resblock_kernel_sizes and resblock_dilation_sizes differ in length")
+    if cfg.f0_num_class != 1:
+        raise ModelDirError(f"{where}.f0_predictor: num_class must be 1 (one f0 value per frame)")
+
+
+class HiFT(nn.Module):
+    """The CosyVoice2 HiFT generator (upstream ``HiFTGenerator``), inference only.
+
+    Submodules, in the official key order: ``m_source`` (harmonic source, key ``l_linear``),
+    ``conv_pre``, ``ups``, ``source_downs``, ``source_resblocks``, ``resblocks``, ``conv_post``,
+    ``f0_predictor``.
+    """
+
+    def __init__(self, config: HiFTConfig) -> None:
+        super().__init__()
+        self.config = config
+        cfg = config
+        self.m_source = HarmonicSource(
+            sampling_rate=cfg.sampling_rate,
+            upsample_scale=cfg.samples_per_frame,
+            num_harmonics=cfg.nb_harmonics,
+            sine_amp=cfg.nsf_alpha,
+            noise_std=cfg.nsf_sigma,
+            voiced_threshold=cfg.nsf_voiced_threshold,
+        )
+        self.conv_pre = weight_normed(nn.Conv1d(cfg.in_channels, cfg.base_channels, 7, padding=3))
+        self.ups = nn.ModuleList(
+            weight_normed(
+                nn.ConvTranspose1d(
+                    cfg.base_channels // (2**i), cfg.channels(i), kernel, rate, padding=(kernel - rate) // 2
+                )
+            )
+            for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True))
+        )
+        # Stage i runs at hop_len * prod(upsample_rates[i+1:]) samples per step; the source STFT runs
+        # at hop_len, so it is downsampled by the product of the later stages' rates.
+        spec_channels = cfg.n_fft + 2  # real and imaginary parts of n_fft/2 + 1 bins
+        self.source_downs = nn.ModuleList()
+        self.source_resblocks = nn.ModuleList()
+        for i, (kernel, dilations) in enumerate(
+            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)
+        ):
+            factor = 1
+            for rate in cfg.upsample_rates[i + 1 :]:
+                factor *= rate
+            if factor == 1:
+                down = nn.Conv1d(spec_channels, cfg.channels(i), 1)
+            else:
+                down = nn.Conv1d(spec_channels, cfg.channels(i), factor * 2, factor, padding=factor // 2)
+            self.source_downs.append(down)
+            self.source_resblocks.append(SnakeResBlock(cfg.channels(i), kernel, dilations))
+        self.resblocks = nn.ModuleList(
+            SnakeResBlock(cfg.channels(i), kernel, dilations)
+            for i in range(len(cfg.upsample_rates))
+            for kernel, dilations in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True)
+        )
+        last_channels = cfg.channels(len(cfg.upsample_rates) - 1)
+        self.conv_post = weight_normed(nn.Conv1d(last_channels, spec_channels, 7, padding=3))
+        self.f0_predictor = F0Predictor(cfg.f0_in_channels, cfg.f0_cond_channels, cfg.f0_num_class)
+        # Periodic Hann, computed in float64 then rounded, like scipy's get_window("hann", n, fftbins=True).
+        window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64).float()
+        self.register_buffer("stft_window", window, persistent=False)
+
+    # -- pieces -------------------------------------------------------------------------------------
+
+    def source(
+        self,
+        f0: torch.Tensor,
+        noise: SourceNoise | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``(B, T)`` f0 in Hz -> ``(B, 1, L)`` excitation. Randomness: ``noise`` if given, else drawn
+        from ``generator`` (or the global RNG when ``generator`` is None)."""
+        if noise is None:
+            noise = SourceNoise.draw(
+                f0.shape[0],
+                f0.shape[1] * self.config.samples_per_frame,
+                self.m_source.num_sines,
+                generator=generator,
+                device=f0.device,
+            )
+        return self.m_source(f0, noise)
+
+    def _stft(self, signal: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` -> ``(B, n_fft + 2, L / hop + 1)``: real parts then imaginary parts."""
+        cfg = self.config
+        spec = torch.stft(
+            signal, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window, return_complex=True
+        )
+        return torch.cat([spec.real, spec.imag], dim=1)
+
+    def _istft(self, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        magnitude = magnitude.clamp(max=1e2)
+        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        return torch.istft(spec, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window)
+
+    def decode(self, speech_feat: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """``(B, in_channels, T)`` mel and ``(B, 1, L)`` excitation -> ``(B, L)`` audio in ±audio_limit."""
+        cfg = self.config
+        source_spec = self._stft(source.squeeze(1))
+        x = self.conv_pre(speech_feat)
+        per_stage = len(cfg.resblock_kernel_sizes)
+        last = len(self.ups) - 1
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, cfg.lrelu_slope))
+            if i == last:
+                x = F.pad(x, (1, 0), mode="reflect")  # one extra step to match the STFT frame count
+            x = x + self.source_resblocks[i](self.source_downs[i](source_spec))
+            blocks = self.resblocks[i * per_stage : (i + 1) * per_stage]
+            total = blocks[0](x)
+            for block in blocks[1:]:
+                total = total + block(x)
+            x = total / per_stage
+        x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as trained
+        bins = cfg.n_fft // 2 + 1
+        magnitude = torch.exp(x[:, :bins])
+        phase = torch.sin(x[:, bins:])
+        audio = self._istft(magnitude, phase)
+        return audio.clamp(-cfg.audio_limit, cfg.audio_limit)
+
+    # -- entry points -------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        speech_feat: torch.Tensor,
+        cache_source: torch.Tensor | None = None,
+        noise: SourceNoise | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mel -> ``(wav (B, L), source (B, 1, L))``; see :meth:`inference`."""
+        f0 = self.f0_predictor(speech_feat)
+        source = self.source(f0, noise=noise, generator=generator)
+        if cache_source is not None and cache_source.shape[2] > 0:
+            # Streaming: the head of this chunk's audio repeats the previous chunk's tail, so reuse
+            # the excitation generated for it to keep the sine phase continuous.
+            source[:, :, : cache_source.shape[2]] = cache_source
+        return self.decode(speech_feat, source), source
+
+    @torch.inference_mode()
+    def inference(
+        self,
+        speech_feat: torch.Tensor,
+        cache_source: torch.Tensor | None = None,
+        noise: SourceNoise | None = None,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vocode ``(B, in_channels, T)`` log-mel into ``(wav (B, T*480), source (B, 1, T*480))``.
+
+        ``cache_source`` ``(B, 1, K)``: excitation kept from the previous streaming chunk; it overwrites
+        the first ``K`` samples of this chunk's excitation. The random source draws come from ``noise``
+        (explicit tensors), else ``generator``, else the global RNG; nothing is reseeded.
+        """
+        return self.forward(speech_feat, cache_source=cache_source, noise=noise, generator=generator)
+
+    def fold_weight_norm(self) -> HiFT:
+        """Fold weight norm into plain weights for faster inference (output unchanged); returns self."""
+        fold_weight_norm(self)
+        return self
+
+
+def build_hift(config: Mapping[str, Any] | Tagged | HiFTConfig, path: str | Path = "model yaml") -> HiFT:
+    """Construct a randomly initialised :class:`HiFT` from a parsed model yaml (or a :class:`HiFTConfig`).
+
+    Load ``hift.pt`` afterwards with ``cosyml.models.modeldir.load_strict(model, path, part="hift")``.
+    """
+    cfg = config if isinstance(config, HiFTConfig) else hift_config_from_yaml(config, path)
+    return HiFT(cfg)
