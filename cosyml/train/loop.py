@@ -1,0 +1,441 @@
+"""The training loop: one function, :func:`train`, that reads top to bottom.
+
+Model protocol
+--------------
+Any ``torch.nn.Module`` whose ``forward(batch)`` takes the batch dict of :func:`cosyml.train.batching.collate`
+(upstream's keys: ``text_token`` (B, Lt), ``speech_token`` (B, Ls), ``speech_feat`` (B, T, 80),
+``embedding`` (B, 192) and their ``*_len``) and returns either a dict with ``"loss"`` (scalar tensor, the
+mean over the batch) and optionally ``"acc"``, or an object with ``.loss`` / ``.acc`` attributes (the LLM's
+``LLMOutput``). ``model.state_dict()`` must have the official key layout (``llm.pt`` / ``flow.pt``): it is
+what checkpoints hold and what averaging and export write.
+
+What one optimiser step does
+----------------------------
+``accum_grad`` batches are run forward and backward (DDP gradient sync only on the last), each loss scaled by
+1 / (batches in the group), so the summed gradient is that of the mean loss. Then: unscale (fp16),
+clip to ``grad_clip`` (the pre-clip total norm is logged as a float), skip the update when that norm is not
+finite, set the lr from the schedule, step, zero. The logged ``train/loss`` is the true mean loss of the
+group over all ranks (upstream logs it divided by ``accum_grad``). A non-finite loss stops the run with one
+line naming the step and the utterances; the last checkpoint written stays the newest.
+
+Precision: fp32 on CPU; on GPU ``precision: auto`` is bf16 autocast where supported (fp32 master weights),
+``fp16`` adds a GradScaler.
+
+Callbacks (rank 0 only): ``on_log(metrics, step)`` every ``log_every_steps`` steps and once with the data
+summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo)``. The loop knows
+nothing about MLflow.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cosyml.config import TrainConfig
+from cosyml.errors import ConfigError, CosymlError
+from cosyml.train import ddp
+from cosyml.train.batching import DROP_REASONS, UtteranceSet, batch_to_device
+from cosyml.train.checkpoint import (
+    CheckpointInfo,
+    apply_retention,
+    capture_rng,
+    config_hash,
+    latest_resumable,
+    load_checkpoint,
+    restore_rng,
+    save_checkpoint,
+)
+from cosyml.train.ddp import DistInfo
+from cosyml.train.schedule import LRSchedule, set_lr
+
+# Upstream's train_conf for SFT (model yaml) when the yaml does not say.
+UPSTREAM_TRAIN_CONF: dict[str, Any] = {
+    "optim": "adam",
+    "optim_conf": {"lr": 1e-5},
+    "scheduler": "constantlr",
+    "scheduler_conf": {"warmup_steps": 2500},
+    "grad_clip": 5.0,
+    "accum_grad": 2,
+}
+
+
+class TrainingDiverged(CosymlError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """The optimiser settings in force: TrainConfig values, else the model yaml's ``train_conf``."""
+
+    optim: str
+    lr: float
+    weight_decay: float
+    schedule: LRSchedule
+    grad_clip: float  # <= 0: no clipping (the norm is still measured)
+    accum_grad: int
+
+
+@dataclass
+class EpochResult:
+    """What one epoch produced (passed to ``on_epoch_end``)."""
+
+    epoch: int
+    step: int
+    train_loss: float | None
+    train_acc: float | None
+    cv_loss: float | None
+    cv_acc: float | None
+    cv_utts: int
+    checkpoint: str | None
+    is_best: bool
+
+
+@dataclass
+class TrainCallbacks:
+    on_log: Callable[[dict[str, float], int], None] | None = None
+    on_epoch_end: Callable[[EpochResult], None] | None = None
+    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
+
+
+@dataclass
+class TrainResult:
+    step: int
+    epochs_completed: int
+    stopped_early: bool
+    checkpoint_dir: Path
+    history: list[EpochResult] = field(default_factory=list)
+
+
+def resolve_settings(cfg: TrainConfig, model_train_conf: Mapping[str, Any] | None, steps_per_epoch: int) -> OptimSettings:
+    """Merge TrainConfig over the model yaml's ``train_conf`` (over upstream's SFT values)."""
+    yaml_conf = {**UPSTREAM_TRAIN_CONF, **dict(model_train_conf or {})}
+    optim = cfg.optim or str(yaml_conf["optim"])
+    if optim not in ("adam", "adamw"):
+        raise ConfigError(f"train.optim: unknown optimiser '{optim}'; use adam or adamw")
+    lr = cfg.lr if cfg.lr is not None else float((yaml_conf.get("optim_conf") or {}).get("lr", 1e-5))
+    accum = cfg.accum_grad if cfg.accum_grad is not None else int(yaml_conf["accum_grad"])
+    if accum < 1:
+        raise ConfigError(f"train.accum_grad: must be >= 1, got {accum}")
+    warmup = cfg.warmup_steps
+    if warmup is None:
+        warmup = int((yaml_conf.get("scheduler_conf") or {}).get("warmup_steps", 0))
+    name = cfg.scheduler or str(yaml_conf["scheduler"])
+    decay = cfg.decay_steps or max(1, cfg.max_epochs * steps_per_epoch)
+    return OptimSettings(
+        optim=optim,
+        lr=float(lr),
+        weight_decay=cfg.weight_decay,
+        schedule=LRSchedule(name=name, warmup_steps=warmup, decay_steps=decay, min_lr_ratio=cfg.min_lr_ratio),
+        grad_clip=float(cfg.grad_clip if cfg.grad_clip is not None else yaml_conf["grad_clip"]),
+        accum_grad=accum,
+    )
+
+
+def build_optimizer(model: torch.nn.Module, settings: OptimSettings) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    kind = torch.optim.AdamW if settings.optim == "adamw" else torch.optim.Adam
+    return kind(params, lr=settings.lr, weight_decay=settings.weight_decay)
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype (``None`` = fp32, no autocast)."""
+    if precision not in ("auto", "fp32", "bf16", "fp16"):
+        raise ConfigError(f"train.precision: unknown value '{precision}'; use auto, fp32, bf16 or fp16")
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision: fp16 needs a CUDA device; use fp32 or bf16 on the CPU")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def loss_and_acc(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``(loss, acc)`` from a model output: a dict with "loss"/"acc" or an object with .loss/.acc."""
+    if isinstance(output, Mapping):
+        return output["loss"], output.get("acc")
+    return output.loss, getattr(output, "acc", None)
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _batch_counts(batch: Mapping[str, Any]) -> tuple[float, float, float]:
+    """(utterances, speech tokens, mel frames) in a batch, for throughput."""
+    tokens = float(batch["speech_token_len"].sum()) if "speech_token_len" in batch else 0.0
+    frames = float(batch["speech_feat_len"].sum()) if "speech_feat_len" in batch else 0.0
+    return float(len(batch["utts"])), tokens, frames
+
+
+@torch.no_grad()
+def evaluate(
+    model: torch.nn.Module, data: UtteranceSet, info: DistInfo, autocast_dtype: torch.dtype | None
+) -> tuple[float | None, float | None, int]:
+    """Utterance-weighted CV loss and acc over all ranks' shares: sum(v x n_utts) / sum(n_utts)."""
+    was_training = model.training
+    model.eval()
+    sums = [0.0, 0.0, 0.0, 0.0]  # loss x utts, acc x utts, utts with acc, utts
+    for indices in data.plan(seed=0, epoch=0, shuffle=False):
+        batch = batch_to_device(data.batch(indices), info.device)
+        with _autocast(info.device, autocast_dtype):
+            loss, acc = loss_and_acc(model(batch))
+        n = len(indices)
+        sums[0] += float(loss) * n
+        sums[3] += n
+        if acc is not None:
+            sums[1] += float(acc) * n
+            sums[2] += n
+    model.train(was_training)
+    loss_sum, acc_sum, acc_n, n = ddp.all_reduce_sum(sums, info)
+    if n == 0:
+        return None, None, 0
+    return loss_sum / n, (acc_sum / acc_n if acc_n else None), int(n)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def data_summary(train_set: UtteranceSet, cv_set: UtteranceSet | None, info: DistInfo) -> dict[str, float]:
+    """Kept and dropped utterance counts over all ranks, for logging once at the start."""
+    reasons = DROP_REASONS  # the same names on every rank: the all_reduce needs equal lengths
+    sets = {"train": train_set, "cv": cv_set}
+    names, values = [], []
+    for split, data in sets.items():
+        if data is None:
+            continue
+        names.append(f"data/{split}_utts")
+        values.append(float(len(data)))
+        for reason in reasons:
+            names.append(f"data/{split}_dropped/{reason}")
+            values.append(float(data.dropped.get(reason, 0)))
+    return dict(zip(names, ddp.all_reduce_sum(values, info), strict=True))
+
+
+def train(
+    model: torch.nn.Module,
+    train_set: UtteranceSet,
+    cv_set: UtteranceSet | None,
+    cfg: TrainConfig,
+    checkpoint_dir: str | Path,
+    *,
+    model_train_conf: Mapping[str, Any] | None = None,
+    dist: DistInfo | None = None,
+    resume: str | Path | None = "auto",
+    callbacks: TrainCallbacks | None = None,
+) -> TrainResult:
+    """Train ``model`` on this rank's ``train_set``, validating on ``cv_set`` after every epoch.
+
+    ``resume``: "auto" continues from the newest full checkpoint in ``checkpoint_dir`` if there is one,
+    a path continues from that checkpoint, ``None`` starts fresh. A checkpoint written under another
+    config (see :func:`cosyml.train.checkpoint.config_hash`) is refused with one line.
+    """
+    info = dist or ddp.current()
+    callbacks = callbacks or TrainCallbacks()
+    checkpoint_dir = Path(checkpoint_dir)
+    emit = info.is_main
+
+    # ---- setup: seeds, model, optimiser, schedule
+    _seed_everything(cfg.seed + info.rank)
+    model.to(info.device)
+    chash = config_hash(cfg, model)
+    first_plan_len = ddp.equal_batch_count(len(train_set.plan(cfg.seed, 0)), info)
+    provisional = resolve_settings(cfg, model_train_conf, 1)
+    settings = resolve_settings(cfg, model_train_conf, math.ceil(first_plan_len / provisional.accum_grad))
+    optimizer = build_optimizer(model, settings)
+    autocast_dtype = resolve_precision(cfg.precision, info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16)
+
+    step, start_epoch, skip_batches = 0, 0, 0
+    extra: dict[str, Any] = {"best_cv": math.inf, "bad_epochs": 0, "skipped_steps": 0}
+
+    # ---- resume
+    resume_path: str | None = None
+    if resume == "auto":
+        latest = latest_resumable(checkpoint_dir) if emit else None
+        resume_path = ddp.broadcast_object(latest.path if latest else None, info)
+    elif resume is not None:
+        resume_path = str(resume)
+    if resume_path is not None:
+        state = load_checkpoint(resume_path, chash)
+        if "optimizer" not in state:
+            raise ConfigError(f"{resume_path}: weights-only checkpoint cannot be resumed; pick a full one")
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        rngs = state["rng"]
+        restore_rng(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+        step = int(state["info"]["step"])
+        start_epoch, skip_batches = int(state["info"]["next_epoch"]), int(state["info"]["next_batch"])
+        extra.update(state["extra"])
+
+    net = ddp.wrap_model(model, info, cfg.find_unused_parameters)
+    if emit and callbacks.on_log:
+        callbacks.on_log(data_summary(train_set, cv_set, info), step)
+
+    def checkpoint(name: str, kind: str, epoch: int, next_epoch: int, next_batch: int, cv: tuple[Any, ...] = ()) -> CheckpointInfo:
+        rngs = ddp.gather_objects(capture_rng(), info)  # collective: every rank calls it
+        record = CheckpointInfo(
+            name=name, kind=kind, epoch=epoch, step=step, next_epoch=next_epoch, next_batch=next_batch,
+            config_hash=chash, cv_loss=cv[0] if cv else None, cv_acc=cv[1] if cv else None,
+        )  # fmt: skip
+        if emit:
+            payload = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": rngs,
+                "extra": dict(extra),
+            }
+            save_checkpoint(checkpoint_dir, record, payload)
+            apply_retention(checkpoint_dir, cfg.keep_last, cfg.keep_best)
+            if callbacks.on_checkpoint:
+                callbacks.on_checkpoint(record)
+        ddp.barrier(info)
+        return record
+
+    history: list[EpochResult] = []
+    stopped_early = False
+    epochs_completed = start_epoch
+    last_saved = resume_path or "none"
+    window = {"time": time.perf_counter(), "utts": 0.0, "tokens": 0.0, "frames": 0.0}
+
+    # ---- epochs
+    for epoch in range(start_epoch, cfg.max_epochs):
+        plan = train_set.plan(cfg.seed, epoch)
+        plan = plan[: ddp.equal_batch_count(len(plan), info)]  # uneven shares: all ranks run the same count
+        net.train()
+        done = skip_batches if epoch == start_epoch else 0
+        epoch_sums = extra.pop("epoch_sums", None) if epoch == start_epoch else None
+        epoch_sums = epoch_sums or [0.0, 0.0, 0.0, 0.0]  # loss x steps, steps, acc x steps, steps with acc
+
+        while done < len(plan):
+            group = plan[done : done + settings.accum_grad]
+            # per group: loss sum, batches, acc sum, batches with acc, non-finite losses, utts, tokens, frames
+            sums = [0.0] * 8
+            bad_utts: list[str] = []
+            for j, indices in enumerate(group):
+                batch = batch_to_device(train_set.batch(indices), info.device)
+                sync = j == len(group) - 1 or not info.distributed
+                with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+                    with _autocast(info.device, autocast_dtype):
+                        loss, acc = loss_and_acc(net(batch))
+                    scaler.scale(loss.float() / len(group)).backward()
+                loss_value = float(loss.detach())
+                if not math.isfinite(loss_value):
+                    sums[4] += 1
+                    bad_utts.extend(batch["utts"])
+                    loss_value = 0.0
+                sums[0] += loss_value
+                sums[1] += 1
+                if acc is not None:
+                    sums[2] += float(acc.detach())
+                    sums[3] += 1
+                sums[5:8] = [a + b for a, b in zip(sums[5:8], _batch_counts(batch), strict=True)]
+            sums = ddp.all_reduce_sum(sums, info)
+            if sums[4] > 0:
+                culprits = [u for utts in ddp.gather_objects(bad_utts, info) for u in utts]
+                raise TrainingDiverged(
+                    f"train: loss is not finite at step {step + 1} (epoch {epoch}, batch {done}) on utterances "
+                    f"{', '.join(culprits[:8])}; last good checkpoint: {last_saved}; lower train.lr or use precision fp32"
+                )
+
+            scaler.unscale_(optimizer)
+            max_norm = settings.grad_clip if settings.grad_clip > 0 else math.inf
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm))
+            lr = set_lr(optimizer, settings.lr, settings.schedule, step)
+            if math.isfinite(grad_norm):
+                scaler.step(optimizer)
+            else:
+                extra["skipped_steps"] += 1
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            done += len(group)
+
+            step_loss = sums[0] / sums[1]
+            step_acc = sums[2] / sums[3] if sums[3] else None
+            epoch_sums[0] += step_loss
+            epoch_sums[1] += 1
+            if step_acc is not None:
+                epoch_sums[2] += step_acc
+                epoch_sums[3] += 1
+            for key, value in zip(("utts", "tokens", "frames"), sums[5:8], strict=True):
+                window[key] += value
+
+            if emit and callbacks.on_log and step % max(1, cfg.log_every_steps) == 0:
+                elapsed = max(time.perf_counter() - window["time"], 1e-9)
+                metrics = {
+                    "train/loss": step_loss,
+                    "train/lr": lr,
+                    "train/grad_norm": grad_norm,
+                    "train/epoch": epoch + done / max(1, len(plan)),
+                    "train/skipped_steps": float(extra["skipped_steps"]),
+                    "perf/utts_per_s": window["utts"] / elapsed,
+                }
+                if step_acc is not None:
+                    metrics["train/acc"] = step_acc
+                if window["tokens"]:
+                    metrics["perf/speech_tokens_per_s"] = window["tokens"] / elapsed
+                if window["frames"]:
+                    metrics["perf/frames_per_s"] = window["frames"] / elapsed
+                if info.device.type == "cuda":
+                    metrics["perf/gpu_mem_max_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
+                    torch.cuda.reset_peak_memory_stats(info.device)
+                callbacks.on_log(metrics, step)
+                window.update(time=time.perf_counter(), utts=0.0, tokens=0.0, frames=0.0)
+
+            reached_max = cfg.max_steps > 0 and step >= cfg.max_steps
+            if reached_max or (cfg.save_every_steps > 0 and step % cfg.save_every_steps == 0):
+                extra["epoch_sums"] = list(epoch_sums)
+                record = checkpoint(f"step_{step}", "step", epoch, epoch, done)
+                last_saved = record.name
+                extra.pop("epoch_sums")
+            if reached_max:
+                return TrainResult(step, epochs_completed, False, checkpoint_dir, history)
+
+        # ---- end of epoch: validate, checkpoint, early stopping
+        cv_loss, cv_acc, cv_utts = (None, None, 0)
+        if cv_set is not None:
+            cv_loss, cv_acc, cv_utts = evaluate(model, cv_set, info, autocast_dtype)
+        is_best = cv_loss is not None and cv_loss < extra["best_cv"] - cfg.early_stop_min_delta
+        if is_best:
+            extra["best_cv"], extra["bad_epochs"] = cv_loss, 0
+        elif cv_loss is not None:
+            extra["bad_epochs"] += 1
+        record = checkpoint(f"epoch_{epoch}", "epoch", epoch, epoch + 1, 0, (cv_loss, cv_acc))
+        last_saved = record.name
+        epochs_completed = epoch + 1
+        result = EpochResult(
+            epoch=epoch,
+            step=step,
+            train_loss=epoch_sums[0] / epoch_sums[1] if epoch_sums[1] else None,
+            train_acc=epoch_sums[2] / epoch_sums[3] if epoch_sums[3] else None,
+            cv_loss=cv_loss,
+            cv_acc=cv_acc,
+            cv_utts=cv_utts,
+            checkpoint=record.path or None,
+            is_best=is_best,
+        )
+        history.append(result)
+        if emit and callbacks.on_epoch_end:
+            callbacks.on_epoch_end(result)
+        if cfg.early_stop_patience > 0 and extra["bad_epochs"] >= cfg.early_stop_patience:
+            stopped_early = True
+            break
+
+    return TrainResult(step, epochs_completed, stopped_early, checkpoint_dir, history)
