@@ -34,7 +34,7 @@ class PrepareConfig:
     sample_rate: int = 24000
     language: str = "auto"  # "zh", "en", ... or "auto": detected per clip by Whisper when transcribing
     transcribe: bool = True  # Whisper-transcribe clips that have no transcript
-    whisper_model: str = ""  # path to a Whisper checkpoint (.pt); empty = <model_dir>/whisper.pt
+    whisper_model: str = ""  # local openai-whisper checkpoint (.pt); empty = clips without text are rejected
     min_duration_s: float = 0.5
     max_duration_s: float = 30.0
     min_keep_s: float = 1.5  # silence trim never cuts a clip that was longer than this below it
@@ -53,6 +53,12 @@ class PrepareConfig:
     seed: int = 1986
     instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file
     placeholder_pattern: str = r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"
+    silence_floor_dbfs: float = -60.0  # frames below this level are silence whatever the peak
+    slice_min_silence_s: float = 0.3  # a pause must be this long to cut a long recording there
+    min_confidence: float = 0.3  # Whisper transcripts below this confidence are rejected (review them)
+    whisper_batch_size: int = 8
+    whisper_max_tokens: int = 0  # most tokens Whisper writes per clip; 0 = its default (224)
+    whisper_device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
 
 @dataclass(frozen=True)
@@ -60,10 +66,10 @@ class ExtractConfig:
     """``extract``: campplus embeddings and speech tokens from the prepared clips."""
 
     batch_size: int = 16
-    num_threads: int = 0  # onnxruntime intra-op threads; 0 = onnxruntime's default
+    num_threads: int = 0  # onnxruntime intra-op threads per session; 0 = 1 (parallelism comes from `workers`)
     device: str = "auto"  # "auto" (CUDA provider when present), "cpu" or "cuda"
     checkpoint_every: int = 200  # utterances between atomic writes of the resume cache
-    io_workers: int = 2  # threads that read and resample audio while the models run
+    workers: int = 0  # threads that decode audio, compute features and run model batches; 0 = one per core
 
 
 @dataclass(frozen=True)
@@ -76,6 +82,76 @@ class ShardsConfig:
 
 
 @dataclass(frozen=True)
+class TrainDataConfig:
+    """``train.data``: utterance filters and dynamic batching (upstream's ``data_pipeline`` numbers)."""
+
+    min_length: int = 100  # 10 ms frames: drop clips shorter than 1 s
+    max_length: int = 40960  # 10 ms frames (the model-dir yaml's value)
+    token_min_length: int = 1  # text tokens
+    token_max_length: int = 200
+    min_output_input_ratio: float = 0.0005  # text tokens per 10 ms frame
+    max_output_input_ratio: float = 1.0
+    sort_size: int = 500  # utterances sorted by length together before batching
+    max_frames_in_batch: int = 2000  # padded flow-mel frames (50/s) per batch: 40 s of audio
+    shuffle_batches: bool = True  # shuffle the batch order after length sorting
+    use_spk_embedding: bool = True  # batch["embedding"] = speaker mean (SFT) instead of the utterance's
+    normalize_embedding: bool = True  # L2-normalise embeddings, as upstream
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``train``: optimiser, schedule, precision, checkpoints. ``None`` = the model yaml's ``train_conf``."""
+
+    optim: str | None = None  # adam | adamw (model yaml: adam)
+    lr: float | None = None  # model yaml: 1e-5 for SFT
+    weight_decay: float = 0.0
+    scheduler: str | None = None  # constantlr | warmuplr | linear | cosine (model yaml: constantlr)
+    warmup_steps: int | None = None  # optimiser steps (model yaml scheduler_conf.warmup_steps)
+    min_lr_ratio: float = 0.0  # linear/cosine: final lr as a share of lr
+    decay_steps: int = 0  # linear/cosine: steps to decay over; 0 = max_epochs x steps per epoch
+    grad_clip: float | None = None  # max grad norm (model yaml: 5)
+    accum_grad: int | None = None  # batches per optimiser step (model yaml: 2)
+    max_epochs: int = 20
+    max_steps: int = 0  # stop after this many optimiser steps; 0 = no limit
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    seed: int = 1986
+    log_every_steps: int = 10
+    save_every_steps: int = 0  # extra checkpoint every N optimiser steps; 0 = epoch ends only
+    keep_last: int = 2  # newest full checkpoints kept for resume
+    keep_best: int = 5  # epoch checkpoints with the lowest CV loss kept (weights only) for averaging
+    early_stop_patience: int = 0  # epochs without CV improvement before stopping; 0 = off
+    early_stop_min_delta: float = 0.0
+    average_num: int = 5  # checkpoints averaged into the final weights
+    average_by: str = "cv_loss"  # cv_loss (best-n, upstream --val_best) | last (last-n epochs)
+    find_unused_parameters: bool = True  # DDP: needed when some parameters get no gradient in a step
+    data: TrainDataConfig = field(default_factory=TrainDataConfig)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """``evaluate``: score synthesised audio against test sets in the CV3-Eval layout."""
+
+    test_sets: str = "eval"  # root folder of the test sets (our eval/ or a CV3-Eval clone's data/)
+    subsets: list[str] = field(default_factory=list)  # subset paths under test_sets; empty = all
+    whisper_model: str = ""  # local openai-whisper .pt; empty = prepare.whisper_model
+    campplus_model: str = ""  # campplus.onnx for speaker similarity; empty = <model_dir>/campplus.onnx
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    batch_size: int = 16  # utterances per Whisper forward
+    max_tokens: int = 0  # cap on decoded tokens per utterance; 0 = Whisper's default (224)
+    bootstrap_resamples: int = 1000
+    ci_level: float = 0.95
+    seed: int = 1986  # bootstrap seed
+    silence_dbfs: float = -60.0  # 20 ms frames below this are silence
+    max_silence_ratio: float = 0.8  # flag outputs that are mostly silence
+    clip_threshold: float = 0.999  # |sample| at or above this counts as clipped
+    max_clipped_ratio: float = 0.01  # flag outputs with more clipped samples than this share
+    min_duration_ratio: float = 0.5  # flag outputs shorter than this x the expected duration
+    max_duration_ratio: float = 2.0  # flag outputs longer than this x the expected duration
+    max_compression_ratio: float = 2.4  # flag Whisper transcripts that repeat themselves (hallucination)
+    max_no_speech_prob: float = 0.6  # flag outputs Whisper thinks hold no speech
+
+
+@dataclass(frozen=True)
 class Params:
     """Everything in ``params.yaml``. ``model_dir`` is the base model directory (official layout)."""
 
@@ -83,6 +159,8 @@ class Params:
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

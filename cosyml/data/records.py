@@ -1,0 +1,98 @@
+"""What ``prepare`` writes about each clip: manifest entries, rejects and their reason codes.
+
+Layout of a prepared data folder ``DATA`` (all paths inside the files are relative to ``DATA``)::
+
+    DATA/wavs/<utt>.wav              normalised clips: 24 kHz (PrepareConfig.sample_rate) mono 16-bit PCM
+    DATA/train/{wav.scp,text,utt2spk,spk2utt[,instruct],manifest.jsonl}
+    DATA/dev/{...same...}
+    DATA/rejects.jsonl               one line per rejected input file or slice
+    DATA/transcripts_review.tsv      Whisper transcripts to check (utt, confidence, text, source)
+    DATA/summary.json                counts and hours per split, rejects per reason
+    DATA/whisper_cache.jsonl         Whisper results keyed by audio hash (lets a re-run skip decoding)
+
+Utterance ids are ``<speaker>_<stable id>``: upstream takes the speaker as the part before the first
+``_``, so the speaker name itself has no ``_``; the stable id is derived from the file's path inside
+its input folder (only ``[A-Za-z0-9_-]``) and carries no other meaning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+#: Every reason a clip can be rejected for, in the order the checks run.
+REJECT_REASONS: tuple[str, ...] = (
+    "no_audio",  # a transcript (.lab/.normalized.txt/kaldi text line) whose audio file is missing
+    "placeholder_text",  # transcript holds a template placeholder such as {NICKNAME}
+    "empty_text",  # transcript empty (or Whisper / the review file gave an empty one)
+    "undecodable",  # audio (or transcript encoding) cannot be decoded
+    "clipped",  # too many samples at full scale
+    "too_long",  # longer than max_duration_s (or a long recording that has one transcript)
+    "mostly_silence",  # speech in less than (1 - max_silence_ratio) of the frames
+    "too_quiet",  # speech RMS below min_rms_dbfs
+    "too_short",  # shorter than min_duration_s after trimming
+    "duplicate_audio",  # same normalised samples as an earlier clip
+    "no_text",  # no transcript and transcription is off or has no Whisper model
+    "low_confidence",  # Whisper transcript confidence below min_confidence
+)
+
+TEXT_SOURCES = ("lab", "normalized", "kaldi", "whisper", "review")
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One accepted utterance (one line of ``<split>/manifest.jsonl``)."""
+
+    utt: str
+    spk: str
+    wav: str  # relative to the data folder: "wavs/<utt>.wav"
+    text: str
+    duration_s: float
+    split: str  # "train" | "dev"
+    source: str  # input file as found (input folder as given + path inside it)
+    text_source: str  # one of TEXT_SOURCES
+    language: str  # "zh", "en", ... ("unknown" when neither given nor detectable)
+    confidence: float | None = None  # Whisper confidence in [0, 1] when text_source is "whisper"
+    source_start_s: float | None = None  # slice start within a long recording
+    source_end_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Reject:
+    """One rejected input file or slice (one line of ``rejects.jsonl``)."""
+
+    source: str
+    reason: str  # one of REJECT_REASONS
+    detail: str  # human-readable, says what to do where possible
+    utt: str | None = None
+    source_start_s: float | None = None
+    source_end_s: float | None = None
+
+
+def write_jsonl(path: Path, rows: Iterable[object]) -> None:
+    """Write dataclass rows as JSON lines (UTF-8, non-ASCII kept readable)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as f:
+        for row in rows:
+            data = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row  # type: ignore[arg-type]
+            f.write(json.dumps(data, ensure_ascii=False) + "\n")
+
+
+def _read_jsonl(path: Path) -> Iterator[dict]:
+    with path.open(encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                yield json.loads(line)
+
+
+def read_manifest(path: str | Path) -> list[ManifestEntry]:
+    """Read ``<split>/manifest.jsonl``."""
+    return [ManifestEntry(**row) for row in _read_jsonl(Path(path))]
+
+
+def read_rejects(path: str | Path) -> list[Reject]:
+    """Read ``rejects.jsonl``."""
+    return [Reject(**row) for row in _read_jsonl(Path(path))]

@@ -1,0 +1,148 @@
+"""Whisper transcription of clips that came without text, and the review file a user corrects.
+
+Uses openai-whisper's own code on a local checkpoint (``whisper.load_model(<file>)``; a model name is
+never passed, so nothing is downloaded). Clips go in as float32 16 kHz mono arrays, at most 30 s,
+decoded greedily (temperature 0) in batches. Confidence per clip is
+``exp(avg_logprob) * (1 - no_speech_prob)`` in [0, 1]: the mean token probability, discounted by
+Whisper's belief that there is no speech at all; it is 0 when the text is repetitive (gzip compression
+ratio above 2.4, Whisper's own hallucination threshold).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cosyml.errors import InputError
+
+WHISPER_RATE = 16000
+
+
+@dataclass(frozen=True)
+class Transcript:
+    text: str
+    language: str
+    confidence: float  # in [0, 1]
+    avg_logprob: float
+    no_speech_prob: float
+
+
+COMPRESSION_RATIO_LIMIT = 2.4
+_SPECIAL = re.compile(r"<\|[^|>]*\|>")
+
+
+def confidence(avg_logprob: float, no_speech_prob: float, compression_ratio: float = 0.0) -> float:
+    if not math.isfinite(avg_logprob) or compression_ratio > COMPRESSION_RATIO_LIMIT:
+        return 0.0
+    no_speech = no_speech_prob if math.isfinite(no_speech_prob) else 0.0
+    return float(min(1.0, max(0.0, math.exp(avg_logprob) * (1.0 - no_speech))))
+
+
+class WhisperTranscriber:
+    """A local Whisper checkpoint (loaded on first use); ``language`` None means detect per clip."""
+
+    def __init__(self, checkpoint: str | Path, language: str | None = None, device: str = "auto",
+                 batch_size: int = 8, max_tokens: int = 0) -> None:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise InputError(f"{path}: Whisper checkpoint not found; pass --whisper with a local .pt file")
+        self.path = path
+        self.requested_device = device
+        self._model = None
+        self.language = language
+        self.batch_size = max(1, batch_size)
+        self.max_tokens = max_tokens  # 0: Whisper's default (half the text context, 224)
+        stat = path.stat()
+        self.model_id = f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"  # cache key part
+
+    @property
+    def model(self):  # whisper.model.Whisper (imported lazily)
+        """The Whisper model, loaded on first use (a fully cached re-run never loads it)."""
+        if self._model is None:
+            import torch
+            import whisper
+
+            device = self.requested_device
+            if device == "auto":
+                device = "cuda" if torch.cuda.is_available() else "cpu"
+            try:
+                self._model = whisper.load_model(str(self.path), device=device)
+            except Exception as exc:  # a bad file fails in torch.load or in load_state_dict
+                raise InputError(f"{self.path}: not a Whisper checkpoint ({type(exc).__name__}); pass an "
+                                 "openai-whisper .pt file") from None
+        return self._model
+
+    def transcribe(self, clips: Sequence[np.ndarray]) -> list[Transcript]:
+        """``clips``: float32 (num_samples,) at 16 kHz, each at most 30 s."""
+        import torch
+        import whisper
+
+        tokenizer = whisper.tokenizer.get_tokenizer(
+            self.model.is_multilingual, num_languages=self.model.num_languages, task="transcribe"
+        )
+        options = whisper.DecodingOptions(
+            task="transcribe", language=self.language, temperature=0.0, without_timestamps=True,
+            # Whisper's default suppression (-1) plus <|notimestamps|>, which belongs in the prompt only.
+            suppress_tokens=[-1, tokenizer.no_timestamps],
+            fp16=self.model.device.type != "cpu", sample_len=self.max_tokens or None,
+        )
+        out: list[Transcript] = []
+        for i in range(0, len(clips), self.batch_size):
+            batch = clips[i : i + self.batch_size]
+            mels = torch.stack([
+                whisper.log_mel_spectrogram(
+                    whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))),
+                    n_mels=self.model.dims.n_mels,
+                )
+                for c in batch
+            ]).to(self.model.device)  # (B, n_mels, 3000)
+            with torch.inference_mode():
+                results = whisper.decode(self.model, mels, options)
+            for r in results:
+                out.append(Transcript(
+                    text=_SPECIAL.sub("", r.text).strip(), language=r.language or (self.language or "unknown"),
+                    confidence=confidence(r.avg_logprob, r.no_speech_prob, r.compression_ratio),
+                    avg_logprob=float(r.avg_logprob), no_speech_prob=float(r.no_speech_prob),
+                ))
+        return out
+
+
+REVIEW_HEADER = ("utt", "confidence", "text", "source")
+
+
+def write_review(path: Path, rows: Sequence[tuple[str, float, str, str]]) -> None:
+    """Tab-separated ``utt confidence text source`` with a header, least confident first."""
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer.writerow(REVIEW_HEADER)
+        for utt, conf, text, source in sorted(rows, key=lambda r: (r[1], r[0])):
+            writer.writerow((utt, f"{conf:.3f}", text, source))
+
+
+def read_review(path: str | Path) -> dict[str, str]:
+    """{utt: corrected text} from a review file (columns found by the header; ``utt`` and ``text``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: review file not found; pass the transcripts_review.tsv you edited")
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as f:
+            rows = list(csv.reader(f, delimiter="\t"))
+    except UnicodeDecodeError:
+        raise InputError(f"{path}: review file is not UTF-8; save it as UTF-8 text") from None
+    if not rows or "utt" not in rows[0] or "text" not in rows[0]:
+        raise InputError(f"{path}: review file needs a header line with 'utt' and 'text' columns (tab-separated)")
+    utt_col, text_col = rows[0].index("utt"), rows[0].index("text")
+    out: dict[str, str] = {}
+    for line_no, row in enumerate(rows[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) <= max(utt_col, text_col) and len(row) <= utt_col:
+            raise InputError(f"{path}:{line_no}: expected tab-separated columns {', '.join(rows[0])}")
+        out[row[utt_col].strip()] = row[text_col] if text_col < len(row) else ""
+    return out
