@@ -1,0 +1,401 @@
+"""A tiny ``cosyvoice2.yaml`` in the official model-directory format, and a tiny Qwen2 backbone folder.
+
+The yaml has every section of the file shipped in ``CosyVoice2-0.5B`` (HyperPyYAML tags naming the
+upstream classes, ``!ref`` cross references, the seed lines, llm / flow / hift / GAN modules, frontend
+callables, data pipelines and training configs), with the sizes of :class:`KitDims`. Our reader
+(:func:`cosyml.models.yaml_io.read_model_yaml`) and upstream's HyperPyYAML loader both read it.
+
+Only sizes shrink: the mel geometry (80 mels, hop 480 at 24 kHz, fmax 8000), the speech-token rate and
+vocabulary (25 Hz, 6561 codes), ``mix_ratio`` and the RAS defaults are the official values, so every code
+path that depends on them is exercised.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cosyml.models import keys
+
+
+@dataclass(frozen=True)
+class KitDims:
+    """Sizes of a tiny CosyVoice2 model (official value in brackets where it differs)."""
+
+    sample_rate: int = 24000
+    llm_size: int = 64  # llm_input_size = llm_output_size = Qwen hidden size [896]
+    qwen_layers: int = 2  # [24]
+    qwen_heads: int = 4  # [14]
+    qwen_kv_heads: int = 2  # [2]
+    qwen_intermediate: int = 128  # [4864]
+    speech_token_size: int = 6561
+    spk_embed_dim: int = 192
+    token_frame_rate: int = 25
+    token_mel_ratio: int = 2
+    chunk_size: int = 25
+    num_decoding_left_chunks: int = -1
+    mix_ratio: tuple[int, int] = (5, 15)
+    top_p: float = 0.8
+    top_k: int = 25
+    win_size: int = 10
+    tau_r: float = 0.1
+    # flow
+    flow_size: int = 64  # flow input_size = encoder input/output size [512]
+    flow_encoder_heads: int = 2  # [8]
+    flow_encoder_linear_units: int = 128  # [2048]
+    flow_encoder_blocks: int = 1  # [6]
+    pre_lookahead_len: int = 3
+    estimator_channels: int = 32  # [256]
+    estimator_head_dim: int = 16  # [64]
+    estimator_n_blocks: int = 1  # [4]
+    estimator_mid_blocks: int = 1  # [12]
+    estimator_heads: int = 2  # [8]
+    # hift
+    hift_base_channels: int = 32  # [512]
+    f0_cond_channels: int = 32  # [512]
+    # mel (feat_extractor)
+    num_mels: int = 80
+    n_fft: int = 1920
+    hop_size: int = 480
+    win_size_mel: int = 1920
+    fmin: int = 0
+    fmax: int = 8000
+
+
+#: The sizes of the official CosyVoice2-0.5B model (for key/shape checks against the official files).
+OFFICIAL_V2_DIMS = KitDims(
+    llm_size=896,
+    qwen_layers=24,
+    qwen_heads=14,
+    qwen_kv_heads=2,
+    qwen_intermediate=4864,
+    flow_size=512,
+    flow_encoder_heads=8,
+    flow_encoder_linear_units=2048,
+    flow_encoder_blocks=6,
+    estimator_channels=256,
+    estimator_head_dim=64,
+    estimator_n_blocks=4,
+    estimator_mid_blocks=12,
+    estimator_heads=8,
+    hift_base_channels=512,
+    f0_cond_channels=512,
+)
+OFFICIAL_QWEN_VOCAB = 151936
+
+
+def _yaml_text(d: KitDims) -> str:
+    m0, m1 = d.mix_ratio
+    return f"""\
+# Tiny CosyVoice2 model directory written by cosyml.kit.model_yaml (random weights: plumbing only,
+# not voice quality). Same sections, tags and keys as the official CosyVoice2-0.5B cosyvoice2.yaml.
+# set random seed, so that you may reproduce your result.
+__set_seed1: !apply:random.seed [1986]
+__set_seed2: !apply:numpy.random.seed [1986]
+__set_seed3: !apply:torch.manual_seed [1986]
+__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
+
+# fixed params
+sample_rate: {d.sample_rate}
+llm_input_size: {d.llm_size}
+llm_output_size: {d.llm_size}
+spk_embed_dim: {d.spk_embed_dim}
+qwen_pretrain_path: ''
+token_frame_rate: {d.token_frame_rate}
+token_mel_ratio: {d.token_mel_ratio}
+
+# stream related params
+chunk_size: {d.chunk_size} # streaming inference chunk size, in token
+num_decoding_left_chunks: {d.num_decoding_left_chunks} # <0 means use all left chunks
+
+# model params
+llm: !new:cosyvoice.llm.llm.Qwen2LM
+    llm_input_size: !ref <llm_input_size>
+    llm_output_size: !ref <llm_output_size>
+    speech_token_size: {d.speech_token_size}
+    length_normalized_loss: True
+    lsm_weight: 0
+    mix_ratio: [{m0}, {m1}]
+    llm: !new:cosyvoice.llm.llm.Qwen2Encoder
+        pretrain_path: !ref <qwen_pretrain_path>
+    sampling: !name:cosyvoice.utils.common.ras_sampling
+        top_p: {d.top_p}
+        top_k: {d.top_k}
+        win_size: {d.win_size}
+        tau_r: {d.tau_r}
+
+flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithXvec
+    input_size: {d.flow_size}
+    output_size: {d.num_mels}
+    spk_embed_dim: !ref <spk_embed_dim>
+    output_type: 'mel'
+    vocab_size: {d.speech_token_size}
+    input_frame_rate: !ref <token_frame_rate>
+    only_mask_loss: True
+    token_mel_ratio: !ref <token_mel_ratio>
+    pre_lookahead_len: {d.pre_lookahead_len}
+    encoder: !new:cosyvoice.transformer.upsample_encoder.UpsampleConformerEncoder
+        output_size: {d.flow_size}
+        attention_heads: {d.flow_encoder_heads}
+        linear_units: {d.flow_encoder_linear_units}
+        num_blocks: {d.flow_encoder_blocks}
+        dropout_rate: 0.1
+        positional_dropout_rate: 0.1
+        attention_dropout_rate: 0.1
+        normalize_before: True
+        input_layer: 'linear'
+        pos_enc_layer_type: 'rel_pos_espnet'
+        selfattention_layer_type: 'rel_selfattn'
+        input_size: {d.flow_size}
+        use_cnn_module: False
+        macaron_style: False
+        static_chunk_size: !ref <chunk_size>
+    decoder: !new:cosyvoice.flow.flow_matching.CausalConditionalCFM
+        in_channels: {3 * d.num_mels}
+        n_spks: 1
+        spk_emb_dim: {d.num_mels}
+        cfm_params: !new:omegaconf.DictConfig
+            content:
+                sigma_min: 1e-06
+                solver: 'euler'
+                t_scheduler: 'cosine'
+                training_cfg_rate: 0.2
+                inference_cfg_rate: 0.7
+                reg_loss_type: 'l1'
+        estimator: !new:cosyvoice.flow.decoder.CausalConditionalDecoder
+            in_channels: {4 * d.num_mels}
+            out_channels: {d.num_mels}
+            channels: [{d.estimator_channels}]
+            dropout: 0.0
+            attention_head_dim: {d.estimator_head_dim}
+            n_blocks: {d.estimator_n_blocks}
+            num_mid_blocks: {d.estimator_mid_blocks}
+            num_heads: {d.estimator_heads}
+            act_fn: 'gelu'
+            static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
+            num_decoding_left_chunks: !ref <num_decoding_left_chunks>
+
+hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
+    in_channels: {d.num_mels}
+    base_channels: {d.hift_base_channels}
+    nb_harmonics: 8
+    sampling_rate: !ref <sample_rate>
+    nsf_alpha: 0.1
+    nsf_sigma: 0.003
+    nsf_voiced_threshold: 10
+    upsample_rates: [8, 5, 3]
+    upsample_kernel_sizes: [16, 11, 7]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+    resblock_kernel_sizes: [3, 7, 11]
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    source_resblock_kernel_sizes: [7, 7, 11]
+    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    lrelu_slope: 0.1
+    audio_limit: 0.99
+    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.ConvRNNF0Predictor
+        num_class: 1
+        in_channels: {d.num_mels}
+        cond_channels: {d.f0_cond_channels}
+
+# gan related module
+mel_spec_transform1: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: {d.n_fft}
+    num_mels: {d.num_mels}
+    sampling_rate: !ref <sample_rate>
+    hop_size: {d.hop_size}
+    win_size: {d.win_size_mel}
+    fmin: {d.fmin}
+    fmax: null
+    center: False
+hifigan: !new:cosyvoice.hifigan.hifigan.HiFiGan
+    generator: !ref <hift>
+    discriminator: !new:cosyvoice.hifigan.discriminator.MultipleDiscriminator
+        mpd: !new:matcha.hifigan.models.MultiPeriodDiscriminator
+        mrd: !new:cosyvoice.hifigan.discriminator.MultiResSpecDiscriminator
+    mel_spec_transform: [
+        !ref <mel_spec_transform1>
+    ]
+
+# processor functions
+parquet_opener: !name:cosyvoice.dataset.processor.parquet_opener
+get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
+    token_path: !ref <qwen_pretrain_path>
+    skip_special_tokens: True
+allowed_special: 'all'
+tokenize: !name:cosyvoice.dataset.processor.tokenize
+    get_tokenizer: !ref <get_tokenizer>
+    allowed_special: !ref <allowed_special>
+filter: !name:cosyvoice.dataset.processor.filter
+    max_length: 40960
+    min_length: 100
+    token_max_length: 200
+    token_min_length: 1
+resample: !name:cosyvoice.dataset.processor.resample
+    resample_rate: !ref <sample_rate>
+truncate: !name:cosyvoice.dataset.processor.truncate
+    truncate_length: 24480 # must be a multiplier of hop_size
+feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: {d.n_fft}
+    num_mels: {d.num_mels}
+    sampling_rate: !ref <sample_rate>
+    hop_size: {d.hop_size}
+    win_size: {d.win_size_mel}
+    fmin: {d.fmin}
+    fmax: {d.fmax}
+    center: False
+compute_fbank: !name:cosyvoice.dataset.processor.compute_fbank
+    feat_extractor: !ref <feat_extractor>
+compute_f0: !name:cosyvoice.dataset.processor.compute_f0
+    sample_rate: !ref <sample_rate>
+    hop_size: {d.hop_size}
+parse_embedding: !name:cosyvoice.dataset.processor.parse_embedding
+    normalize: True
+shuffle: !name:cosyvoice.dataset.processor.shuffle
+    shuffle_size: 1000
+sort: !name:cosyvoice.dataset.processor.sort
+    sort_size: 500  # sort_size should be less than shuffle_size
+batch: !name:cosyvoice.dataset.processor.batch
+    batch_type: 'dynamic'
+    max_frames_in_batch: 2000
+padding: !name:cosyvoice.dataset.processor.padding
+    use_spk_embedding: False # change to True during sft
+
+# dataset processor pipeline
+data_pipeline: [
+    !ref <parquet_opener>,
+    !ref <tokenize>,
+    !ref <filter>,
+    !ref <resample>,
+    !ref <compute_fbank>,
+    !ref <parse_embedding>,
+    !ref <shuffle>,
+    !ref <sort>,
+    !ref <batch>,
+    !ref <padding>,
+]
+data_pipeline_gan: [
+    !ref <parquet_opener>,
+    !ref <tokenize>,
+    !ref <filter>,
+    !ref <resample>,
+    !ref <truncate>,
+    !ref <compute_fbank>,
+    !ref <compute_f0>,
+    !ref <parse_embedding>,
+    !ref <shuffle>,
+    !ref <sort>,
+    !ref <batch>,
+    !ref <padding>,
+]
+
+# llm flow train conf
+train_conf:
+    optim: adam
+    optim_conf:
+        lr: 1e-5 # change to 1e-5 during sft
+    scheduler: constantlr # change to constantlr during sft
+    scheduler_conf:
+        warmup_steps: 2500
+    max_epoch: 200
+    grad_clip: 5
+    accum_grad: 2
+    log_interval: 100
+    save_per_step: -1
+
+# gan train conf
+train_conf_gan:
+    optim: adam
+    optim_conf:
+        lr: 0.0002 # use small lr for gan training
+    scheduler: constantlr
+    optim_d: adam
+    optim_conf_d:
+        lr: 0.0002 # use small lr for gan training
+    scheduler_d: constantlr
+    max_epoch: 200
+    grad_clip: 5
+    accum_grad: 1 # in gan training, accum_grad must be 1
+    log_interval: 100
+    save_per_step: -1
+"""
+
+
+def write_model_yaml(path: str | Path, dims: KitDims | None = None) -> Path:
+    """Write a tiny ``cosyvoice2.yaml`` at ``path`` (a file path, or a folder to write it into)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / keys.YAML_NAME["v2"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_yaml_text(dims or KitDims()), encoding="utf-8")
+    return path
+
+
+def qwen_config_dict(dims: KitDims, vocab_size: int, endoftext_id: int | None = None) -> dict[str, object]:
+    """``config.json`` of the tiny backbone: Qwen2.5-0.5B's file with the kit's sizes.
+
+    ``endoftext_id`` is the tokenizer's ``<|endoftext|>`` id (151643 officially); None leaves bos/eos unset.
+    """
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": endoftext_id,
+        "eos_token_id": endoftext_id,
+        "hidden_act": "silu",
+        "hidden_size": dims.llm_size,
+        "initializer_range": 0.02,
+        "intermediate_size": dims.qwen_intermediate,
+        "max_position_embeddings": 32768,
+        "max_window_layers": dims.qwen_layers,
+        "model_type": "qwen2",
+        "num_attention_heads": dims.qwen_heads,
+        "num_hidden_layers": dims.qwen_layers,
+        "num_key_value_heads": dims.qwen_kv_heads,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": 1000000.0,
+        "sliding_window": 32768,
+        "tie_word_embeddings": True,
+        "torch_dtype": "float32",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": vocab_size,
+    }
+
+
+def write_qwen_backbone(
+    qwen_dir: str | Path,
+    vocab_size: int,
+    dims: KitDims | None = None,
+    seed: int = 0,
+    endoftext_id: int | None = None,
+) -> Path:
+    """Write ``config.json``, ``generation_config.json`` and ``model.safetensors`` of a tiny random Qwen2.
+
+    ``vocab_size`` must cover every text-token id the tokenizer in the same folder can produce
+    (see :func:`cosyml.kit.tokenizer.qwen_vocab_size`). Tokenizer files in the folder are left alone.
+    """
+    from transformers import GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+
+    dims = dims or KitDims()
+    qwen_dir = Path(qwen_dir)
+    qwen_dir.mkdir(parents=True, exist_ok=True)
+    if endoftext_id is not None and not 0 <= endoftext_id < vocab_size:
+        raise ValueError(f"endoftext_id {endoftext_id} is outside the vocabulary of {vocab_size}")
+    config_dict = qwen_config_dict(dims, vocab_size, endoftext_id)
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = Qwen2ForCausalLM(Qwen2Config(**config_dict))
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.save_pretrained(qwen_dir, safe_serialization=True)
+    # Our own config.json (the official field set) replaces the one transformers writes.
+    (qwen_dir / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n", encoding="utf-8")
+    GenerationConfig(
+        bos_token_id=endoftext_id, eos_token_id=endoftext_id, max_new_tokens=2048, do_sample=False
+    ).save_pretrained(qwen_dir)
+    return qwen_dir
