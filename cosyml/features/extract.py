@@ -1,0 +1,461 @@
+"""The ``extract`` stage: CAM++ embeddings and speech tokens for every prepared clip.
+
+For each split directory (``train``, ``dev``) holding ``wav.scp`` and ``utt2spk`` it writes, in
+upstream's formats (``torch.save`` of plain dicts, loadable with ``weights_only=True``):
+
+- ``utt2embedding.pt``: ``{utt: list[192 float]}``, the raw CAM++ output (not normalised),
+- ``spk2embedding.pt``: ``{spk: list[192 float]}``, the mean of that speaker's raw vectors,
+- ``utt2speech_token.pt``: ``{utt: list[int]}``; ``[]`` for clips over 30 s (as upstream),
+- ``extract_report.json``: per utterance the flow mel frames floor(N24/480), the token count and the
+  count both are trimmed to for training, plus the clips without tokens and the model fingerprints.
+
+Each clip is read and resampled to 16 kHz once and feeds both models. Work is checkpointed to
+``.extract_cache.pt`` (atomic rename) every ``checkpoint_every`` clips; a rerun continues from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cosyml.audio import read_audio, resample, to_mono
+from cosyml.config import ExtractConfig
+from cosyml.data.kaldi import read_kaldi_map
+from cosyml.errors import InputError, ModelDirError
+from cosyml.features.campplus import SpeakerEncoder
+from cosyml.features.fbank import FRAME_LENGTH, campplus_features
+from cosyml.features.speech_tokens import (
+    MAX_TOKEN_AUDIO_S,
+    SpeechTokenizer,
+    flow_mel_frames,
+    usable_token_count,
+)
+from cosyml.features.whisper_mel import log_mel
+
+SPLITS = ("train", "dev")
+CACHE_FILE = ".extract_cache.pt"
+REPORT_FILE = "extract_report.json"
+OUTPUT_FILES = ("utt2embedding.pt", "spk2embedding.pt", "utt2speech_token.pt")
+_CACHE_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class FrontendModels:
+    """The two ONNX files of a model directory and the model version they belong to."""
+
+    campplus: Path
+    speech_tokenizer: Path
+    version: str  # "cosyvoice2" or "cosyvoice3"
+
+
+def find_frontend_models(model_dir: str | Path) -> FrontendModels:
+    """Locate ``campplus.onnx`` and the speech tokenizer of a model directory, or stop with one line.
+
+    The version follows the yaml present (``cosyvoice3.yaml`` -> ``speech_tokenizer_v3.onnx``,
+    otherwise v2), as upstream's ``AutoModel`` decides.
+    """
+    model_dir = Path(model_dir)
+    hint = (
+        "point --model-dir at a CosyVoice2-0.5B or Fun-CosyVoice3-0.5B directory "
+        "(or create a tiny one with `cosyml kit DIR`)"
+    )
+    if not model_dir.is_dir():
+        raise ModelDirError(f"{model_dir}: model directory not found; {hint}")
+    version = "cosyvoice3" if (model_dir / "cosyvoice3.yaml").is_file() else "cosyvoice2"
+    tokenizer = model_dir / ("speech_tokenizer_v3.onnx" if version == "cosyvoice3" else "speech_tokenizer_v2.onnx")
+    for path in (model_dir / "campplus.onnx", tokenizer):
+        if not path.is_file() or path.stat().st_size == 0:
+            raise ModelDirError(f"{path}: missing or empty; {hint}")
+    return FrontendModels(model_dir / "campplus.onnx", tokenizer, version)
+
+
+@dataclass
+class SplitResult:
+    """What extraction did for one split."""
+
+    split: str
+    num_utts: int
+    num_embeddings: int
+    num_with_tokens: int
+    no_tokens: list[str] = field(default_factory=list)  # clips over 30 s
+    num_token_mel_mismatch: int = 0  # clips where tokens != flow mel frames // 2 (trimmed in training)
+    num_resumed: int = 0  # clips taken from the resume cache
+    audio_seconds: float = 0.0
+    seconds: float = 0.0
+    complete: bool = True
+    skipped_up_to_date: bool = False
+
+
+@dataclass
+class ExtractResult:
+    """Typed result of :func:`extract`: per-split counts, timings and the models used."""
+
+    model_dir: Path
+    models: FrontendModels
+    splits: list[SplitResult]
+    seconds: float
+    campplus_batches_padded: bool
+    tokenizer_batches_padded: bool
+
+    @property
+    def complete(self) -> bool:
+        return all(s.complete for s in self.splits)
+
+    def metrics(self) -> dict[str, float]:
+        out: dict[str, float] = {"extract_seconds": self.seconds}
+        for s in self.splits:
+            out.update(
+                {
+                    f"{s.split}.num_utts": s.num_utts,
+                    f"{s.split}.num_embeddings": s.num_embeddings,
+                    f"{s.split}.num_with_tokens": s.num_with_tokens,
+                    f"{s.split}.num_no_tokens": len(s.no_tokens),
+                    f"{s.split}.num_token_mel_mismatch": s.num_token_mel_mismatch,
+                    f"{s.split}.num_resumed": s.num_resumed,
+                    f"{s.split}.audio_seconds": s.audio_seconds,
+                    f"{s.split}.seconds": s.seconds,
+                    f"{s.split}.realtime_factor": s.seconds / s.audio_seconds if s.audio_seconds else 0.0,
+                }
+            )
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+@dataclass
+class _Clip:
+    """One decoded clip and its two model inputs (the waveform itself is not kept)."""
+
+    utt: str
+    fbank: np.ndarray  # (T, 80) Kaldi fbank + CMN, 100 frames/s
+    mel: np.ndarray | None  # (128, T) Whisper log-mel; None for clips over 30 s (no tokens)
+    seconds: float
+    flow_frames: int
+    embedding: np.ndarray | None = None  # (192,) when computed in the worker (unbatchable CAM++)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _resolve_wav(path: str, split_dir: Path) -> Path:
+    candidate = Path(path)
+    if not candidate.is_absolute() and (split_dir / candidate).is_file():
+        return split_dir / candidate
+    return candidate  # relative to the working directory, as upstream's readers open it
+
+
+def _load_clip(utt: str, path: Path) -> _Clip:
+    """Read, mix to mono, resample to 16 kHz once, and compute both model inputs."""
+    audio = read_audio(path)
+    mono = to_mono(audio.samples)
+    wav16 = resample(mono, audio.sample_rate, 16000)
+    if len(wav16) < FRAME_LENGTH:
+        raise InputError(f"{path}: clip '{utt}' is shorter than 25 ms; remove it or rerun `cosyml prepare`")
+    mel = log_mel(wav16) if len(wav16) / 16000 <= MAX_TOKEN_AUDIO_S else None
+    fbank = campplus_features([wav16])[0]
+    return _Clip(utt, fbank, mel, audio.duration_s, flow_mel_frames(len(mono), audio.sample_rate))
+
+
+@contextlib.contextmanager
+def _torch_threads(count: int) -> Iterator[None]:
+    """Feature code runs in several worker threads at once: one torch thread each avoids oversubscription."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _write_json_atomic(obj: Any, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class FrontendExtractor:
+    """Both ONNX models and a worker pool, turning clips into (embedding, tokens). No tracking here.
+
+    Every unit of work (decoding + features of one clip, one model batch) is single-threaded and runs
+    on ``workers`` threads: robust on shared CPUs, where multi-threaded operators stall waiting for
+    descheduled threads. A CAM++ model that pools over padding (the official one) can only batch equal
+    lengths, which real clips rarely share, so its embedding is computed with the clip's features.
+    """
+
+    def __init__(self, model_dir: str | Path, config: ExtractConfig | None = None) -> None:
+        self.config = config or ExtractConfig()
+        self.models = find_frontend_models(model_dir)
+        threads = self.config.num_threads or 1
+        self.encoder = SpeakerEncoder(self.models.campplus, self.config.device, threads)
+        self.tokenizer = SpeechTokenizer(self.models.speech_tokenizer, self.config.device, threads)
+        self.workers = self.config.workers or os.cpu_count() or 1
+        self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="extract")
+        self.fingerprint = {
+            "campplus": self.models.campplus.name,
+            "campplus_sha256": _sha256(self.models.campplus),
+            "speech_tokenizer": self.models.speech_tokenizer.name,
+            "speech_tokenizer_sha256": _sha256(self.models.speech_tokenizer),
+        }
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+    def __enter__(self) -> FrontendExtractor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def prepare(self, utt: str, path: Path) -> _Clip:
+        """Worker part: decode + features (+ the embedding when CAM++ batches cannot be padded)."""
+        clip = _load_clip(utt, path)
+        if not self.encoder.padding_exact:
+            clip.embedding = self.encoder.embed([clip.fbank])[0]
+        return clip
+
+    def process(self, clips: list[_Clip]) -> tuple[np.ndarray, list[list[int]]]:
+        """Embeddings (B, 192) and token lists (``[]`` for clips over 30 s) for prepared ``clips``."""
+        batch = max(1, self.config.batch_size)
+        with_tokens = [i for i, c in enumerate(clips) if c.mel is not None]
+        mels = [clips[i].mel for i in with_tokens]
+        token_lists = self.tokenizer.tokenize(mels, batch, executor=self.pool)  # type: ignore[arg-type]
+        if self.encoder.padding_exact:
+            embeddings = self.encoder.embed([c.fbank for c in clips], batch, executor=self.pool)
+        else:
+            embeddings = np.stack([c.embedding for c in clips])  # type: ignore[misc]
+        tokens: list[list[int]] = [[] for _ in clips]
+        for i, ids in zip(with_tokens, token_lists, strict=True):
+            tokens[i] = ids
+        return embeddings, tokens
+
+
+def _read_split(split_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    wav_scp, utt2spk_file = split_dir / "wav.scp", split_dir / "utt2spk"
+    for path in (wav_scp, utt2spk_file):
+        if not path.is_file():
+            raise InputError(f"{path}: not found; run `cosyml prepare` first (it writes the kaldi files)")
+    utt2wav, utt2spk = read_kaldi_map(wav_scp), read_kaldi_map(utt2spk_file)
+    missing = [u for u in utt2wav if u not in utt2spk]
+    if missing:
+        raise InputError(f"{utt2spk_file}: no speaker for utterance '{missing[0]}'; rerun `cosyml prepare`")
+    if not utt2wav:
+        raise InputError(f"{wav_scp}: no utterances; rerun `cosyml prepare`")
+    return utt2wav, utt2spk
+
+
+def _load_cache(path: Path, fingerprint: dict[str, str]) -> dict[str, Any]:
+    empty: dict[str, Any] = {
+        "format": _CACHE_FORMAT,
+        "fingerprint": fingerprint,
+        "utt2embedding": {},
+        "utt2speech_token": {},
+        "utt2info": {},
+    }
+    if not path.is_file():
+        return empty
+    try:
+        cache = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a torn or foreign file: start the split again rather than fail
+        return empty
+    if cache.get("format") != _CACHE_FORMAT or cache.get("fingerprint") != fingerprint:
+        return empty
+    return cache
+
+
+def _outputs_up_to_date(split_dir: Path, utts: list[str], fingerprint: dict[str, str]) -> bool:
+    report = split_dir / REPORT_FILE
+    if not report.is_file() or not all((split_dir / f).is_file() for f in OUTPUT_FILES):
+        return False
+    try:
+        info = json.loads(report.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return False
+    return info.get("fingerprint") == fingerprint and info.get("utts") == len(utts) and info.get("complete")
+
+
+def _clips(
+    items: list[tuple[str, Path]], prepare: Callable[[str, Path], _Clip], pool: Executor, ahead: int
+) -> Iterator[_Clip]:
+    """Prepare clips on ``pool``, yielded in order, at most ``ahead`` clips in flight."""
+    futures = [pool.submit(prepare, u, p) for u, p in items[:ahead]]
+    next_item = len(futures)
+    for k in range(len(items)):
+        clip = futures[k].result()
+        futures[k] = None  # type: ignore[call-overload]  # release finished features early
+        if next_item < len(items):
+            futures.append(pool.submit(prepare, *items[next_item]))
+            next_item += 1
+        yield clip
+
+
+def extract_split(
+    split_dir: str | Path,
+    extractor: FrontendExtractor,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> SplitResult:
+    """Extract one split directory (see the module docstring). ``stop_after`` caps new clips (testing)."""
+    from tqdm import tqdm
+
+    split_dir = Path(split_dir)
+    started = time.perf_counter()
+    cfg = extractor.config
+    utt2wav, utt2spk = _read_split(split_dir)
+    utts = list(utt2wav)
+    fingerprint = {**extractor.fingerprint, "wav_scp_sha256": _sha256(split_dir / "wav.scp")}
+    if _outputs_up_to_date(split_dir, utts, fingerprint):
+        report = json.loads((split_dir / REPORT_FILE).read_text(encoding="utf-8"))
+        no_tokens = list(report.get("no_tokens_over_30s", []))
+        return SplitResult(
+            split_dir.name, len(utts), len(utts), len(utts) - len(no_tokens), no_tokens=no_tokens,
+            num_token_mel_mismatch=int(report.get("token_mel_mismatch", 0)), num_resumed=len(utts),
+            skipped_up_to_date=True,
+        )
+
+    cache_path = split_dir / CACHE_FILE
+    cache = _load_cache(cache_path, fingerprint)
+    done = set(cache["utt2embedding"])
+    resumed = len(done & set(utts))
+    todo = [u for u in utts if u not in done]
+    if stop_after is not None:
+        todo = todo[:stop_after]
+    items = [(u, _resolve_wav(utt2wav[u], split_dir)) for u in todo]
+
+    window = max(1, cfg.batch_size) * extractor.workers  # clips sorted by length and run together
+    every = max(1, cfg.checkpoint_every)
+    bar = tqdm(total=len(utts), initial=resumed, desc=f"extract {split_dir.name}", unit="utt", disable=not progress)
+    pending: list[_Clip] = []
+    unsaved = 0
+
+    def run_models() -> None:
+        nonlocal unsaved
+        embeddings, tokens = extractor.process(pending)
+        for clip, vec, ids in zip(pending, embeddings, tokens, strict=True):
+            cache["utt2embedding"][clip.utt] = vec.tolist()
+            cache["utt2speech_token"][clip.utt] = ids
+            cache["utt2info"][clip.utt] = [clip.seconds, clip.flow_frames]
+        unsaved += len(pending)
+        bar.update(len(pending))
+        pending.clear()
+        if unsaved >= every:
+            _save_atomic(cache, cache_path)
+            unsaved = 0
+
+    with _torch_threads(1):
+        for clip in _clips(items, extractor.prepare, extractor.pool, ahead=window + 2 * extractor.workers):
+            pending.append(clip)
+            if len(pending) >= window:
+                run_models()
+        if pending:
+            run_models()
+    if unsaved:
+        _save_atomic(cache, cache_path)
+    bar.close()
+
+    complete = all(u in cache["utt2embedding"] for u in utts)
+    result = SplitResult(
+        split=split_dir.name,
+        num_utts=len(utts),
+        num_embeddings=sum(u in cache["utt2embedding"] for u in utts),
+        num_with_tokens=sum(bool(cache["utt2speech_token"].get(u)) for u in utts),
+        num_resumed=resumed,
+        complete=complete,
+    )
+    if complete:
+        _write_outputs(split_dir, utts, utt2spk, cache, fingerprint, result)
+        cache_path.unlink(missing_ok=True)
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _write_outputs(
+    split_dir: Path,
+    utts: list[str],
+    utt2spk: dict[str, str],
+    cache: dict[str, Any],
+    fingerprint: dict[str, str],
+    result: SplitResult,
+) -> None:
+    utt2embedding = {u: cache["utt2embedding"][u] for u in utts}
+    utt2speech_token = {u: cache["utt2speech_token"][u] for u in utts}
+    by_speaker: dict[str, list[list[float]]] = {}
+    for u in utts:
+        by_speaker.setdefault(utt2spk[u], []).append(utt2embedding[u])
+    spk2embedding = {spk: torch.tensor(vecs).mean(dim=0).tolist() for spk, vecs in by_speaker.items()}
+
+    per_utt: dict[str, dict[str, float | int]] = {}
+    for u in utts:
+        seconds, frames = cache["utt2info"][u]
+        count = len(utt2speech_token[u])
+        per_utt[u] = {
+            "seconds": round(float(seconds), 4),
+            "flow_mel_frames": int(frames),
+            "tokens": count,
+            "usable_tokens": usable_token_count(int(frames), count),
+        }
+    result.no_tokens = [u for u in utts if not utt2speech_token[u]]
+    result.num_token_mel_mismatch = sum(
+        1 for u in utts if utt2speech_token[u] and per_utt[u]["tokens"] != int(per_utt[u]["flow_mel_frames"]) // 2
+    )
+    result.audio_seconds = float(sum(float(v["seconds"]) for v in per_utt.values()))
+    for name, obj in zip(OUTPUT_FILES, (utt2embedding, spk2embedding, utt2speech_token), strict=True):
+        _save_atomic(obj, split_dir / name)
+    report = {
+        "fingerprint": fingerprint,
+        "utts": len(utts),
+        "complete": True,
+        "no_tokens_over_30s": result.no_tokens,
+        "token_mel_mismatch": result.num_token_mel_mismatch,
+        "utterances": per_utt,
+    }
+    _write_json_atomic(report, split_dir / REPORT_FILE)
+
+
+def extract(
+    data_dir: str | Path,
+    model_dir: str | Path,
+    config: ExtractConfig | None = None,
+    splits: tuple[str, ...] = SPLITS,
+    stop_after: int | None = None,
+    progress: bool = True,
+) -> ExtractResult:
+    """Run extraction on every split directory of ``data_dir`` that has a ``wav.scp``."""
+    started = time.perf_counter()
+    data_dir = Path(data_dir)
+    find_frontend_models(model_dir)  # a wrong model directory is reported before anything else
+    present = [s for s in splits if (data_dir / s / "wav.scp").is_file()]
+    if not present:
+        raise InputError(f"{data_dir}: no {'/'.join(splits)} split with a wav.scp; run `cosyml prepare` first")
+    with FrontendExtractor(model_dir, config) as extractor:
+        results = [extract_split(data_dir / s, extractor, stop_after, progress) for s in present]
+    return ExtractResult(
+        model_dir=Path(model_dir),
+        models=extractor.models,
+        splits=results,
+        seconds=time.perf_counter() - started,
+        campplus_batches_padded=extractor.encoder.padding_exact,
+        tokenizer_batches_padded=extractor.tokenizer.padding_exact,
+    )

@@ -1,0 +1,150 @@
+"""The extract stage end to end on the tiny kit: file formats, resume, errors, CLI and tracking."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cosyml.audio import load_mono, write_wav
+from cosyml.cli import main
+from cosyml.config import ExtractConfig
+from cosyml.errors import InputError, ModelDirError
+from cosyml.features.campplus import SpeakerEncoder
+from cosyml.features.extract import CACHE_FILE, extract, find_frontend_models
+from cosyml.features.fbank import campplus_features
+from cosyml.features.speech_tokens import SpeechTokenizer
+from cosyml.features.whisper_mel import log_mel
+from cosyml.kit.frontend import export_campplus, export_speech_tokenizer
+
+DURATIONS = {"train": [1.0, 1.7, 2.3, 1.0, 0.8, 31.0], "dev": [1.2, 2.0]}
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("kit")
+    export_campplus(root / "campplus.onnx")
+    export_speech_tokenizer(root / "speech_tokenizer_v2.onnx")
+    return root
+
+
+def _make_data(root: Path) -> Path:
+    rng = np.random.default_rng(7)
+    for split, durations in DURATIONS.items():
+        d = root / "data" / split
+        d.mkdir(parents=True)
+        scp, u2s = [], []
+        for i, dur in enumerate(durations):
+            sr = 24000 if i % 2 == 0 else 22050
+            t = np.arange(int(sr * dur)) / sr
+            wav = 0.3 * np.sin(2 * np.pi * (140 + 40 * i) * t * (1 + 0.3 * np.sin(2 * np.pi * 2 * t)))
+            write_wav(d / f"{split}_{i}.wav", wav + 0.01 * rng.standard_normal(len(t)), sr)
+            spk = "spkA" if i % 3 else "spkB"
+            scp.append(f"{spk}_{split}{i} {split}_{i}.wav")  # relative to the split directory
+            u2s.append(f"{spk}_{split}{i} {spk}")
+        (d / "wav.scp").write_text("\n".join(scp) + "\n")
+        (d / "utt2spk").write_text("\n".join(u2s) + "\n")
+    return root / "data"
+
+
+@pytest.fixture()
+def data(tmp_path) -> Path:
+    return _make_data(tmp_path)
+
+
+CFG = ExtractConfig(batch_size=4, num_threads=1, device="cpu", checkpoint_every=2, workers=2)
+
+
+def test_outputs_match_one_at_a_time_upstream_method(kit, data):
+    result = extract(data, kit, CFG, progress=False)
+    assert result.complete and [s.split for s in result.splits] == ["train", "dev"]
+    train = data / "train"
+    utt2emb = torch.load(train / "utt2embedding.pt", weights_only=True)
+    spk2emb = torch.load(train / "spk2embedding.pt", weights_only=True)
+    utt2tok = torch.load(train / "utt2speech_token.pt", weights_only=True)
+    utts = [line.split()[0] for line in (train / "wav.scp").read_text().splitlines()]
+    assert list(utt2emb) == utts and list(utt2tok) == utts
+
+    encoder = SpeakerEncoder(kit / "campplus.onnx", "cpu", 1)
+    tokenizer = SpeechTokenizer(kit / "speech_tokenizer_v2.onnx", "cpu", 1)
+    for i, utt in enumerate(utts):
+        wav16 = load_mono(train / f"train_{i}.wav", 16000)
+        single = encoder.embed(campplus_features([wav16]))[0]
+        assert isinstance(utt2emb[utt], list) and len(utt2emb[utt]) == 192
+        np.testing.assert_allclose(utt2emb[utt], single, atol=1e-5)
+        expected = [] if len(wav16) > 30 * 16000 else tokenizer.tokenize([log_mel(wav16)])[0]
+        assert utt2tok[utt] == expected
+    spk_a = [u for u in utts if u.startswith("spkA")]
+    np.testing.assert_allclose(spk2emb["spkA"], np.mean([utt2emb[u] for u in spk_a], axis=0), atol=1e-6)
+
+    s = result.splits[0]
+    assert s.num_utts == 6 and s.num_embeddings == 6 and s.num_with_tokens == 5 and s.no_tokens == ["spkA_train5"]
+    report = json.loads((train / "extract_report.json").read_text())
+    first = report["utterances"][utts[1]]  # 1.7 s at 22.05 kHz
+    assert first["flow_mel_frames"] == int(np.ceil(int(22050 * 1.7) * 24000 / 22050)) // 480
+    assert first["usable_tokens"] == min(first["flow_mel_frames"] // 2, first["tokens"])
+    assert not (train / CACHE_FILE).exists()
+
+
+def test_resume_after_interruption(kit, data, tmp_path):
+    first = extract(data, kit, CFG, stop_after=3, progress=False)
+    assert not first.complete
+    train = data / "train"
+    assert (train / CACHE_FILE).is_file() and not (train / "utt2embedding.pt").exists()
+    cache = torch.load(train / CACHE_FILE, weights_only=True)
+    assert len(cache["utt2embedding"]) == 3
+    # poison the cached vector of one clip: a resumed run must keep it, proving it was not recomputed
+    poisoned = next(iter(cache["utt2embedding"]))
+    cache["utt2embedding"][poisoned] = [7.0] * 192
+    torch.save(cache, train / CACHE_FILE)
+
+    second = extract(data, kit, CFG, progress=False)
+    assert second.complete and second.splits[0].num_resumed == 3
+    assert torch.load(train / "utt2embedding.pt", weights_only=True)[poisoned] == [7.0] * 192
+
+    fresh = _make_data(tmp_path / "fresh")
+    extract(fresh, kit, CFG, progress=False)
+    ref = torch.load(fresh / "train" / "utt2speech_token.pt", weights_only=True)
+    assert torch.load(train / "utt2speech_token.pt", weights_only=True) == ref
+
+    third = extract(data, kit, CFG, progress=False)
+    assert third.splits[0].skipped_up_to_date
+
+
+def test_wrong_model_dir_names_the_missing_file(kit, data, tmp_path):
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "campplus.onnx").write_bytes((kit / "campplus.onnx").read_bytes())
+    with pytest.raises(ModelDirError, match=r"speech_tokenizer_v2\.onnx: missing.*cosyml kit"):
+        extract(data, tmp_path / "partial", CFG, progress=False)
+    (tmp_path / "partial" / "cosyvoice3.yaml").write_text("{}")
+    with pytest.raises(ModelDirError, match=r"speech_tokenizer_v3\.onnx"):
+        find_frontend_models(tmp_path / "partial")
+    with pytest.raises(InputError, match="no train/dev split"):
+        extract(tmp_path / "nothing", kit, CFG, progress=False)
+
+
+def test_cli_extract_records_a_run(kit, data, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    code = main(["extract", "--data", str(data), "--model-dir", str(kit), "--set", "extract.num_threads=1",
+                 "--set", "extract.device=cpu"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "train: 6/6 embeddings, 5 with tokens" in out
+
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["cosyml/speaker"])
+    assert len(runs) == 1 and runs.iloc[0]["metrics.train.num_utts"] == 6
+    assert runs.iloc[0]["tags.cosyml.stage"] == "extract"
+
+
+def test_cli_wrong_model_dir_is_one_line(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("COSYML_TRACKING", "off")
+    assert main(["extract", "--data", str(data), "--model-dir", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("cosyml: error:") and "\n" not in err
