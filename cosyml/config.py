@@ -124,6 +124,9 @@ class TrainConfig:
     average_num: int = 5  # checkpoints averaged into the final weights
     average_by: str = "cv_loss"  # cv_loss (best-n, upstream --val_best) | last (last-n epochs)
     find_unused_parameters: bool = True  # DDP: needed when some parameters get no gradient in a step
+    device: str = "auto"  # auto (CUDA when present, the LOCAL_RANK GPU under torchrun) | cpu | cuda
+    log_checkpoints: str = "best"  # which checkpoints become MLflow artifacts: all | best | final | none
+    sample_every_epochs: int = 1  # per-epoch audio samples (sft mode) every N epochs; 0 = off
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
 
 
@@ -238,11 +241,18 @@ def load_params(path: str | Path | None = None) -> Params:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """``"prepare.seed=3"`` -> (["prepare", "seed"], 3). Values are parsed as YAML scalars."""
+    """``"prepare.seed=3"`` -> (["prepare", "seed"], 3). Values are parsed as YAML scalars.
+
+    An empty value (``"train.max_epochs="``) means "no override" (MLflow passes unset parameters that
+    way); write ``key=""`` for an empty string.
+    """
     if "=" not in text:
         raise ConfigError(f"--set {text}: expected section.key=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else ""
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
     return [k for k in key.strip().split(".") if k], value
 
 
@@ -255,6 +265,8 @@ def with_overrides(params: Params, overrides: list[str] | dict[str, Any]) -> Par
         else [([k for k in key.split(".") if k], v) for key, v in overrides.items()]
     )
     for keys, value in items:
+        if value is None:
+            continue
         node = data
         for k in keys[:-1]:
             if not isinstance(node.get(k), dict):

@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, help="prepared data directory (holds train/ and dev/)")
     parser.add_argument("--model-dir", default=None, help="base model directory (default: params model_dir)")
+    parser.add_argument("--output", default=None, help="write <split>/*.pt here instead of into --data")
     add_params_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -31,7 +32,7 @@ def run(args: argparse.Namespace) -> int:
     find_frontend_models(params.model_dir)  # a wrong model directory stops before a run is recorded
     logged = {**as_flat_dict(params.extract, "extract."), "model_dir": params.model_dir, "data": args.data}
     with stage_run("extract", params.prepare.speaker, logged) as run_:
-        result = extract(args.data, params.model_dir, params.extract)
+        result = extract(args.data, params.model_dir, params.extract, output_dir=args.output)
         run_.log_metrics(result.metrics())
         run_.set_tags(
             {

@@ -58,3 +58,16 @@ def write_split(folder: Path, entries: Sequence[ManifestEntry], instruct: str = 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+
+
+def resolve_wav_path(path: str | Path, split_dir: Path) -> Path:
+    """Where a ``wav.scp`` entry lives: absolute paths as they are; relative ones against the data
+    folder above the split (what ``prepare`` writes), then the split folder, then the working
+    directory (upstream's convention)."""
+    candidate = Path(path)
+    if candidate.is_absolute():
+        return candidate
+    for base in (split_dir.parent, split_dir):
+        if (base / candidate).is_file():
+            return base / candidate
+    return candidate

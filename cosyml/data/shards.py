@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from cosyml.data.kaldi import read_kaldi_map
+from cosyml.data.kaldi import read_kaldi_map, resolve_wav_path
 from cosyml.errors import InputError
 
 SHARD_SCHEMA_VERSION = "1"
@@ -217,13 +217,11 @@ def _optional(value: Any, convert: Any) -> Any:
 
 
 def _read_bytes(path: Path, split_dir: Path) -> bytes:
-    """Raw file bytes. Relative wav.scp paths resolve against the split folder, the data folder above
-    it, then the working directory (upstream's convention)."""
-    candidates = [path] if path.is_absolute() else [split_dir / path, split_dir.parent / path, path]
-    for candidate in candidates:
-        if candidate.is_file():
-            return candidate.read_bytes()
-    raise InputError(f"{path}: audio file listed in wav.scp is missing; rerun `cosyml prepare`")
+    """Raw file bytes of a wav.scp entry (see :func:`cosyml.data.kaldi.resolve_wav_path`)."""
+    resolved = resolve_wav_path(path, split_dir)
+    if not resolved.is_file():
+        raise InputError(f"{path}: audio file listed in wav.scp is missing; rerun `cosyml prepare`")
+    return resolved.read_bytes()
 
 
 def read_data_list(list_file: str | Path) -> list[Path]:

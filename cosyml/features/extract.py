@@ -31,7 +31,7 @@ import torch
 
 from cosyml.audio import read_audio, resample, to_mono
 from cosyml.config import ExtractConfig
-from cosyml.data.kaldi import read_kaldi_map
+from cosyml.data.kaldi import read_kaldi_map, resolve_wav_path
 from cosyml.errors import InputError, ModelDirError
 from cosyml.features.campplus import SpeakerEncoder
 from cosyml.features.fbank import FRAME_LENGTH, campplus_features
@@ -45,6 +45,7 @@ from cosyml.features.whisper_mel import log_mel
 
 SPLITS = ("train", "dev")
 CACHE_FILE = ".extract_cache.pt"
+INFO_FILE = "extract_info.json"
 REPORT_FILE = "extract_report.json"
 OUTPUT_FILES = ("utt2embedding.pt", "spk2embedding.pt", "utt2speech_token.pt")
 _CACHE_FORMAT = 1
@@ -152,13 +153,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _resolve_wav(path: str, split_dir: Path) -> Path:
-    candidate = Path(path)
-    if not candidate.is_absolute() and (split_dir / candidate).is_file():
-        return split_dir / candidate
-    return candidate  # relative to the working directory, as upstream's readers open it
 
 
 def _load_clip(utt: str, path: Path) -> _Clip:
@@ -316,18 +310,24 @@ def extract_split(
     extractor: FrontendExtractor,
     stop_after: int | None = None,
     progress: bool = True,
+    out_dir: str | Path | None = None,
 ) -> SplitResult:
-    """Extract one split directory (see the module docstring). ``stop_after`` caps new clips (testing)."""
+    """Extract one split directory (see the module docstring). ``stop_after`` caps new clips (testing).
+
+    Outputs, the resume cache and the report go to ``out_dir`` (default: ``split_dir`` itself).
+    """
     from tqdm import tqdm
 
     split_dir = Path(split_dir)
+    out = Path(out_dir) if out_dir is not None else split_dir
+    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     cfg = extractor.config
     utt2wav, utt2spk = _read_split(split_dir)
     utts = list(utt2wav)
     fingerprint = {**extractor.fingerprint, "wav_scp_sha256": _sha256(split_dir / "wav.scp")}
-    if _outputs_up_to_date(split_dir, utts, fingerprint):
-        report = json.loads((split_dir / REPORT_FILE).read_text(encoding="utf-8"))
+    if _outputs_up_to_date(out, utts, fingerprint):
+        report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
         no_tokens = list(report.get("no_tokens_over_30s", []))
         return SplitResult(
             split_dir.name, len(utts), len(utts), len(utts) - len(no_tokens), no_tokens=no_tokens,
@@ -335,14 +335,14 @@ def extract_split(
             skipped_up_to_date=True,
         )
 
-    cache_path = split_dir / CACHE_FILE
+    cache_path = out / CACHE_FILE
     cache = _load_cache(cache_path, fingerprint)
     done = set(cache["utt2embedding"])
     resumed = len(done & set(utts))
     todo = [u for u in utts if u not in done]
     if stop_after is not None:
         todo = todo[:stop_after]
-    items = [(u, _resolve_wav(utt2wav[u], split_dir)) for u in todo]
+    items = [(u, resolve_wav_path(utt2wav[u], split_dir)) for u in todo]
 
     window = max(1, cfg.batch_size) * extractor.workers  # clips sorted by length and run together
     every = max(1, cfg.checkpoint_every)
@@ -385,7 +385,7 @@ def extract_split(
         complete=complete,
     )
     if complete:
-        _write_outputs(split_dir, utts, utt2spk, cache, fingerprint, result)
+        _write_outputs(out, utts, utt2spk, cache, fingerprint, result)
         cache_path.unlink(missing_ok=True)
     result.seconds = time.perf_counter() - started
     return result
@@ -441,8 +441,14 @@ def extract(
     splits: tuple[str, ...] = SPLITS,
     stop_after: int | None = None,
     progress: bool = True,
+    output_dir: str | Path | None = None,
 ) -> ExtractResult:
-    """Run extraction on every split directory of ``data_dir`` that has a ``wav.scp``."""
+    """Run extraction on every split directory of ``data_dir`` that has a ``wav.scp``.
+
+    Feature files go to ``output_dir/<split>`` (default: ``data_dir/<split>``, upstream's layout); a
+    separate folder lets the prepare and extract DVC stages own disjoint outputs. ``extract_info.json``
+    at the output root records which speech tokenizer made the tokens (shards carry it on).
+    """
     started = time.perf_counter()
     data_dir = Path(data_dir)
     find_frontend_models(model_dir)  # a wrong model directory is reported before anything else
@@ -450,7 +456,12 @@ def extract(
     if not present:
         raise InputError(f"{data_dir}: no {'/'.join(splits)} split with a wav.scp; run `cosyml prepare` first")
     with FrontendExtractor(model_dir, config) as extractor:
-        results = [extract_split(data_dir / s, extractor, stop_after, progress) for s in present]
+        out_root = Path(output_dir) if output_dir is not None else data_dir
+        results = [extract_split(data_dir / s, extractor, stop_after, progress, out_root / s) for s in present]
+    _write_json_atomic(
+        {"speech_tokenizer": extractor.models.speech_tokenizer.name, "model_version": extractor.models.version},
+        out_root / INFO_FILE,
+    )
     return ExtractResult(
         model_dir=Path(model_dir),
         models=extractor.models,

@@ -160,7 +160,10 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 def loss_and_acc(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(loss, acc)`` from a model output: a dict with "loss"/"acc" or an object with .loss/.acc."""
+    """``(loss, acc)`` from a model output: a scalar loss tensor (the flow), a dict with "loss"/"acc",
+    or an object with .loss/.acc (the LLM)."""
+    if isinstance(output, torch.Tensor):
+        return output, None
     if isinstance(output, Mapping):
         return output["loss"], output.get("acc")
     return output.loss, getattr(output, "acc", None)

@@ -1,0 +1,37 @@
+"""``cosyml average``: average training checkpoints into an official-format llm.pt / flow.pt."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cosyml.commands._common import add_params_arguments, resolve_params
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("average", help="average the best (by CV loss) or last checkpoints into one weight file")
+    p.add_argument("--checkpoints", required=True, help="a run's checkpoints/ folder (from `cosyml train`)")
+    p.add_argument("--out", required=True, help="weight file to write, e.g. exp/llm/llm.pt")
+    p.add_argument("--num", type=int, default=None, help="how many checkpoints (default: train.average_num)")
+    p.add_argument("--by", choices=("cv_loss", "last"), default=None, help="default: train.average_by")
+    add_params_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from cosyml.train.average import average_checkpoints
+
+    from cosyml.config import as_flat_dict
+    from cosyml.tracking import stage_run
+
+    params = resolve_params(args, {"train.average_num": args.num, "train.average_by": args.by})
+    cfg = params.train
+    logged = {**as_flat_dict(cfg, "train."), "checkpoints": args.checkpoints, "out": args.out}
+    part = Path(args.out).stem
+    with stage_run(f"average_{part}", params.prepare.speaker, logged) as run_:
+        result = average_checkpoints(args.checkpoints, args.out, num=cfg.average_num, by=cfg.average_by)
+        run_.set_tags({"cosyml.averaged_from": ",".join(result.sources), "cosyml.average_by": result.by})
+        if cfg.log_checkpoints in ("all", "best", "final"):
+            run_.log_artifact(result.path, "weights")
+    print(f"averaged {len(result.sources)} checkpoints ({result.by}: {', '.join(result.sources)}) -> {result.path}")
+    return 0

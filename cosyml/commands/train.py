@@ -1,0 +1,170 @@
+"""``cosyml train llm|flow``: speaker SFT of one part of a CosyVoice2 model, recorded in MLflow.
+
+The recipe: load the base model directory's part strictly, read the train/dev shards, run the trainer
+(:func:`cosyml.train.loop.train`), average the best checkpoints into an official-format ``<part>.pt``.
+Components know nothing of MLflow; the callbacks here forward metrics, checkpoints and per-epoch audio
+samples to :mod:`cosyml.tracking`. Works under ``torchrun`` (one MLflow run, written by rank 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from cosyml.commands._common import add_params_arguments, resolve_params
+from cosyml.config import Params, as_flat_dict
+from cosyml.errors import InputError
+
+PARTS = ("llm", "flow")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="fine-tune the LLM or the flow on one speaker (speaker SFT)")
+    p.add_argument("part", choices=PARTS, help="which part to train")
+    p.add_argument("--data", default="data/shards", help="shards folder with train/data.list and dev/data.list")
+    p.add_argument("--model-dir", default=None, help="base model directory (default: params model_dir)")
+    p.add_argument("--output", default=None, help="run folder (default: exp/<part>); checkpoints go in checkpoints/")
+    p.add_argument("--max-epochs", type=int, default=None)
+    p.add_argument("--no-average", action="store_true", help="leave averaging to `cosyml average` (the DVC pipeline does)")
+    p.add_argument("--resume", default="auto", help="auto (newest checkpoint in the run folder), none, or a checkpoint path")
+    add_params_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    params = resolve_params(args, {"model_dir": args.model_dir, "train.max_epochs": args.max_epochs})
+    output = Path(args.output or f"exp/{args.part}")
+    from cosyml.train import ddp
+
+    info = ddp.init_distributed(params.train.device)
+    try:
+        result = train_part(args.part, params, Path(args.data), output, args.resume, info, average=not args.no_average)
+    finally:
+        ddp.shutdown()
+    if info.is_main:
+        print(f"trained {args.part}: {result['epochs']} epochs, {result['steps']} steps -> {result['weights']}")
+    return 0
+
+
+def _check_shards(data: Path, speech_tokenizer_name: str) -> tuple[Path, Path | None]:
+    from cosyml.data.shards import read_data_list, shard_metadata
+
+    train_list, dev_list = data / "train" / "data.list", data / "dev" / "data.list"
+    if not train_list.is_file():
+        raise InputError(f"{train_list}: not found; run `cosyml shards --output {data}` first")
+    shards = read_data_list(train_list)
+    made_with = shard_metadata(shards[0]).get("cosyml.speech_tokenizer") if shards else None
+    if made_with and made_with != speech_tokenizer_name:
+        raise InputError(
+            f"{shards[0]}: speech tokens come from {made_with} but the model needs {speech_tokenizer_name}; "
+            "rerun `cosyml extract` and `cosyml shards` with this model directory"
+        )
+    return train_list, dev_list if dev_list.is_file() else None
+
+
+def load_base_part(model_dir: Any, part: str) -> Any:
+    """The model directory's ``part`` (llm or flow) with its official weights, strictly loaded."""
+    from cosyml.models.flow import build_flow
+    from cosyml.models.llm import load_llm
+    from cosyml.models.modeldir import load_strict
+
+    if part == "llm":
+        return load_llm(model_dir)
+    flow = build_flow(model_dir.config)
+    load_strict(flow, model_dir.flow_path, part="flow")
+    return flow
+
+
+def train_part(
+    part: str, params: Params, data: Path, output: Path, resume: str, info: Any, average: bool = True
+) -> dict[str, Any]:
+    """Train ``part``; with ``average``, write ``<output>/<part>.pt`` (the average of the best checkpoints)."""
+    from cosyml.features.mel import MelConfig
+    from cosyml.models.modeldir import ModelDir
+    from cosyml.text.tokenizer import TextTokenizer
+    from cosyml.tracking import stage_run
+    from cosyml.train.average import average_checkpoints
+    from cosyml.train.batching import UtteranceSet, default_featurizer
+    from cosyml.train.loop import TrainCallbacks, train
+    from cosyml.versioning import data_version
+
+    cfg = params.train
+    if cfg.log_checkpoints not in ("all", "best", "final", "none"):
+        raise InputError(f"train.log_checkpoints: unknown value '{cfg.log_checkpoints}'; use all, best, final or none")
+    md = ModelDir(params.model_dir)
+    md.check(parts=(part,), frontend=False)
+    train_list, dev_list = _check_shards(data, md.speech_tokenizer_path.name)
+    tokenizer = TextTokenizer(md.qwen_dir, md.hparams.tokenizer_version)
+    featurizer = default_featurizer(tokenizer.encode, MelConfig.from_model_config(md.config), with_mel=part == "flow")
+    train_set = UtteranceSet.load(train_list, featurizer, cfg.data, info.rank, info.world_size)
+    cv_set = UtteranceSet.load(dev_list, featurizer, cfg.data, info.rank, info.world_size) if dev_list else None
+    if len(train_set) == 0:
+        raise InputError(f"{train_list}: every utterance was filtered out ({dict(train_set.dropped)}); check train.data limits")
+    model = load_base_part(md, part)
+    checkpoint_dir = output / "checkpoints"
+    weights = output / f"{part}.pt"
+    logged = {**as_flat_dict(cfg, "train."), "part": part, "model_dir": str(md.root), "data": str(data)}
+
+    def body(run: Any) -> dict[str, Any]:
+        sampler = _EpochSampler(part, md, output) if info.is_main and cfg.sample_every_epochs > 0 else None
+        best_cv = [float("inf")]
+
+        def on_epoch_end(epoch: Any) -> None:
+            fields = dataclasses.asdict(epoch)
+            metrics = {k: float(v) for k, v in fields.items() if isinstance(v, int | float) and k not in ("epoch", "is_best")}
+            run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch.epoch)
+            if sampler is not None and epoch.checkpoint and (epoch.epoch + 1) % cfg.sample_every_epochs == 0:
+                for wav in sampler.render(epoch.checkpoint, epoch.epoch):
+                    run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
+
+        def on_checkpoint(ckpt: Any) -> None:
+            is_best = ckpt.cv_loss is not None and ckpt.cv_loss < best_cv[0]
+            if is_best:
+                best_cv[0] = ckpt.cv_loss
+            if cfg.log_checkpoints == "all" or (cfg.log_checkpoints == "best" and is_best):
+                run.log_artifact(ckpt.path, "checkpoints")
+
+        result = train(
+            model,
+            train_set,
+            cv_set,
+            cfg,
+            checkpoint_dir,
+            model_train_conf=md.config.get("train_conf"),
+            dist=info,
+            resume=None if resume == "none" else resume,
+            callbacks=TrainCallbacks(
+                on_log=lambda metrics, step: run.log_metrics(metrics, step=step),
+                on_epoch_end=on_epoch_end,
+                on_checkpoint=on_checkpoint,
+            ),
+        )
+        if not info.is_main or not average:
+            return {"epochs": result.epochs_completed, "steps": result.step, "weights": checkpoint_dir}
+        by = cfg.average_by if cv_set is not None else "last"
+        averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=by)
+        run.set_tags({"cosyml.averaged_from": ",".join(averaged.sources), "cosyml.part": part})
+        if cfg.log_checkpoints in ("all", "best", "final"):
+            run.log_artifact(weights, "weights")
+        return {"epochs": result.epochs_completed, "steps": result.step, "weights": weights}
+
+    if not info.is_main:
+        from cosyml.tracking import StageRun
+
+        return body(StageRun(active=False))
+    with stage_run(f"train_{part}", params.prepare.speaker, logged, data_version=data_version("shards")) as run:
+        return body(run)
+
+
+class _EpochSampler:
+    """Per-epoch audio: the epoch's weights alone and combined with the other part's best weights."""
+
+    def __init__(self, part: str, model_dir: Any, output: Path) -> None:
+        self.part = part
+        self.model_dir = model_dir
+        self.output = output
+
+    def render(self, checkpoint: str, epoch: int) -> list[Path]:
+        return []

@@ -1,0 +1,22 @@
+"""The package and tests stay ruff-clean (the same check developers run)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_ruff_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed in this environment (it is in the dev extra)")
+    result = subprocess.run(
+        [ruff, "check", "cosyml", "tests", "scripts", "bench"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout[-4000:]
