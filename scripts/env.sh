@@ -42,6 +42,8 @@ fi
 # The package itself comes from this clone (a few seconds), so the cached venv never holds stale code.
 "$COSYML_VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$_repo" >/dev/null 2>&1
 export PATH="$COSYML_VENV/bin:$PATH"
+# This clone's code wins over whatever clone last ran the editable install (the venv is shared).
+export PYTHONPATH="$_repo${PYTHONPATH:+:$PYTHONPATH}"
 export COSYML_VENV
 export DVC_NO_ANALYTICS=1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
