@@ -1,0 +1,130 @@
+"""Hot-swapping ``llm.pt`` / ``flow.pt`` weights into loaded modules without rebuilding anything else.
+
+A weight source is ``"base"`` (the model directory's own file), a weight file (an official-format
+``llm.pt``/``flow.pt``, an averaged file, an upstream training checkpoint with ``epoch``/``step``, or a
+cosyml training checkpoint whose tensors sit under ``model``), or a model directory (its ``<part>.pt``).
+The base weights are copied to CPU memory the first time another source replaces them, so switching
+back to ``"base"`` costs a copy, not a file read (memory: one extra CPU copy of that part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cosyml.errors import ModelDirError
+from cosyml.models.keys import WEIGHT_FILE, Part
+from cosyml.models.modeldir import load_state_dict_file, load_strict
+
+BASE = "base"
+StateDict = dict[str, torch.Tensor]
+
+
+def resolve_source(source: str | Path, part: Part) -> str:
+    """``"base"`` or the absolute path of the weight file ``source`` names (a directory -> its ``<part>.pt``)."""
+    if str(source) == BASE:
+        return BASE
+    path = Path(source).expanduser()
+    if path.is_dir():
+        path = path / WEIGHT_FILE[part]
+    if not path.is_file():
+        raise ModelDirError(f"{path}: {part} weights not found; pass a {WEIGHT_FILE[part]}, a checkpoint file or 'base'")
+    return str(path.resolve())
+
+
+def read_weights(path: str | Path, part: Part) -> StateDict:
+    """The state dict in ``path``: an official weight file, an upstream or a cosyml training checkpoint."""
+    try:
+        return load_state_dict_file(path, part)
+    except ModelDirError:
+        nested = _cosyml_checkpoint_model(Path(path))
+        if nested is None:
+            raise
+        return nested
+
+
+def _cosyml_checkpoint_model(path: Path) -> StateDict | None:
+    """The ``model`` tensors of a cosyml training checkpoint, or None when ``path`` is not one."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:
+        return None
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
+        return None
+    return {str(k): v for k, v in model.items()}
+
+
+def _cpu_copy(state: StateDict) -> StateDict:
+    """Copy tensors to CPU memory, tensors that share storage (tied embeddings) copied once."""
+    copies: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
+    out: StateDict = {}
+    for key, value in state.items():
+        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+        if ident not in copies or value.numel() == 0:
+            copies[ident] = value.detach().to("cpu", copy=True)
+        out[key] = copies[ident]
+    return out
+
+
+@dataclass
+class _Loaded:
+    source: str  # "base" or an absolute path
+    stamp: tuple[int, int] | None  # (size, mtime_ns) of the file when it was loaded
+
+
+def _stamp(source: str) -> tuple[int, int] | None:
+    if source == BASE:
+        return None
+    stat = Path(source).stat()
+    return (stat.st_size, stat.st_mtime_ns)
+
+
+class WeightSlot:
+    """One swappable part (``llm`` or ``flow``) of a loaded engine."""
+
+    def __init__(self, part: Part, module: torch.nn.Module, base_path: Path) -> None:
+        self.part = part
+        self.module = module
+        self.base_path = base_path
+        self.loaded: _Loaded | None = None
+        self._base_copy: StateDict | None = None
+
+    @property
+    def source(self) -> str:
+        return self.loaded.source if self.loaded else "unloaded"
+
+    def mark_loaded(self, source: str | Path) -> None:
+        """Record that the module already holds ``source`` (e.g. loaded by the model builder)."""
+        resolved = resolve_source(source, self.part)
+        self.loaded = _Loaded(resolved, _stamp(resolved))
+
+    def would_change(self, source: str | Path) -> bool:
+        """Would :meth:`use` load weights for ``source``?"""
+        resolved = resolve_source(source, self.part)
+        return self.loaded is None or self.loaded.source != resolved or self.loaded.stamp != _stamp(resolved)
+
+    def use(self, source: str | Path) -> bool:
+        """Make ``source`` the module's weights; returns True when weights were (re)loaded.
+
+        A file already loaded and unchanged on disk is not read again.
+        """
+        if not self.would_change(source):
+            return False
+        resolved = resolve_source(source, self.part)
+        stamp = _stamp(resolved)
+        if resolved == BASE:
+            state: StateDict | str = self._base_copy if self._base_copy is not None else str(self.base_path)
+        else:
+            if self.loaded is not None and self.loaded.source == BASE and self._base_copy is None:
+                self._base_copy = _cpu_copy(self.module.state_dict())
+            state = read_weights(resolved, self.part)
+        label = f"{self.base_path if resolved == BASE else resolved}"
+        if isinstance(state, str):
+            load_strict(self.module, state, part=self.part)
+        else:
+            load_strict(self.module, state, part=self.part, label=label)
+        self.loaded = _Loaded(resolved, stamp)
+        return True
