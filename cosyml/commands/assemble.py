@@ -20,9 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cosyml.train.assemble import assemble
-
     from cosyml.tracking import stage_run
+    from cosyml.train.assemble import assemble
 
     params = resolve_params(args, {"model_dir": args.base, "prepare.speaker": args.speaker})
     logged = {"model_dir": params.model_dir, "out": args.out, "llm": args.llm or "base", "flow": args.flow or "base"}

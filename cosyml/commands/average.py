@@ -19,10 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cosyml.train.average import average_checkpoints
-
     from cosyml.config import as_flat_dict
     from cosyml.tracking import stage_run
+    from cosyml.train.average import average_checkpoints
 
     params = resolve_params(args, {"train.average_num": args.num, "train.average_by": args.by})
     cfg = params.train

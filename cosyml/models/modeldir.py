@@ -240,7 +240,8 @@ def _part_of(path: Path) -> Part | None:
 def load_state_dict_file(path: str | Path, part: Part | None = None) -> StateDict:
     """Read a weight file as a plain ``{key: tensor}`` dict on the CPU (``torch.load(weights_only=True)``).
 
-    Accepts training checkpoints: their ``epoch``/``step`` entries are dropped. For ``part="hift"``
+    Accepts training checkpoints: upstream's (``epoch``/``step`` entries are dropped) and cosyml's
+    (the tensors under ``model``; optimiser and RNG state ignored). For ``part="hift"``
     (inferred from the file name ``hift.pt`` when not given) the ``generator.`` prefix of HiFi-GAN
     training checkpoints is removed and discriminator entries are dropped.
     """
@@ -262,6 +263,9 @@ def load_state_dict_file(path: str | Path, part: Part | None = None) -> StateDic
         ) from None
     if not isinstance(loaded, Mapping):
         raise ModelDirError(f"{path}: holds a {type(loaded).__name__}, not a state dict; save model.state_dict() instead")
+    nested = loaded.get("model")
+    if isinstance(nested, Mapping) and nested and all(isinstance(v, torch.Tensor) for v in nested.values()):
+        loaded = nested  # a cosyml training checkpoint (cosyml.train.checkpoint)
     state: StateDict = {}
     for key, value in loaded.items():
         if key in keys.TRAINING_ONLY_KEYS and not isinstance(value, torch.Tensor):

@@ -36,25 +36,7 @@ def resolve_source(source: str | Path, part: Part) -> str:
 
 def read_weights(path: str | Path, part: Part) -> StateDict:
     """The state dict in ``path``: an official weight file, an upstream or a cosyml training checkpoint."""
-    try:
-        return load_state_dict_file(path, part)
-    except ModelDirError:
-        nested = _cosyml_checkpoint_model(Path(path))
-        if nested is None:
-            raise
-        return nested
-
-
-def _cosyml_checkpoint_model(path: Path) -> StateDict | None:
-    """The ``model`` tensors of a cosyml training checkpoint, or None when ``path`` is not one."""
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:
-        return None
-    model = data.get("model") if isinstance(data, dict) else None
-    if not isinstance(model, dict) or not all(isinstance(v, torch.Tensor) for v in model.values()):
-        return None
-    return {str(k): v for k, v in model.items()}
+    return load_state_dict_file(path, part)
 
 
 def _cpu_copy(state: StateDict) -> StateDict:

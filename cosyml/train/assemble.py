@@ -20,7 +20,6 @@ import torch
 from cosyml.errors import InputError
 from cosyml.models.keys import WEIGHT_FILE
 from cosyml.models.modeldir import ModelDir, describe_mismatch, load_state_dict_file
-from cosyml.synth.weights import read_weights
 from cosyml.train.checkpoint import save_plain_state_dict
 
 #: Files derived from llm/flow weights that must not follow new weights into a directory.
@@ -86,7 +85,7 @@ def assemble(
         if source is None:
             _link(base.weight_path(part), target)
             continue
-        state = read_weights(source, part)  # official file, averaged file, or a training checkpoint
+        state = load_state_dict_file(source, part=part)  # official, averaged, or a training checkpoint
         reference = load_state_dict_file(base.weight_path(part), part=part)
         _check_same_layout(Path(source), state, reference)
         save_plain_state_dict(state, target)
