@@ -127,6 +127,7 @@ class TrainConfig:
     device: str = "auto"  # auto (CUDA when present, the LOCAL_RANK GPU under torchrun) | cpu | cuda
     log_checkpoints: str = "best"  # which checkpoints become MLflow artifacts: all | best | final | none
     sample_every_epochs: int = 1  # per-epoch audio samples (sft mode) every N epochs; 0 = off
+    sample_max_tokens: int = 75  # cap per sample sentence (25 speech tokens = 1 s of audio)
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
 
 
@@ -152,6 +153,45 @@ class EvaluateConfig:
     max_duration_ratio: float = 2.0  # flag outputs longer than this x the expected duration
     max_compression_ratio: float = 2.4  # flag Whisper transcripts that repeat themselves (hallucination)
     max_no_speech_prob: float = 0.6  # flag outputs Whisper thinks hold no speech
+    # --- the candidate grid (`cosyml evaluate`): synthesise every test text with every candidate
+    candidates: list[str] = field(default_factory=list)  # "llm=SRC,flow=SRC[,name=N]"; empty = the grid below
+    llm_sources: list[str] = field(default_factory=lambda: ["base", "sft-avg"])  # base|sft-avg|epoch-K|last|file
+    flow_sources: list[str] = field(default_factory=lambda: ["base", "sft-avg"])
+    exp_dir: str = "exp"  # sft-avg = <exp_dir>/<part>/<part>.pt; epoch-K = <exp_dir>/<part>/checkpoints/epoch_K.pt
+    eval_dir: str = "exp/eval"  # per-candidate audio + caches, candidates.json, metrics.json, report.html
+    sft_data: str = "data/prepared"  # speaker-SFT set built from <sft_data>/<sft_split>; "" = no SFT set
+    sft_split: str = "dev"
+    speaker_file: str = "data/features/train/spk2embedding.pt"  # speaker embedding for sft synthesis and SS
+    max_utts: int = 0  # usable utterances per subset (the first N); 0 = all
+    synth_seed: int = 1986  # per-utterance seeds derive from it and the utt id: the same for every candidate
+    synth_batch_size: int = 8  # requests decoded together by the LLM
+    synth_max_tokens: int = 0  # cap on speech tokens per utterance (25 = 1 s); 0 = the ratio limits only
+    min_token_text_ratio: float = 2.0
+    max_token_text_ratio: float = 20.0
+    top_p: float | None = None  # RAS sampling; None = the model yaml's value
+    top_k: int | None = None
+    win_size: int | None = None
+    tau_r: float | None = None
+    report_max_utts: int = 4  # utterances per subset with audio players in report.html
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    """``registry``: register evaluated candidates as model versions and promote the best by this policy."""
+
+    model_name: str = ""  # registered model; empty = cosyml-<speaker>
+    candidates: str = "exp/eval/candidates.json"  # written by `cosyml evaluate`
+    speakers: str = "data/features/train/spk2embedding.pt"  # the speaker's embedding (spk2embedding/spk2info)
+    sampling: str = ""  # tuned sampling defaults (JSON/YAML: top_p, top_k, win_size, tau_r); empty = model yaml
+    max_tokens: int = 0  # serving cap on speech tokens per segment (25 = 1 s); 0 = none
+    data_stage: str = "shards"  # DVC stage whose output md5 tags each version as its data version
+    cer_weight: float = 1.0  # composite = ss_weight * SS - cer_weight * CER (higher is better)
+    ss_weight: float = 1.0
+    require_ci_separation: bool = True  # a challenger must beat the champion beyond the CI overlap
+    max_cer_regression: float = 0.02  # absolute CER a candidate may lose against the base model
+    max_missing_ratio: float = 0.05  # candidates with more missing outputs (missing / n) are not eligible
+    alias: str = "champion"
+    previous_alias: str = "previous"
 
 
 @dataclass(frozen=True)
@@ -164,6 +204,7 @@ class Params:
     shards: ShardsConfig = field(default_factory=ShardsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    registry: RegistryConfig = field(default_factory=RegistryConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

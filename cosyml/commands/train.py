@@ -108,7 +108,9 @@ def train_part(
     logged = {**as_flat_dict(cfg, "train."), "part": part, "model_dir": str(md.root), "data": str(data)}
 
     def body(run: Any) -> dict[str, Any]:
-        sampler = _EpochSampler(part, md, output) if info.is_main and cfg.sample_every_epochs > 0 else None
+        sampler = None
+        if info.is_main and cfg.sample_every_epochs > 0:
+            sampler = _epoch_sampler(part, md, output, dev_list or train_list, cfg.sample_max_tokens)
         best_cv = [float("inf")]
 
         def on_epoch_end(epoch: Any) -> None:
@@ -158,13 +160,24 @@ def train_part(
         return body(run)
 
 
-class _EpochSampler:
-    """Per-epoch audio: the epoch's weights alone and combined with the other part's best weights."""
+def _epoch_sampler(part: str, model_dir: Any, output: Path, data_list: Path, max_tokens: int) -> Any:
+    """Per-epoch sft samples: the fixed sentences from the first shard rows; the other part's best
+    available weights are ``<output>/../<other>/<other>.pt`` (where `cosyml train` averages them)."""
+    from cosyml.data.shards import iter_shard_rows, read_data_list
+    from cosyml.train.samples import EpochSampler, sample_set_from_rows
 
-    def __init__(self, part: str, model_dir: Any, output: Path) -> None:
-        self.part = part
-        self.model_dir = model_dir
-        self.output = output
-
-    def render(self, checkpoint: str, epoch: int) -> list[Path]:
-        return []
+    columns = ["text", "spk", "spk_embedding", "utt_embedding"]
+    rows = []
+    for row in iter_shard_rows(read_data_list(data_list), columns=columns):
+        rows.append(row)
+        if len(rows) >= 2:
+            break
+    other = "flow" if part == "llm" else "llm"
+    return EpochSampler(
+        model_dir.root,
+        part,
+        sample_set_from_rows(rows),
+        output / "samples",
+        other_weights=output.parent / other / f"{other}.pt",
+        max_tokens=max_tokens,
+    )

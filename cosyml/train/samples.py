@@ -1,0 +1,104 @@
+"""Per-epoch audio samples: what the voice sounds like after each epoch, in sft mode.
+
+For the part being trained (``llm`` or ``flow``) the epoch's checkpoint is rendered twice: alone (the
+other part at its base weights) and combined with the other part's best available weights (its
+averaged ``<part>.pt`` when a run of it exists). The sentence set is fixed for the whole run:
+in-domain lines from the dev split and out-of-domain zh and en lines, so epochs compare like for like.
+Knows nothing of MLflow: :meth:`EpochSampler.render` returns the wav paths it wrote.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cosyml.audio import write_wav
+
+#: Out-of-domain sentences (zh and en), the same for every epoch and every run.
+OUT_OF_DOMAIN = ("今天的风有点大，我们早点回去吧。", "The bridge is closed, so we will take the long way home.")
+
+
+@dataclass(frozen=True)
+class SampleSet:
+    """The fixed sentences and the speaker of a training run."""
+
+    texts: tuple[str, ...]
+    speaker: str
+    embedding: torch.Tensor  # (192,) float32, the speaker's mean campplus embedding
+
+
+def sample_set_from_rows(rows: list[dict], in_domain: int = 1) -> SampleSet:
+    """Sentences and speaker from shard rows (``text``, ``spk``, ``spk_embedding`` columns)."""
+    if not rows:
+        raise ValueError("no shard rows to take sample sentences from")
+    texts = tuple(r["text"] for r in rows[:in_domain]) + OUT_OF_DOMAIN
+    vector = rows[0].get("spk_embedding") or rows[0].get("utt_embedding")
+    return SampleSet(texts, str(rows[0]["spk"]), torch.tensor(vector, dtype=torch.float32))
+
+
+class EpochSampler:
+    """Renders a checkpoint's sample sentences with a synthesis engine loaded once per run."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        part: str,
+        samples: SampleSet,
+        out_dir: str | Path,
+        other_weights: str | Path | None = None,
+        max_tokens: int = 250,
+        seed: int = 0,
+    ) -> None:
+        self.model_dir = Path(model_dir)
+        self.part = part
+        self.other = "flow" if part == "llm" else "llm"
+        self.samples = samples
+        self.out_dir = Path(out_dir)
+        self.other_weights = other_weights
+        self.max_tokens = max_tokens
+        self.seed = seed
+        self._engine = None
+        self._speaker_file = self.out_dir / "speaker_embedding.pt"
+
+    def _load(self) -> Any:  # a SynthEngine, imported lazily (heavy)
+        if self._engine is None:
+            from cosyml.synth.engine import SynthEngine
+
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            torch.save({self.samples.speaker: self.samples.embedding}, self._speaker_file)
+            self._engine = SynthEngine.load(self.model_dir, device="cpu")
+        return self._engine
+
+    def combinations(self, checkpoint: str | Path) -> dict[str, dict[str, str]]:
+        """``{label: {"llm": source, "flow": source}}`` to render for ``checkpoint``."""
+        combos = {f"{self.part}_only": {self.part: str(checkpoint), self.other: "base"}}
+        if self.other_weights is not None and Path(self.other_weights).is_file():
+            combos["both"] = {self.part: str(checkpoint), self.other: str(self.other_weights)}
+        return combos
+
+    def render(self, checkpoint: str | Path, epoch: int) -> list[Path]:
+        """Write ``<out_dir>/epoch_XXX/<label>_<i>.wav`` for every combination and sentence."""
+        from cosyml.synth.request import SynthRequest
+
+        engine = self._load()
+        written: list[Path] = []
+        for label, weights in self.combinations(checkpoint).items():
+            engine.swap(llm=weights["llm"], flow=weights["flow"])
+            for i, text in enumerate(self.samples.texts):
+                request = SynthRequest(
+                    text=text,
+                    mode="sft",
+                    speaker=self.samples.speaker,
+                    speaker_file=self._speaker_file,
+                    max_tokens=self.max_tokens,
+                    seed=self.seed + i,
+                )
+                result = engine.synthesize(request)
+                path = self.out_dir / f"epoch_{epoch:03d}" / f"{label}_{i}.wav"
+                write_wav(path, result.wav, result.sample_rate)
+                written.append(path)
+        engine.swap(llm="base", flow="base")
+        return written
