@@ -5,10 +5,13 @@
 Baseline = the loop shape of upstream ``tools/extract_embedding.py`` then ``tools/extract_speech_token.py``:
 two passes over ``wav.scp``; per utterance a job in a thread pool (upstream default 8 workers) that
 reads the file, resamples to 16 kHz, computes the features and runs a batch-of-one ONNX call on a
-shared CPU session with ``intra_op_num_threads=1``; then the same ``torch.save`` dict files. It uses
-our feature functions (bit-identical to torchaudio/whisper, see tests/test_features.py) because the
-project does not depend on torchaudio; upstream additionally rebuilds a torchaudio ``Resample`` kernel
-per clip, which this baseline does not pay (so the ratio is conservative).
+shared CPU session with ``intra_op_num_threads=1``; then the same ``torch.save`` dict files. Run it in
+an environment with torchaudio (an upstream venv, with this repo on PYTHONPATH) and the baseline computes
+features with upstream's own calls (a fresh torchaudio ``Resample`` per clip, ``kaldi.fbank``,
+``whisper.log_mel_spectrogram``); elsewhere it uses our bit-identical, faster functions, which makes
+the ratio conservative.
+
+    PYTHONPATH=. /path/to/upstream-venv/bin/python bench/extract.py --utts 96
 
 Models: the kit's tiny ONNX files take microseconds, which would time only Python overhead. The bench
 therefore exports wider stand-ins with the same interfaces: CAM++ as 6 conv layers of width 256 over
@@ -20,9 +23,11 @@ share in ONNX. Numbers are CPU timings on this machine; they are not assertions.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
@@ -58,23 +63,61 @@ def make_corpus(root: Path, utts: int, seed: int = 0) -> Path:
     return split
 
 
-def upstream_style(split: Path, model_dir: Path, workers: int) -> float:
+def _our_features() -> tuple[Callable[[str], np.ndarray], Callable[[str], np.ndarray | None]]:
+    def fbank(path: str) -> np.ndarray:
+        return campplus_features([load_mono(path, 16000)])[0]
+
+    def mel(path: str) -> np.ndarray | None:
+        wav16 = load_mono(path, 16000)
+        return None if len(wav16) / 16000 > 30 else log_mel(wav16)[None]
+
+    return fbank, mel
+
+
+def _torchaudio_features() -> tuple[Callable[[str], np.ndarray], Callable[[str], np.ndarray | None]]:
+    """Upstream's per-clip feature path: decode, a fresh torchaudio Resample per clip, kaldi.fbank + CMN;
+    whisper.log_mel_spectrogram on a torch tensor. Only in an environment with torchaudio (the upstream venv)."""
+    import soundfile as sf
+    import torchaudio
+    import whisper
+
+    def load16(path: str) -> torch.Tensor:
+        data, sr = sf.read(path, dtype="float32", always_2d=True)
+        audio = torch.from_numpy(data.T.copy())
+        if sr != 16000:
+            audio = torchaudio.transforms.Resample(orig_freq=sr, new_freq=16000)(audio)
+        return audio.mean(dim=0, keepdim=True) if audio.shape[0] > 1 else audio
+
+    def fbank(path: str) -> np.ndarray:
+        feat = torchaudio.compliance.kaldi.fbank(load16(path), num_mel_bins=80, dither=0, sample_frequency=16000)
+        return (feat - feat.mean(dim=0, keepdim=True)).numpy()
+
+    def mel(path: str) -> np.ndarray | None:
+        audio = load16(path)
+        if audio.shape[1] / 16000 > 30:
+            return None
+        return whisper.log_mel_spectrogram(audio, n_mels=128).numpy()
+
+    return fbank, mel
+
+
+def upstream_style(split: Path, model_dir: Path, workers: int, torchaudio_path: bool) -> float:
     """Two one-at-a-time passes like upstream's tools; returns seconds."""
     started = time.perf_counter()
     utt2wav, utt2spk = read_kaldi_map(split / "wav.scp"), read_kaldi_map(split / "utt2spk")
     campplus = make_session(model_dir / "campplus.onnx", "cpu", num_threads=1)
     tokenizer = make_session(model_dir / "speech_tokenizer_v2.onnx", "cpu", num_threads=1)
+    fbank_of, mel_of = _torchaudio_features() if torchaudio_path else _our_features()
 
     def embedding_job(utt: str) -> tuple[str, list[float]]:
-        feat = campplus_features([load_mono(utt2wav[utt], 16000)])[0]
+        feat = fbank_of(utt2wav[utt])
         out = campplus.run(None, {campplus.get_inputs()[0].name: feat[None]})[0]
         return utt, out.flatten().tolist()
 
     def token_job(utt: str) -> tuple[str, list[int]]:
-        wav16 = load_mono(utt2wav[utt], 16000)
-        if len(wav16) / 16000 > 30:
+        mel = mel_of(utt2wav[utt])
+        if mel is None:
             return utt, []
-        mel = log_mel(wav16)[None]
         inputs = tokenizer.get_inputs()
         out = tokenizer.run(None, {inputs[0].name: mel, inputs[1].name: np.array([mel.shape[2]], np.int32)})[0]
         return utt, out.flatten().tolist()
@@ -101,7 +144,17 @@ def main() -> None:
     parser.add_argument("--baseline-workers", type=int, default=8, help="upstream's --num_thread default")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--baseline-features",
+        choices=("auto", "torchaudio", "ours"),
+        default="auto",
+        help="baseline feature code: upstream's torchaudio/whisper calls (needs torchaudio: run in an upstream "
+        "venv) or ours (bit-identical, faster, so the ratio is conservative); auto = torchaudio when importable",
+    )
     args = parser.parse_args()
+    torchaudio_path = args.baseline_features == "torchaudio" or (
+        args.baseline_features == "auto" and importlib.util.find_spec("torchaudio") is not None
+    )
     os.environ["COSYML_TRACKING"] = "off"
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,7 +170,7 @@ def main() -> None:
         base_times, ours_times, base_cpu, ours_cpu = [], [], [], []
         for _ in range(args.repeats):  # interleaved, so both see the same background load
             cpu = time.process_time()
-            base_times.append(upstream_style(split, model_dir, args.baseline_workers))
+            base_times.append(upstream_style(split, model_dir, args.baseline_workers, torchaudio_path))
             base_cpu.append(time.process_time() - cpu)
             for name in ("utt2embedding.pt", "spk2embedding.pt", "utt2speech_token.pt", "extract_report.json"):
                 (split / name).unlink(missing_ok=True)
@@ -137,7 +190,8 @@ def main() -> None:
     load = os.getloadavg()[0]
     print(f"clips: {args.utts} ({audio_s:.0f} s of audio), cores: {os.cpu_count()}, load average: {load:.1f}; "
           f"ours: {args.workers} workers x 1 ORT thread, batch {args.batch_size}; "
-          f"baseline: pool of {args.baseline_workers} x intra_op 1")
+          f"baseline: pool of {args.baseline_workers} x intra_op 1, "
+          f"features by {'torchaudio/whisper (upstream code path)' if torchaudio_path else 'our functions'}")
     fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
     print(f"upstream-style one at a time: wall {base:.2f} s ({audio_s / base:.0f}x realtime) [{fmt(base_times)}], "
           f"CPU {min(base_cpu):.2f} s")
