@@ -1,0 +1,283 @@
+"""The evaluation grid end to end on the tiny kit: real synthesis engine, real Whisper code, real CAM++,
+real files; two good candidates and one with unreadable weights, a test set with bad items, the
+speaker-SFT set built from a prepared dev split; cache reuse; candidates.json shape; the CLI with
+MLflow; the HTML report rendered by a real headless browser.
+
+Random weights: the numbers prove plumbing only. Sizes are kept tiny (one usable utterance per
+subset, 10 speech tokens, 4 Whisper tokens) so the module runs in well under a minute on 2 cores.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import struct
+import subprocess
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from cosyml.audio import load_mono
+from cosyml.config import EvaluateConfig, Params, PrepareConfig
+from cosyml.evaluation.candidates import select_candidates
+from cosyml.evaluation.report import write_outputs
+from cosyml.evaluation.suite import SuiteResult, run_suite
+from cosyml.evaluation.testset import SubsetLine, write_subset
+
+REPO = Path(__file__).resolve().parents[1]
+TOY = REPO / "examples" / "toy_speaker"
+SUMMARY_KEYS = {"cer", "cer_ci", "ss", "ss_ci", "n", "missing", "over_50"}
+CHROMIUM_CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+@dataclasses.dataclass
+class Setup:
+    root: Path
+    params: Params
+    specs: list[str]
+    llm_ft: Path
+    kit: Path
+
+
+def _perturbed_llm(kit: Path, out: Path, seed: int) -> Path:
+    """The kit's llm.pt with every float tensor nudged: a stand-in for fine-tuned weights."""
+    state = torch.load(kit / "llm.pt", map_location="cpu", weights_only=True)
+    gen = torch.Generator().manual_seed(seed)
+    tuned = {k: (v + 0.02 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v) for k, v in state.items()}
+    torch.save(tuned, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(kit_dir: Path, tmp_path_factory) -> Setup:
+    root = tmp_path_factory.mktemp("evaluate")
+    sets = root / "sets"
+    subset = sets / "zero_shot" / "en"
+    (subset / "waveform").mkdir(parents=True)
+    shutil.copyfile(TOY / "vo_en_000.wav", subset / "waveform" / "p.wav")
+    prompt_text = (TOY / "vo_en_000.lab").read_text(encoding="utf-8").strip()
+    write_subset(subset, [
+        SubsetLine("ok_1", "Good morning to you.", prompt_text, "zero_shot//en/waveform/p.wav"),
+        SubsetLine("ok_2", "See you tomorrow.", prompt_text, "zero_shot//en/waveform/p.wav"),  # cut by max_utts
+        SubsetLine("gone", "Hello there.", prompt_text, "zero_shot//en/waveform/gone.wav"),  # missing wav
+        SubsetLine("klingon", "Hello.", prompt_text, "zero_shot//en/waveform/p.wav", language="xx"),
+    ])
+    with (subset / "prompt_wav.scp").open("a", encoding="utf-8") as f:
+        f.write("orphan zero_shot//en/waveform/p.wav\n")  # an id with no text: mismatched files
+
+    dev = root / "data" / "dev"
+    dev.mkdir(parents=True)
+    utt = "vo_zh_000"
+    (dev / "wav.scp").write_text(f"{utt} {TOY / f'{utt}.wav'}\n", encoding="utf-8")
+    (dev / "text").write_text(f"{utt} {(TOY / f'{utt}.lab').read_text(encoding='utf-8').strip()}\n", encoding="utf-8")
+    (dev / "utt2spk").write_text(f"{utt} toy\n", encoding="utf-8")
+
+    from cosyml.evaluation.speaker import campplus_embedder
+
+    embed = campplus_embedder(kit_dir / "campplus.onnx", device="cpu")
+    train = [load_mono(TOY / f"vo_zh_{i:03d}.wav", 16000) for i in (1, 2)]
+    speaker_file = root / "spk2embedding.pt"
+    torch.save({"toy": torch.tensor(np.mean(embed(train), axis=0)).tolist()}, speaker_file)
+
+    llm_ft = _perturbed_llm(kit_dir, root / "llm_ft.pt", seed=1)
+    broken = root / "broken_llm.pt"
+    broken.write_bytes(b"this is not a checkpoint")
+    config = EvaluateConfig(
+        test_sets=str(sets), whisper_model=str(kit_dir / "whisper.pt"), device="cpu", batch_size=4, max_tokens=4,
+        bootstrap_resamples=200, max_utts=1, synth_max_tokens=10, synth_batch_size=4,
+        speaker_file=str(speaker_file), sft_data=str(root / "data"), eval_dir=str(root / "eval"), report_max_utts=2,
+    )
+    params = Params(model_dir=str(kit_dir), prepare=PrepareConfig(speaker="toy"), evaluate=config)
+    specs = ["llm=base,flow=base", f"llm={llm_ft},flow=base,name=llm-ft", f"llm={broken},flow=base,name=broken"]
+    return Setup(root, params, specs, llm_ft, kit_dir)
+
+
+def _run(setup: Setup) -> SuiteResult:
+    cfg = setup.params.evaluate
+    candidates = select_candidates(setup.specs, [], [], [], cfg.exp_dir)
+    result = run_suite(setup.params, candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
+    write_outputs(result, cfg.report_max_utts)
+    return result
+
+
+@pytest.fixture(scope="module")
+def first(setup: Setup) -> SuiteResult:
+    return _run(setup)
+
+
+def test_grid_runs_end_to_end_and_reports_bad_input(first: SuiteResult, setup: Setup):
+    by_name = {c.candidate.name: c for c in first.candidates}
+    assert list(by_name) == ["llm=base,flow=base", "llm-ft", "broken"]
+    base, tuned, broken = by_name.values()
+    assert base.ok and tuned.ok and not broken.ok
+    assert "broken_llm.pt" in broken.error and "torch.load" in broken.error
+    for c in (base, tuned):
+        assert (c.synthesized, c.reused, c.synth_failures) == (2, 0, [])
+        assert {(r.subset, r.utt, r.status) for r in c.report.rows} == {
+            ("zero_shot/en", "ok_1", "scored"), ("sft", "vo_zh_000", "scored")}
+        assert c.summary.n == 2 and c.summary.missing == 0
+        assert 0.0 <= c.summary.cer_ci[0] <= c.summary.cer <= c.summary.cer_ci[1]
+        assert all(r.ss is not None and -1.0 <= r.ss <= 1.0 for r in c.report.rows)
+        for r in c.report.rows:
+            assert Path(r.output_wav) == c.output_wav(r.subset, r.utt) and Path(r.output_wav).is_file()
+    # same seeds and texts for both candidates; different LLM weights give different audio
+    wav = "zero_shot/en/wavs/ok_1.wav"
+    assert (base.folder / wav).read_bytes() != (tuned.folder / wav).read_bytes()
+    manifests = [json.loads((c.folder / "synth.json").read_text()) for c in (base, tuned)]
+    assert manifests[0]["zero_shot/en/ok_1"]["seed"] == manifests[1]["zero_shot/en/ok_1"]["seed"]
+    reasons = {(p.utt, p.reason) for p in first.skipped}
+    assert reasons == {("gone", "missing_prompt_wav"), ("klingon", "unknown_language"), ("orphan", "no_text_entry")}
+    assert first.tiny_kit
+
+
+def test_candidates_json_has_the_agreed_shape(first: SuiteResult):
+    data = json.loads((first.eval_dir / "candidates.json").read_text(encoding="utf-8"))
+    assert data["speaker"] == "toy" and data["model_dir"] == str(first.model_dir)
+    assert [c["name"] for c in data["candidates"]] == ["llm=base,flow=base", "llm-ft"]
+    for entry in data["candidates"]:
+        assert set(entry) == {"name", "llm", "flow", "summary", "subsets", "base"}
+        assert set(entry["summary"]) == SUMMARY_KEYS
+        assert set(entry["subsets"]) == {"zero_shot/en", "sft"}
+        assert all(set(s) == SUMMARY_KEYS for s in entry["subsets"].values())
+        assert isinstance(entry["summary"]["cer"], float) and len(entry["summary"]["cer_ci"]) == 2
+        assert entry["flow"] == "base"
+    assert [c["base"] for c in data["candidates"]] == [True, False]
+    assert data["candidates"][1]["llm"].endswith("llm_ft.pt")
+    assert [f["name"] for f in data["failed"]] == ["broken"]
+    assert data["skipped"]["total"] == 3
+    assert data["skipped"]["by_reason"] == {"missing_prompt_wav": 1, "unknown_language": 1, "no_text_entry": 1}
+
+    metrics = json.loads((first.eval_dir / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["llm-base_flow-base"]["cer"] == data["candidates"][0]["summary"]["cer"]
+    assert metrics["failed_candidates"] == 1 and metrics["skipped_items"] == 3
+    plot = (first.eval_dir / "plots" / "candidates.csv").read_text(encoding="utf-8").splitlines()
+    assert plot[0].startswith("candidate,cer,") and len(plot) == 3
+    rows = (first.eval_dir / "utterances.csv").read_text(encoding="utf-8").splitlines()
+    assert rows[0].startswith("candidate,subset,utt") and len(rows) == 5
+
+
+def test_rerun_uses_the_cache_and_redoes_only_what_changed(first: SuiteResult, setup: Setup):
+    before = json.loads((first.eval_dir / "candidates.json").read_text(encoding="utf-8"))
+    again = _run(setup)
+    assert not again.engine_loaded  # nothing to synthesise: no model was even loaded
+    for c in again.scored:
+        assert (c.synthesized, c.reused, c.asr_computed) == (0, 2, 0)
+    after = json.loads((first.eval_dir / "candidates.json").read_text(encoding="utf-8"))
+    assert after == before
+
+    _perturbed_llm(setup.kit, setup.llm_ft, seed=2)  # new fine-tuned weights: that candidate only is redone
+    third = _run(setup)
+    counts = {c.candidate.name: (c.synthesized, c.reused) for c in third.scored}
+    assert counts == {"llm=base,flow=base": (0, 2), "llm-ft": (2, 0)}
+
+
+def test_cli_logs_one_mlflow_run_with_metrics_and_artifacts(first: SuiteResult, setup: Setup, tmp_path: Path,
+                                                            capsys, monkeypatch):
+    from cosyml.cli import main
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(yaml.safe_dump(dataclasses.asdict(setup.params), allow_unicode=True), encoding="utf-8")
+    monkeypatch.setenv("COSYML_TRACKING", "on")
+    code = main(["evaluate", "--params", str(params_file), "--no-progress", *[a for s in setup.specs[:2]
+                                                                               for a in ("--candidates", s)]])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "llm-ft" in out and "skipped 3 test items" in out and "tiny kit" in out
+
+    import mlflow
+
+    runs = mlflow.search_runs(experiment_names=["cosyml/toy"], filter_string="tags.`cosyml.stage` = 'evaluate'")
+    assert len(runs) >= 1
+    run = runs.iloc[0]
+    assert run["metrics.cer/llm-base_flow-base"] >= 0.0 and "metrics.ss/llm-ft" in run
+    assert "metrics.cer/llm-ft/zero_shot/en" in run
+    artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
+    assert {"report.html", "candidates.json", "metrics.json"} <= artifacts
+
+
+def _chromium() -> str | None:
+    for name in CHROMIUM_CANDIDATES:
+        path = shutil.which(name)
+        if path:
+            return path
+    return None
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    data = path.read_bytes()[:24]
+    assert data[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_report_renders_in_a_headless_browser(first: SuiteResult):
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium); the report browser check needs it")
+    report = write_outputs(first, 2).report  # the first run's page (later tests rewrite the folder's files)
+    html = report.read_text(encoding="utf-8")
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2000"]
+    with tempfile.TemporaryDirectory() as profile:
+        shot = first.eval_dir / "report.png"
+        base = [browser, *flags, f"--user-data-dir={profile}"]
+        subprocess.run([*base, f"--screenshot={shot}", report.as_uri()], check=True, capture_output=True, timeout=60,
+                       env={**os.environ, "HOME": profile})
+        dom = subprocess.run([*base, "--dump-dom", report.as_uri()], check=True, capture_output=True, text=True,
+                             timeout=60, env={**os.environ, "HOME": profile}).stdout
+    assert _png_size(shot) == (1280, 2000) and shot.stat().st_size > 20_000
+    table = re.search(r'<table id="candidates">.*?</table>', dom, re.S)
+    assert table and table.group(0).count("<tr") == 4  # header + 2 scored + 1 failed
+    assert 'id="kit-notice"' in dom and 'id="chart-cer"' in dom and "<svg" in dom
+    players = re.findall(r'<audio controls="?"? preload="none" class="(ref|candidate)" src="([^"]+)"', dom)
+    # two texts (zero_shot/en ok_1, sft vo_zh_000): a reference and a player per scored candidate each
+    assert sorted(kind for kind, _ in players) == ["candidate"] * 4 + ["ref"] * 2
+    for _, src in players:
+        assert (first.eval_dir / src).is_file(), src
+
+
+def test_utterances_that_fail_to_synthesise_score_as_missing_and_stay_cached(setup: Setup, kit_dir: Path):
+    # an LLM that stops at once (eos bias) with no minimum length: every request fails with "no speech"
+    state = torch.load(kit_dir / "llm.pt", map_location="cpu", weights_only=True)
+    bias = state["llm_decoder.bias"].clone()
+    bias[_eos_index(kit_dir)] = 1e4
+    mute = setup.root / "mute_llm.pt"
+    torch.save({**state, "llm_decoder.bias": bias}, mute)
+    cfg = dataclasses.replace(setup.params.evaluate, min_token_text_ratio=0.0, eval_dir=str(setup.root / "mute_eval"))
+    params = dataclasses.replace(setup.params, evaluate=cfg)
+    candidates = select_candidates([f"llm={mute},flow=base,name=mute"], [], [], [], cfg.exp_dir)
+    for attempt in range(2):
+        result = run_suite(params, candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
+        (c,) = result.candidates
+        assert c.ok and (c.synthesized, c.reused) == ((2, 0) if attempt == 0 else (0, 2))
+        assert {(f.subset, f.utt) for f in c.synth_failures} == {("zero_shot/en", "ok_1"), ("sft", "vo_zh_000")}
+        assert all("no speech tokens" in f.error for f in c.synth_failures)
+        assert (c.summary.n, c.summary.missing, c.summary.cer, c.summary.ss, c.summary.over_50) == (2, 2, 1.0, 0.0, 1.0)
+    files = write_outputs(result)
+    assert "failed to synthesise" in files.report.read_text(encoding="utf-8")
+
+
+def _eos_index(kit_dir: Path) -> int:
+    from cosyml.models.modeldir import ModelDir
+
+    return ModelDir(kit_dir).hparams.speech_token_size
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--candidates", "llm"], "expected llm=SOURCE,flow=SOURCE"),
+    (["--candidates", "llm=base,llm=base"], "given twice"),
+    (["--candidates", "llm=base,name=a b", "--candidates", "llm=x.pt,name=a_b"], "same folder"),
+])
+def test_bad_candidate_specs_stop_with_one_line(argv, needle, capsys):
+    from cosyml.cli import main
+
+    assert main(["evaluate", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and needle in err, err

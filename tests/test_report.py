@@ -1,0 +1,71 @@
+"""Report writers on hand-built results (no models): escaping, charts, JSON shapes, failed-only runs."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from cosyml.evaluation.candidates import parse_candidate, select_candidates, slugify
+from cosyml.evaluation.report import bar_chart_svg, candidates_dict, metrics_dict, render_html, write_outputs
+from cosyml.evaluation.suite import CandidateResult, MetricSummary, SuiteResult
+from cosyml.evaluation.testset import ItemProblem
+from cosyml.evaluation.testset import TestSubset as Subset
+
+
+def _result(tmp_path: Path) -> SuiteResult:
+    evil = parse_candidate('llm=base,flow=base,name=<script>alert("x")</script>')
+    broken = CandidateResult(evil, tmp_path / evil.slug, error="weights do not load: <bad> & worse")
+    subset = Subset("zero_shot/en", tmp_path, "en", [], [ItemProblem("zero_shot/en", "u1", "missing_prompt_wav",
+                                                                         "p.wav not found")])
+    return SuiteResult(eval_dir=tmp_path / "eval", speaker="toy", model_dir=tmp_path, tiny_kit=False,
+                       subsets=[subset], candidates=[broken], settings={"ci_level": 0.9})
+
+
+def test_names_and_errors_are_escaped_and_a_failed_only_run_still_reports(tmp_path: Path):
+    result = _result(tmp_path)
+    page = render_html(result)
+    assert "<script>" not in page and "&lt;script&gt;" in page and "&lt;bad&gt; &amp; worse" in page
+    assert 'id="kit-notice"' not in page  # not a kit model directory
+    assert "1 test items could not be scored (missing_prompt_wav: 1)" in page
+    data = candidates_dict(result)
+    assert data["candidates"] == [] and data["failed"][0]["error"].startswith("weights do not load")
+    assert data["skipped"]["by_reason"] == {"missing_prompt_wav": 1}
+    files = write_outputs(result)
+    assert json.loads(files.metrics.read_text()) == {"skipped_items": 1, "failed_candidates": 1}
+
+
+def test_bar_chart_scales_bars_draws_whiskers_and_survives_missing_values():
+    svg = bar_chart_svg("CER", ["a", "b & c", "none"], [0.1, 0.2, None], [(0.05, 0.15), (0.1, 0.4), None], unit="%")
+    widths = [float(w) for w in re.findall(r'<rect [^>]*width="([\d.]+)"', svg)]
+    assert len(widths) == 2 and abs(widths[1] / widths[0] - 2.0) < 1e-6  # proportional to the values
+    assert svg.count("<line") == 1 + 2 * 3  # axis + (whisker + 2 caps) per bar with a CI
+    assert "b &amp; c" in svg and "no score" in svg and "40.0%" in svg  # scale runs to the highest CI end
+    assert svg.count('fill="#3d9a5b"') == 1  # the lower error is highlighted
+
+
+def test_metrics_are_flat_per_slug(tmp_path: Path):
+    c = parse_candidate("llm=exp/llm/llm.pt,flow=base")
+    summary = MetricSummary(0.25, (0.2, 0.3), 0.7, (0.6, 0.8), 10, 1, 0.1)
+    scored = CandidateResult(c, tmp_path, summary=summary, subsets={"sft": summary})
+    result = SuiteResult(tmp_path, "toy", tmp_path, True, [], [scored], {})
+    entry = metrics_dict(result)[c.slug]
+    assert entry["cer"] == 0.25 and entry["cer_lo"] == 0.2 and entry["ss_hi"] == 0.8 and entry["subsets"]["sft"]["ss"] == 0.7
+    assert candidates_dict(result)["candidates"][0]["summary"]["cer_ci"] == [0.2, 0.3]
+
+
+def test_candidate_aliases_grid_and_slugs(tmp_path: Path):
+    (tmp_path / "llm" / "checkpoints").mkdir(parents=True)
+    for epoch in (2, 10):
+        (tmp_path / "llm" / "checkpoints" / f"epoch_{epoch}.pt").write_bytes(b"")
+    grid = select_candidates([], [], ["base", "sft-avg", "epoch-3", "last"], ["base"], tmp_path)
+    assert [c.llm for c in grid] == ["base", str(tmp_path / "llm" / "llm.pt"),
+                                     str(tmp_path / "llm" / "checkpoints" / "epoch_3.pt"),
+                                     str(tmp_path / "llm" / "checkpoints" / "epoch_10.pt")]
+    assert grid[0].is_base and not grid[1].is_base and grid[1].name == "llm=sft-avg,flow=base"
+    assert slugify("llm=sft-avg,flow=base") == "llm-sft-avg_flow-base"
+    long = slugify("llm=" + "x" * 200)
+    assert len(long) <= 60 and long != slugify("llm=" + "x" * 199)
+    # ';' separates several candidates in one value (mlflow run -P candidates=...); same weights collapse
+    both = select_candidates(["llm=base,flow=base;llm=base"], [], [], [], tmp_path)
+    assert [c.name for c in both] == ["llm=base,flow=base"]
