@@ -29,8 +29,13 @@ def write_tiny_whisper(path: str | Path, seed: int = 0, n_mels: int = 128) -> Pa
         n_text_head=2,
         n_text_layer=2,
     )
+    generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     model = Whisper(dims)
+    # whisper allocates the decoder's positional embedding with torch.empty (real checkpoints overwrite
+    # it); a random model must initialise it, or leftover memory gives NaN logits at random.
+    torch.nn.init.normal_(model.decoder.positional_embedding, std=1.0)  # N(0, 1), like its token embeddings
+    torch.random.set_rng_state(generator_state)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"dims": dims.__dict__, "model_state_dict": model.state_dict()}, path)
     whisper.load_model(str(path), device="cpu")  # fail here, not in a user's stage, if the format drifts
