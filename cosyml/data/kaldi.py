@@ -15,8 +15,12 @@ from cosyml.data.records import ManifestEntry, write_jsonl
 from cosyml.errors import InputError
 
 
-def read_kaldi_map(path: Path) -> dict[str, str]:
-    """``key rest-of-line`` -> {key: rest}; blank lines skipped; later duplicates win."""
+def read_kaldi_map(path: Path, keep_spacing: bool = False) -> dict[str, str]:
+    """``key rest-of-line`` -> {key: rest}; blank lines skipped; later duplicates win.
+
+    By default the rest is re-joined with single spaces, as upstream's readers do; ``keep_spacing``
+    splits on the first whitespace only and keeps the value's inner spacing (CV3-Eval's convention).
+    """
     try:
         lines = path.read_text(encoding="utf-8-sig").splitlines()
     except UnicodeDecodeError:
@@ -25,6 +29,11 @@ def read_kaldi_map(path: Path) -> dict[str, str]:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
     out: dict[str, str] = {}
     for line in lines:
+        if keep_spacing:
+            fields = line.strip().split(maxsplit=1)
+            if fields:
+                out[fields[0]] = fields[1].strip() if len(fields) > 1 else ""
+            continue
         fields = line.split()
         if fields:
             out[fields[0]] = " ".join(fields[1:])

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cosyml.data.kaldi import read_kaldi_map
 from cosyml.errors import InputError
 from cosyml.evaluation.metrics import normalize
 
@@ -93,19 +94,8 @@ class TestSubset:
 
 
 def read_kaldi(path: Path) -> dict[str, str]:
-    """``key value`` lines -> {key: value}: split on the first whitespace, value stripped; blanks skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not UTF-8 text; re-save it as UTF-8") from None
-    except OSError as exc:
-        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    out: dict[str, str] = {}
-    for line in lines:
-        parts = line.strip().split(maxsplit=1)
-        if parts:
-            out[parts[0]] = parts[1].strip() if len(parts) > 1 else ""
-    return out
+    """``key value`` lines split on the first whitespace, inner spacing kept (CV3-Eval's convention)."""
+    return read_kaldi_map(path, keep_spacing=True)
 
 
 def write_kaldi(path: Path, entries: Iterable[tuple[str, str]]) -> None:
