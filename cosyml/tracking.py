@@ -119,8 +119,13 @@ def stage_run(
     params: Mapping[str, Any],
     data_version: str | None = None,
     run_name: str | None = None,
+    system_metrics: bool = False,
 ) -> Iterator[StageRun]:
-    """Open one MLflow run for one execution of ``stage`` (no-op when tracking is off)."""
+    """Open one MLflow run for one execution of ``stage`` (no-op when tracking is off).
+
+    ``system_metrics`` samples CPU, memory, disk, network and GPU use into the run (``system/*``), for
+    long stages such as training.
+    """
     if not tracking_enabled():
         yield StageRun(active=False)
         return
@@ -140,7 +145,7 @@ def stage_run(
         tags["dvc.stage"] = os.environ["DVC_STAGE"]
     if data_version:
         tags["cosyml.data_version"] = data_version
-    with mlflow.start_run(run_name=run_name or stage, tags=tags) as run:
+    with mlflow.start_run(run_name=run_name or stage, tags=tags, log_system_metrics=system_metrics or None) as run:
         handle = StageRun(active=True, run_id=run.info.run_id)
         handle.log_params(params)
         yield handle

@@ -105,7 +105,7 @@ def train_part(
     model = load_base_part(md, part)
     checkpoint_dir = output / "checkpoints"
     weights = output / f"{part}.pt"
-    logged = {**as_flat_dict(cfg, "train."), "part": part, "model_dir": str(md.root), "data": str(data)}
+    logged = {**as_flat_dict(cfg, "train."), "part": part, "model_dir": str(md.root), "data": str(data), "output": str(output)}
 
     def body(run: Any) -> dict[str, Any]:
         sampler = None
@@ -156,7 +156,9 @@ def train_part(
         from cosyml.tracking import StageRun
 
         return body(StageRun(active=False))
-    with stage_run(f"train_{part}", params.prepare.speaker, logged, data_version=data_version("shards")) as run:
+    with stage_run(
+        f"train_{part}", params.prepare.speaker, logged, data_version=data_version("shards"), system_metrics=True
+    ) as run:
         return body(run)
 
 
