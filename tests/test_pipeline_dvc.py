@@ -29,6 +29,7 @@ def workspace(tmp_path_factory):
     for name in ("dvc.yaml", "params.yaml"):
         shutil.copy(ROOT / name, ws / name)
     shutil.copytree(ROOT / "examples" / "toy_speaker", ws / "examples" / "toy_speaker")
+    shutil.copytree(ROOT / "eval", ws / "eval")
     shutil.copytree(ROOT / "cosyml", ws / "cosyml", ignore=shutil.ignore_patterns("__pycache__"))
     env = {
         **os.environ,
@@ -48,10 +49,12 @@ def workspace(tmp_path_factory):
 def test_full_repro_then_noop_then_param_change(workspace):
     ws, env = workspace
     out = _run(["dvc", "repro"], ws, env)
-    for stage in ("kit", "prepare", "extract", "shards", "train_llm", "train_flow", "average@llm", "assemble"):
+    stages = ("kit", "prepare", "extract", "shards", "train_llm", "train_flow", "average@llm", "assemble")
+    for stage in (*stages, "evaluate", "promote"):
         assert f"Running stage '{stage}'" in out
     assert (ws / "models" / "sft" / "spk2info.pt").is_file()
     assert (ws / "data" / "shards" / "train" / "data.list").is_file()
+    assert (ws / "exp" / "eval" / "report.html").is_file()
 
     again = _run(["dvc", "repro"], ws, env)
     assert "Running stage" not in again
@@ -85,3 +88,6 @@ def test_every_stage_recorded_one_mlflow_run(workspace):
     assert train.data.tags.get("cosyml.data_version")  # the shards' md5 from dvc.lock
     samples = [a.path for a in client.list_artifacts(train.info.run_id, "samples/epoch_002")]
     assert samples and all(p.endswith(".wav") for p in samples)  # per-epoch audio, playable in the UI
+    assert "evaluate" in stages and "promote" in stages
+    champion = client.get_model_version_by_alias("cosyml-toy", "champion")  # the main job ends with a champion
+    assert champion.tags["cosyml.speaker"] == "toy" and "score.cer" in champion.tags
