@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from cosyml.errors import ModelDirError
+from cosyml.features.mel import MelConfig
 from cosyml.models import keys
 from cosyml.models.keys import Part, Version
 from cosyml.models.yaml_io import Tagged, read_model_yaml, require_tagged
@@ -36,20 +37,6 @@ StateDict = dict[str, torch.Tensor]
 
 # --------------------------------------------------------------------------------------------------
 # Hyperparameters
-
-
-@dataclass(frozen=True)
-class MelParams:
-    """The ``feat_extractor`` mel settings (training targets and inference prompt mels). Hz / samples."""
-
-    n_fft: int
-    num_mels: int
-    sampling_rate: int
-    hop_size: int
-    win_size: int
-    fmin: float
-    fmax: float | None  # None: Nyquist (v3 model dirs may set null)
-    center: bool
 
 
 @dataclass(frozen=True)
@@ -67,7 +54,7 @@ class ModelHParams:
     chunk_size: int  # streaming chunk, in speech tokens
     mix_ratio: tuple[int, int]  # bistream: text tokens, speech tokens per chunk
     sampling: SamplingParams
-    mel: MelParams
+    mel: MelConfig  # the feat_extractor settings (training targets and inference prompt mels)
     tokenizer_version: str  # "cosyvoice2" or "cosyvoice3" (get_tokenizer.version; absent = cosyvoice2)
     allowed_special: str
 
@@ -101,12 +88,15 @@ def parse_hparams(config: Mapping[str, Any], version: Version, path: str | Path)
     sampling = llm.get("sampling")
     if not isinstance(sampling, Tagged):
         raise ModelDirError(f"{where}: 'llm.sampling' is missing; restore the official model yaml")
+    sample_rate = _get(config, "sample_rate", where, int)
+    for key in ("n_fft", "num_mels", "sampling_rate", "hop_size", "win_size"):  # required, no defaults
+        _get(feat, key, f"{where}: feat_extractor", int)
     mix = llm.get("mix_ratio", [5, 15])
     if not (isinstance(mix, list) and len(mix) == 2 and all(isinstance(v, int) and v > 0 for v in mix)):
         raise ModelDirError(f"{where}: 'llm.mix_ratio' is {mix!r}, expected two positive integers like [5, 15]")
     return ModelHParams(
         version=version,
-        sample_rate=_get(config, "sample_rate", where, int),
+        sample_rate=sample_rate,
         llm_input_size=_get(llm, "llm_input_size", f"{where}: llm", int),
         llm_output_size=_get(llm, "llm_output_size", f"{where}: llm", int),
         spk_embed_dim=_get(config, "spk_embed_dim", where, int, 192),
@@ -116,16 +106,7 @@ def parse_hparams(config: Mapping[str, Any], version: Version, path: str | Path)
         chunk_size=_get(config, "chunk_size", where, int, 25),
         mix_ratio=(int(mix[0]), int(mix[1])),
         sampling=SamplingParams.from_kwargs(sampling.kwargs()),
-        mel=MelParams(
-            n_fft=_get(feat, "n_fft", f"{where}: feat_extractor", int),
-            num_mels=_get(feat, "num_mels", f"{where}: feat_extractor", int),
-            sampling_rate=_get(feat, "sampling_rate", f"{where}: feat_extractor", int),
-            hop_size=_get(feat, "hop_size", f"{where}: feat_extractor", int),
-            win_size=_get(feat, "win_size", f"{where}: feat_extractor", int),
-            fmin=_get(feat, "fmin", f"{where}: feat_extractor", float, 0.0),
-            fmax=_get(feat, "fmax", f"{where}: feat_extractor", float, None),
-            center=bool(feat.get("center", False)),
-        ),
+        mel=MelConfig.from_yaml_node(feat),
         tokenizer_version=str(tok.get("version") or "cosyvoice2"),
         allowed_special=str(config.get("allowed_special", "all")),
     )
