@@ -194,6 +194,27 @@ class RegistryConfig:
     previous_alias: str = "previous"
 
 
+def _default_space() -> dict[str, list[float]]:
+    return {"top_p": [0.5, 0.95], "top_k": [5, 50], "win_size": [5, 20], "tau_r": [0.05, 0.3]}
+
+
+@dataclass(frozen=True)
+class TuneConfig:
+    """``tune``: Optuna search over the synthesis sampling parameters of one candidate (``cosyml tune``)."""
+
+    candidate: str = ""  # "llm=SRC,flow=SRC"; empty = sft-avg for each part that exists, else base
+    space: dict[str, list[float]] = field(default_factory=_default_space)  # name: [low, high] (top_p top_k win_size tau_r)
+    n_trials: int = 20  # trials the study should hold in all (finished ones count; a rerun resumes)
+    seed: int = 1986  # TPE sampler seed
+    direction: str = "maximize"  # the objective is the registry composite ss_weight*SS - cer_weight*CER
+    subsets: list[str] = field(default_factory=list)  # test subsets to score on; empty = evaluate.subsets
+    max_utts: int = 8  # usable utterances per subset (a small fixed set); 0 = all
+    synth_max_tokens: int = 0  # cap on speech tokens per utterance; 0 = evaluate.synth_max_tokens
+    out_dir: str = "exp/tune"  # per-trial eval folders, optuna.db, sampling.json
+    storage: str = ""  # Optuna storage URL; empty = sqlite:///<out_dir>/optuna.db; postgresql://... for many workers
+    study_name: str = ""  # empty = cosyml-<speaker>-sampling
+
+
 @dataclass(frozen=True)
 class Params:
     """Everything in ``params.yaml``. ``model_dir`` is the base model directory (official layout)."""
@@ -205,6 +226,7 @@ class Params:
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     registry: RegistryConfig = field(default_factory=RegistryConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:

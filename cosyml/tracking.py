@@ -92,6 +92,22 @@ class StageRun:
 
             mlflow.log_artifact(str(path), artifact_path=artifact_path)
 
+    def log_child_run(
+        self,
+        name: str,
+        params: Mapping[str, Any],
+        metrics: Mapping[str, float],
+        tags: Mapping[str, Any] | None = None,
+    ) -> None:
+        """One nested run under this run (e.g. an Optuna trial): params, metrics and tags, then closed."""
+        if self.active:
+            import mlflow
+
+            with mlflow.start_run(run_name=name, nested=True, tags={k: str(v) for k, v in (tags or {}).items()}):
+                mlflow.log_params({k: str(v)[:6000] for k, v in public_params(params).items()})
+                if metrics:
+                    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+
     def log_dict(self, data: Any, artifact_file: str) -> None:
         if self.active:
             import mlflow

@@ -50,11 +50,12 @@ def test_full_repro_then_noop_then_param_change(workspace):
     ws, env = workspace
     out = _run(["dvc", "repro"], ws, env)
     stages = ("kit", "prepare", "extract", "shards", "train_llm", "train_flow", "average@llm", "assemble")
-    for stage in (*stages, "evaluate", "promote"):
+    for stage in (*stages, "evaluate", "tune", "promote"):
         assert f"Running stage '{stage}'" in out
     assert (ws / "models" / "sft" / "spk2info.pt").is_file()
     assert (ws / "data" / "shards" / "train" / "data.list").is_file()
     assert (ws / "exp" / "eval" / "report.html").is_file()
+    assert (ws / "exp" / "tune" / "sampling.json").is_file()
 
     again = _run(["dvc", "repro"], ws, env)
     assert "Running stage" not in again
