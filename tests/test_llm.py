@@ -246,3 +246,24 @@ def test_full_size_v2_llm_saves_once_and_loads_back_strictly(tmp_path: Path) -> 
     reloaded.tie_weights()
     load_strict(reloaded, path)
     assert reloaded.llm_decoder.bias.eq(0.25).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("part", ["flow", "hift"])
+def test_full_size_v2_flow_and_hift_save_and_load_back_strictly(part: str, tmp_path: Path) -> None:
+    with torch.device("meta"):
+        module = _full_size_part(part)
+    module.to_empty(device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for tensor in module.state_dict().values():  # finite values, so equality below is meaningful
+            tensor.uniform_(-1.0, 1.0, generator=generator)
+    path = save_state_dict(module, tmp_path / f"{part}.pt")
+    state = load_state_dict_file(path, part=part)
+    assert {k: tuple(v.shape) for k, v in state.items()} == official_keys("v2", f"{part}.pt")
+    assert all(v.dtype == torch.float32 and v.device.type == "cpu" for v in state.values())
+    with torch.device("meta"):
+        reloaded = _full_size_part(part)
+    reloaded.to_empty(device="cpu")
+    load_strict(reloaded, path, part=part)
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in state.items())
