@@ -266,4 +266,5 @@ def test_full_size_v2_flow_and_hift_save_and_load_back_strictly(part: str, tmp_p
         reloaded = _full_size_part(part)
     reloaded.to_empty(device="cpu")
     load_strict(reloaded, path, part=part)
-    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in state.items())
+    loaded = reloaded.state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in state.items())
