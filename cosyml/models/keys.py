@@ -7,6 +7,7 @@ the modules in :mod:`cosyml.models` produce exactly those keys by construction.
 
 from __future__ import annotations
 
+import fnmatch
 from typing import Literal
 
 Version = Literal["v2", "v3"]
@@ -51,6 +52,11 @@ TIED_KEYS: dict[str, str] = {"llm.model.lm_head.weight": "llm.model.model.embed_
 # Derived artifacts upstream keeps using without checking that they match llm.pt / flow.pt.
 STALE_EXPORT_GLOBS = ("flow.encoder.*.zip", "flow.decoder.estimator.*.onnx", "*.plan")
 STALE_EXPORT_DIRS = ("vllm",)
+
+
+def is_stale_export(name: str) -> bool:
+    """Whether a model-directory entry ``name`` is an export derived from llm/flow weights."""
+    return name in STALE_EXPORT_DIRS or any(fnmatch.fnmatch(name, pattern) for pattern in STALE_EXPORT_GLOBS)
 
 # Text token id of "<|endofprompt|>" in the official tokenizer (v3 asserts it in every prompt).
 END_OF_PROMPT_ID = 151646

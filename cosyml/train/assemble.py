@@ -18,12 +18,9 @@ from pathlib import Path
 import torch
 
 from cosyml.errors import InputError
-from cosyml.models.keys import WEIGHT_FILE
+from cosyml.models.keys import SPK2INFO_NAME, WEIGHT_FILE, is_stale_export
 from cosyml.models.modeldir import ModelDir, describe_mismatch, load_state_dict_file
 from cosyml.train.checkpoint import save_plain_state_dict
-
-#: Files derived from llm/flow weights that must not follow new weights into a directory.
-_STALE_PATTERNS = ("flow.encoder.", "flow.decoder.estimator.", ".plan", "vllm", "spk2info.pt")
 
 
 @dataclass(frozen=True)
@@ -77,7 +74,8 @@ def assemble(
 
     chosen = {"llm": llm, "flow": flow}
     for entry in base.root.iterdir():
-        if entry.name in (WEIGHT_FILE["llm"], WEIGHT_FILE["flow"]) or any(p in entry.name for p in _STALE_PATTERNS):
+        # chosen weights and spk2info.pt are written below; exports of the old weights must not follow
+        if entry.name in (WEIGHT_FILE["llm"], WEIGHT_FILE["flow"], SPK2INFO_NAME) or is_stale_export(entry.name):
             continue
         _link(entry, out / entry.name)
     for part, source in chosen.items():
@@ -90,7 +88,7 @@ def assemble(
         _check_same_layout(Path(source), state, reference)
         save_plain_state_dict(state, target)
     embedding = speaker_embedding(spk2embedding, speaker)
-    torch.save({speaker: {"embedding": embedding}}, out / "spk2info.pt")
+    torch.save({speaker: {"embedding": embedding}}, out / SPK2INFO_NAME)
     ModelDir(out).check()
     return AssembleResult(out, str(llm or "base"), str(flow or "base"), [speaker])
 
