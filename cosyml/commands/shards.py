@@ -8,9 +8,7 @@ from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import as_flat_dict
-from cosyml.data.shards import write_shards
 from cosyml.errors import InputError
-from cosyml.tracking import stage_run
 
 SPLITS = ("train", "dev")
 
@@ -29,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cosyml.data.shards import write_shards  # imports torch: keep `cosyml --help` fast
+    from cosyml.tracking import stage_run
+
     params = resolve_params(
         args,
         {
