@@ -70,6 +70,7 @@ class ExtractConfig:
     device: str = "auto"  # "auto" (CUDA provider when present), "cpu" or "cuda"
     checkpoint_every: int = 200  # utterances between atomic writes of the resume cache
     workers: int = 0  # threads that decode audio, compute features and run model batches; 0 = one per core
+    token_batches: str = "auto"  # "auto" (padded batches on CUDA, one clip per call on the CPU), "on" or "off"
 
 
 @dataclass(frozen=True)

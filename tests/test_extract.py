@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from cosyml.cli import main
 from cosyml.config import ExtractConfig
 from cosyml.errors import InputError, ModelDirError
 from cosyml.features.campplus import SpeakerEncoder
-from cosyml.features.extract import CACHE_FILE, extract, find_frontend_models
+from cosyml.features.extract import CACHE_FILE, _tokens_per_clip, extract, find_frontend_models
 from cosyml.features.fbank import campplus_features
 from cosyml.features.speech_tokens import SpeechTokenizer
 from cosyml.features.whisper_mel import log_mel
@@ -58,8 +59,10 @@ def data(tmp_path) -> Path:
 CFG = ExtractConfig(batch_size=4, num_threads=1, device="cpu", checkpoint_every=2, workers=2)
 
 
-def test_outputs_match_one_at_a_time_upstream_method(kit, data):
-    result = extract(data, kit, CFG, progress=False)
+@pytest.mark.parametrize("token_batches", ["off", "on"])
+def test_outputs_match_one_at_a_time_upstream_method(kit, data, token_batches):
+    cfg = dataclasses.replace(CFG, token_batches=token_batches)  # per clip in the workers / padded batches
+    result = extract(data, kit, cfg, progress=False)
     assert result.complete and [s.split for s in result.splits] == ["train", "dev"]
     train = data / "train"
     utt2emb = torch.load(train / "utt2embedding.pt", weights_only=True)
@@ -124,6 +127,15 @@ def test_wrong_model_dir_names_the_missing_file(kit, data, tmp_path):
         find_frontend_models(tmp_path / "partial")
     with pytest.raises(InputError, match="no train/dev split"):
         extract(tmp_path / "nothing", kit, CFG, progress=False)
+    with pytest.raises(InputError, match=r"extract\.token_batches: 'sometimes' is not one of auto, on, off"):
+        extract(data, kit, dataclasses.replace(CFG, token_batches="sometimes"), progress=False)
+
+
+def test_token_batching_follows_the_provider():
+    assert _tokens_per_clip("auto", "CPUExecutionProvider") is True
+    assert _tokens_per_clip("auto", "CUDAExecutionProvider") is False
+    assert _tokens_per_clip("on", "CPUExecutionProvider") is False
+    assert _tokens_per_clip("off", "CUDAExecutionProvider") is True
 
 
 def test_cli_extract_records_a_run(kit, data, tmp_path, monkeypatch, capsys):

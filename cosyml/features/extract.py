@@ -145,6 +145,7 @@ class _Clip:
     seconds: float
     flow_frames: int
     embedding: np.ndarray | None = None  # (192,) when computed in the worker (unbatchable CAM++)
+    tokens: list[int] | None = None  # when computed in the worker (CPU: batching buys nothing)
 
 
 def _sha256(path: Path) -> str:
@@ -190,13 +191,28 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _tokens_per_clip(token_batches: str, provider: str) -> bool:
+    """Whether each worker tokenizes its own clip right after computing the features.
+
+    On the CPU a padded batch costs as much as its clips one by one (measured in ``bench/extract.py``),
+    while collecting a batch leaves cores idle at its edges; on CUDA batches are where the speed is.
+    """
+    if token_batches not in ("auto", "on", "off"):
+        raise InputError(f"extract.token_batches: '{token_batches}' is not one of auto, on, off")
+    if token_batches == "auto":
+        return provider == "CPUExecutionProvider"
+    return token_batches == "off"
+
+
 class FrontendExtractor:
     """Both ONNX models and a worker pool, turning clips into (embedding, tokens). No tracking here.
 
     Every unit of work (decoding + features of one clip, one model batch) is single-threaded and runs
     on ``workers`` threads: robust on shared CPUs, where multi-threaded operators stall waiting for
     descheduled threads. A CAM++ model that pools over padding (the official one) can only batch equal
-    lengths, which real clips rarely share, so its embedding is computed with the clip's features.
+    lengths, which real clips rarely share, so its embedding is computed with the clip's features. The
+    speech tokens are too on the CPU (see :func:`_tokens_per_clip`): each clip is then one task from
+    file to outputs, and the cores stay busy until the last clip.
     """
 
     def __init__(self, model_dir: str | Path, config: ExtractConfig | None = None) -> None:
@@ -206,6 +222,7 @@ class FrontendExtractor:
         self.encoder = SpeakerEncoder(self.models.campplus, self.config.device, threads)
         self.tokenizer = SpeechTokenizer(self.models.speech_tokenizer, self.config.device, threads)
         self.workers = self.config.workers or os.cpu_count() or 1
+        self.inline_tokens = _tokens_per_clip(self.config.token_batches, self.tokenizer.session.get_providers()[0])
         self.pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="extract")
         self.fingerprint = {
             "campplus": self.models.campplus.name,
@@ -228,19 +245,22 @@ class FrontendExtractor:
         clip = _load_clip(utt, path)
         if not self.encoder.padding_exact:
             clip.embedding = self.encoder.embed([clip.fbank])[0]
+        if self.inline_tokens:
+            clip.tokens = self.tokenizer.tokenize([clip.mel])[0] if clip.mel is not None else []
+            clip.mel = None
         return clip
 
     def process(self, clips: list[_Clip]) -> tuple[np.ndarray, list[list[int]]]:
         """Embeddings (B, 192) and token lists (``[]`` for clips over 30 s) for prepared ``clips``."""
         batch = max(1, self.config.batch_size)
-        with_tokens = [i for i, c in enumerate(clips) if c.mel is not None]
+        with_tokens = [i for i, c in enumerate(clips) if c.mel is not None and c.tokens is None]
         mels = [clips[i].mel for i in with_tokens]
         token_lists = self.tokenizer.tokenize(mels, batch, executor=self.pool)  # type: ignore[arg-type]
         if self.encoder.padding_exact:
             embeddings = self.encoder.embed([c.fbank for c in clips], batch, executor=self.pool)
         else:
             embeddings = np.stack([c.embedding for c in clips])  # type: ignore[misc]
-        tokens: list[list[int]] = [[] for _ in clips]
+        tokens: list[list[int]] = [c.tokens or [] for c in clips]
         for i, ids in zip(with_tokens, token_lists, strict=True):
             tokens[i] = ids
         return embeddings, tokens
