@@ -154,15 +154,16 @@ def suite_objective(
     """The objective that runs the evaluation suite for ``candidate`` under one trial's sampling.
 
     Composite weights and the missing-output limit come from ``params.registry``."""
-    from cosyml.evaluation.suite import run_suite
+    from cosyml.evaluation.suite import SuiteModels, run_suite
     from cosyml.registry import Scores, composite
 
     registry: RegistryConfig = params.registry
+    models = SuiteModels()  # Whisper, CAM++ and the engine load once for the whole study
 
     def objective(sampling: dict[str, float | int], number: int) -> TrialScore:
         trial_dir = Path(out_dir) / "trials" / f"trial-{number:04d}"
         result = run_suite(trial_params(params, sampling), [candidate], trial_dir, model_dir=params.model_dir,
-                           data_dir=data_dir or None, progress=False, log=log)
+                           data_dir=data_dir or None, progress=False, log=log, models=models)
         outcome = result.candidates[0]
         if outcome.error is not None:
             raise TrialFailed(outcome.error)

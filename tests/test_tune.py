@@ -199,6 +199,24 @@ def test_bad_input_is_one_line_with_exit_status_2(case: str, workdir: Path, tmp_
     assert not (tmp_path / "out" / "optuna.db").exists()  # stopped before any study was opened
 
 
+def test_the_objective_loads_whisper_and_the_engine_once_for_all_trials(workdir: Path, tmp_path: Path):
+    from cosyml.config import load_params
+    from cosyml.evaluation.candidates import parse_candidate
+    from cosyml.tune import suite_objective
+
+    said: list[str] = []
+    params = load_params(workdir / "params.yaml")
+    objective = suite_objective(params, parse_candidate("llm=base,flow=base"), tmp_path, log=said.append)
+    first = objective({"top_p": 0.8, "top_k": 25, "win_size": 10, "tau_r": 0.1}, 0)
+    second = objective({"top_p": 0.6, "top_k": 9, "win_size": 6, "tau_r": 0.2}, 1)
+    loads = [m for m in said if m.startswith("loading")]
+    assert len(loads) == 2 and any("Whisper" in m for m in loads) and any("for synthesis" in m for m in loads)
+    assert len([m for m in said if m.startswith("candidate")]) == 2
+    assert first.n == second.n == 1
+    for n in (0, 1):  # both trials synthesised and scored their own audio
+        assert (tmp_path / "trials" / f"trial-{n:04d}" / "llm-base_flow-base" / "asr.json").is_file()
+
+
 # ------------------------------------------------------------------------------------------ the component
 
 

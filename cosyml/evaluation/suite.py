@@ -360,6 +360,28 @@ class _Lazy:
         return self.value
 
 
+class SuiteModels:
+    """Whisper, CAM++ and the synthesis engine, kept across :func:`run_suite` calls.
+
+    One call builds what it needs on first use; pass the same instance to many calls (an Optuna study
+    runs the suite once per trial) and each model is loaded once for all of them. Models are keyed by
+    what they are built from, so a call with other settings gets its own.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[str, _Lazy] = {}
+
+    def get(self, key: str, build: Callable[[], Any]) -> _Lazy:
+        if key not in self._models:
+            self._models[key] = _Lazy(build)
+        return self._models[key]
+
+    @property
+    def loaded(self) -> list[str]:
+        """Keys of the models built so far."""
+        return [k for k, v in self._models.items() if v.loaded]
+
+
 # ------------------------------------------------------------------------------------------ test sets
 
 
@@ -411,8 +433,12 @@ def run_suite(
     speaker_file: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
+    models: SuiteModels | None = None,
 ) -> SuiteResult:
-    """Synthesise and score every candidate (see the module docstring); nothing tracked, nothing rendered."""
+    """Synthesise and score every candidate (see the module docstring); nothing tracked, nothing rendered.
+
+    ``models`` keeps Whisper, CAM++ and the engine loaded for later calls (default: loaded for this one).
+    """
     from cosyml.evaluation.asr import resolve_device
 
     config = params.evaluate
@@ -464,7 +490,10 @@ def run_suite(
         say(f"loading {model_dir} for synthesis on {device}")
         return SynthEngine.load(model_dir, device=device)
 
-    asr, embedder, engine = _Lazy(load_asr), _Lazy(load_embedder), _Lazy(load_engine)
+    models = models if models is not None else SuiteModels()
+    asr = models.get(f"asr {asr_key} {config.batch_size}", load_asr)
+    embedder = models.get(f"campplus {embed_key} {device}", load_embedder)
+    engine = models.get(f"engine {model_dir.resolve()} {device}", load_engine)
     shared = {name: file_fingerprint(model_dir / name) for name in ("hift.pt", "cosyvoice2.yaml")
               if (model_dir / name).is_file()}
     if (model_dir / "spk2info.pt").is_file():
@@ -630,6 +659,7 @@ __all__ = [
     "BASE",
     "CandidateResult",
     "MetricSummary",
+    "SuiteModels",
     "SuiteResult",
     "SynthFailure",
     "run_suite",
