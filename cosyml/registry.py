@@ -38,6 +38,7 @@ import torch
 
 from cosyml.config import RegistryConfig
 from cosyml.errors import ConfigError, CosymlError, InputError
+from cosyml.features.onnx_runtime import ORT_DISTRIBUTIONS
 from cosyml.pyfunc import BASE, BASE_ARTIFACT, SAMPLING_KEYS, VoiceSpec
 
 BASE_EXPERIMENT = "cosyml/base-models"
@@ -567,7 +568,8 @@ def _requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for dist in ("mlflow", "torch", "numpy", "pandas", "soundfile", "onnxruntime", "transformers", "wetext", "PyYAML"):
+    for dist in ("mlflow", "torch", "numpy", "pandas", "soundfile", *ORT_DISTRIBUTIONS, "transformers", "wetext",
+                 "PyYAML"):  # the onnxruntime build installed here (cpu or gpu)
         with contextlib.suppress(PackageNotFoundError):
             out.append(f"{dist}=={version(dist)}")
     return [*out, "cosyml"]

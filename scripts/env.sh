@@ -4,16 +4,21 @@
 # The virtualenv lives outside the clone, keyed by a hash of the pinned dependencies (pyproject.toml's
 # dependency lists and constraints.txt), so a fresh machine builds it from nothing and later runs
 # reuse it:  ${COSYML_ENV_ROOT:-~/.cache/cosyml}/venv-<hash>.     Use:  source scripts/env.sh
+# onnxruntime: the CPU build by default; COSYML_ONNXRUNTIME=gpu takes onnxruntime-gpu (a separate venv).
 set -euo pipefail
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _py="${COSYML_PYTHON:-python3.11}"
 command -v "$_py" >/dev/null 2>&1 || _py=python3
 _root="${COSYML_ENV_ROOT:-$HOME/.cache/cosyml}"
 mkdir -p "$_root"
-_reqs="$("$_py" - "$_repo/pyproject.toml" <<'PY'
+_ort="${COSYML_ONNXRUNTIME:-cpu}"
+_reqs="$("$_py" - "$_repo/pyproject.toml" "$_ort" <<'PY'
 import sys, tomllib
 meta = tomllib.load(open(sys.argv[1], "rb"))["project"]
-print("\n".join(meta["dependencies"] + meta["optional-dependencies"]["dev"]))
+extras = meta["optional-dependencies"]
+if sys.argv[2] not in ("cpu", "gpu"):
+    sys.exit(f"COSYML_ONNXRUNTIME={sys.argv[2]}: expected cpu or gpu")
+print("\n".join(meta["dependencies"] + extras[sys.argv[2]] + extras["dev"]))
 PY
 )"
 _key="$( (echo "$_reqs"; cat "$_repo/constraints.txt") | sha256sum | cut -c1-16)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +161,11 @@ def test_cli_wrong_model_dir_is_one_line(data, tmp_path, capsys, monkeypatch):
     assert main(["extract", "--data", str(data), "--model-dir", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("cosyml: error:") and "\n" not in err
+
+
+def test_missing_onnxruntime_is_one_line_naming_the_extra(kit, data, monkeypatch, capsys):
+    monkeypatch.setenv("COSYML_TRACKING", "off")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the import fails as when it is not installed
+    assert main(["extract", "--data", str(data), "--model-dir", str(kit)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "cosyml: error: onnxruntime is not installed; run `pip install -e .[cpu]` (or `.[gpu]` on a CUDA machine)"

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cosyml.errors import CosymlError
+
 _noted: set[str] = set()
 
 
@@ -27,9 +29,42 @@ def _note(message: str) -> None:
         print(f"cosyml: {message}", file=sys.stderr)
 
 
+ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu")
+
+
+def installed_onnxruntime() -> list[str]:
+    """The onnxruntime distributions pip installed here (``onnxruntime`` and/or ``onnxruntime-gpu``)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ORT_DISTRIBUTIONS:
+        try:
+            version(name)
+        except PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def _import_onnxruntime():
+    """``onnxruntime``, or one line saying how to install it; a note when both builds are installed."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise CosymlError(
+            "onnxruntime is not installed; run `pip install -e .[cpu]` (or `.[gpu]` on a CUDA machine)"
+        ) from None
+    if len(installed_onnxruntime()) > 1:
+        _note(
+            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other's files; keep one: "
+            "`pip uninstall -y onnxruntime onnxruntime-gpu && pip install -e .[gpu]`"
+        )
+    return ort
+
+
 def providers_for(device: str) -> list[str]:
     """onnxruntime providers for ``device`` in {"auto", "cpu", "cuda"}."""
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     available = ort.get_available_providers()
     has_cuda = "CUDAExecutionProvider" in available
@@ -56,7 +91,7 @@ def make_session(path: str | Path, device: str = "auto", num_threads: int = 0):
 
     ``num_threads`` sets intra-op threads (0 = all cores onnxruntime sees, or ``OMP_NUM_THREADS``).
     """
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
