@@ -5,14 +5,16 @@ What a model version holds (its ``artifacts/`` folder, next to ``MLmodel`` and `
 - ``voice.json``: the :class:`VoiceSpec` (speaker, candidate name, where the base assets live and their
   content hash, which parts are fine-tuned and their hashes, tuned sampling defaults, evaluation scores);
 - ``spk2info.pt``: ``{speaker: {"embedding": (1, 192) float32}}`` as upstream's frontend reads it;
-- ``llm.pt`` / ``flow.pt``: only for a part that is not the base model's (plain fp32, official keys).
 
-The base model assets (yaml, ``llm.pt``/``flow.pt``/``hift.pt``, the ONNX front end, the Qwen tokenizer
-folder) are NOT in the version: they are logged once per base model (content hash) as the artifact
-``base_model/`` of a run in the experiment ``cosyml/base-models``, and ``voice.json`` references them by
-URI (``runs:/<run_id>/base_model``). On load they are downloaded into a local cache
-(``COSYML_CACHE_DIR``, default ``~/.cache/cosyml/models``; or ``model_config={"cache_dir": ...}``),
-verified against their content hash and reused by every later load.
+Weights are NOT in the version. The base model assets (yaml, ``llm.pt``/``flow.pt``/``hift.pt``, the ONNX
+front end, the Qwen tokenizer folder) are logged once per base model (content hash) as the artifact
+``base_model/`` of a run in the experiment ``cosyml/base-models``; a fine-tuned ``llm.pt``/``flow.pt``
+(plain fp32, official keys) is logged once per tensor content as ``weights/<part>.pt`` of a run in
+``cosyml/weights``, so two versions that share a fine-tuned LLM store it once. ``voice.json`` references
+both by URI (``runs:/<run_id>/...``). On load they are downloaded into a local cache (``COSYML_CACHE_DIR``,
+default ``~/.cache/cosyml/models``; or ``model_config={"cache_dir": ...}``), verified against their
+content hash and reused by every later load. (A ``voice.json`` whose part is a plain file name reads
+that file from the version's own artifacts.)
 
 ``predict`` takes a DataFrame of requests (columns :data:`REQUEST_COLUMNS`; ``prompt_wav`` is a
 base64-encoded audio file) and returns one row per request: ``audio`` (base64 16-bit PCM wav),
@@ -34,7 +36,7 @@ import sys
 import tempfile
 import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -150,10 +152,12 @@ class VoiceSpec:
     candidate: str
     base_uri: str  # artifact URI of the base assets, e.g. runs:/<run_id>/base_model
     base_hash: str  # tree_hash of the base assets
-    llm: str = BASE  # "base" or the artifact file name ("llm.pt")
+    llm: str = BASE  # "base", the URI of shared weights (runs:/<id>/weights/llm.pt) or a file in the version
     flow: str = BASE
     llm_sha256: str = BASE  # content hash of the fine-tuned tensors, or "base"
     flow_sha256: str = BASE
+    llm_file_sha256: str = ""  # sha256 of the shared weights file (checked after download)
+    flow_file_sha256: str = ""
     sampling: dict[str, float] = field(default_factory=dict)  # tuned defaults (SAMPLING_KEYS)
     max_tokens: int = 0  # serving cap on speech tokens per segment (25 = 1 s); 0 = none
     scores: dict[str, Any] = field(default_factory=dict)  # the candidate's evaluation summary
@@ -186,32 +190,46 @@ def cache_root(configured: str | None = None) -> Path:
 
 
 def fetch_base_assets(uri: str, base_hash: str, cache: Path) -> Path:
-    """The local model directory of the base assets at ``uri``, downloaded once into ``cache``.
+    """The local model directory of the base assets at ``uri``, downloaded once into ``cache``."""
+    return _fetch_once(uri, cache / "base" / base_hash, BASE_ARTIFACT, lambda p: tree_hash(tree_files(p)), base_hash,
+                       "base model assets", "the base-model run")
 
-    The download lands in a temporary folder, is checked against ``base_hash`` and is then renamed into
-    place, so an interrupted or corrupted download is never used.
+
+def fetch_weights(uri: str, part: str, file_hash: str, cache: Path) -> Path:
+    """The local copy of a version's shared ``part`` weights (``llm.pt``/``flow.pt``) at ``uri``, downloaded
+    once into ``cache`` and checked against ``file_hash`` (sha256 of the file)."""
+    return _fetch_once(uri, cache / "weights" / file_hash, f"{part}.pt", file_sha256, file_hash,
+                       f"{part} weights", "the weights run")
+
+
+def _fetch_once(
+    uri: str, target: Path, name: str, digest: Callable[[Path], str], expected: str, what: str, holder: str
+) -> Path:
+    """``target/name``: the artifact at ``uri`` (a file or a folder), downloaded once.
+
+    The download lands in a temporary folder next to ``target``, is checked with ``digest(path) ==
+    expected`` and is then renamed into place, so an interrupted or corrupted download is never used.
     """
-    target = cache / "base" / base_hash
-    model_dir = target / BASE_ARTIFACT
+    local_copy = target / name
     if (target / ".complete").is_file():
-        return model_dir
-    (cache / "base").mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{base_hash[:12]}-", dir=cache / "base"))
+        return local_copy
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name[:12]}-", dir=target.parent))
     try:
         try:
             local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(staging)))
         except Exception as exc:
             reason = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
             raise ModelDirError(
-                f"base model assets {uri}: cannot be downloaded ({reason}); check MLFLOW_TRACKING_URI and that "
-                "the base-model run still exists, or re-register the candidates"
+                f"{what} {uri}: cannot be downloaded ({reason}); check MLFLOW_TRACKING_URI and that "
+                f"{holder} still exists, or re-register the candidates"
             ) from None
-        if local.name != BASE_ARTIFACT:
-            local.rename(staging / BASE_ARTIFACT)
-        found = tree_hash(tree_files(staging / BASE_ARTIFACT))
-        if found != base_hash:
+        if local.name != name:
+            local.rename(staging / name)
+        found = digest(staging / name)
+        if found != expected:
             raise ModelDirError(
-                f"base model assets {uri}: content hash {found[:12]} differs from the registered {base_hash[:12]}; "
+                f"{what} {uri}: content hash {found[:12]} differs from the registered {expected[:12]}; "
                 "the artifact store was modified, re-register the candidates"
             )
         (staging / ".complete").write_text(uri + "\n", encoding="utf-8")
@@ -223,7 +241,7 @@ def fetch_base_assets(uri: str, base_hash: str, cache: Path) -> Path:
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-    return model_dir
+    return local_copy
 
 
 # ---------------------------------------------------------------------------------------------- audio <-> base64
@@ -321,8 +339,9 @@ class VoiceModel(mlflow.pyfunc.PythonModel):
         config = dict(context.model_config or {})
         voice_path = Path(context.artifacts["voice"])
         self.spec = VoiceSpec.read(voice_path)
-        base_dir = fetch_base_assets(self.spec.base_uri, self.spec.base_hash, cache_root(config.get("cache_dir") or None))
-        weights = {part: _part_file(context, part, getattr(self.spec, part), voice_path) for part in ("llm", "flow")}
+        cache = cache_root(config.get("cache_dir") or None)
+        base_dir = fetch_base_assets(self.spec.base_uri, self.spec.base_hash, cache)
+        weights = {part: _part_file(context, part, self.spec, voice_path, cache) for part in ("llm", "flow")}
         self.batch_size = int(config.get("batch_size", 8))
         self.engine = SynthEngine.load(
             base_dir,
@@ -399,9 +418,14 @@ def _failed(message: str) -> dict[str, Any]:
     return {"audio": None, "sample_rate": 0, "duration_s": 0.0, "seed": -1, "error": message}
 
 
-def _part_file(context: mlflow.pyfunc.PythonModelContext, part: str, source: str, voice_path: Path) -> str:
+def _part_file(context: mlflow.pyfunc.PythonModelContext, part: str, spec: VoiceSpec, voice_path: Path,
+               cache: Path) -> str:
+    """The weights file of ``part``: ``base``, shared weights fetched into ``cache``, or a file in the version."""
+    source = getattr(spec, part)
     if source == BASE:
         return BASE
+    if ":/" in source:  # an artifact URI: weights stored once and shared by every version that uses them
+        return str(fetch_weights(source, part, getattr(spec, f"{part}_file_sha256"), cache))
     path = context.artifacts.get(part)
     if not path or not Path(path).is_file():
         raise ModelDirError(f"{voice_path.parent}: the version's {part}.pt is missing; re-register the candidate")

@@ -3,7 +3,9 @@ a written policy moves the ``champion`` alias.
 
 - :func:`read_candidates` reads ``candidates.json`` (written by ``cosyml evaluate``).
 - :func:`ensure_base_assets` logs the base model's assets once per content hash (a run in the
-  experiment ``cosyml/base-models``, artifact ``base_model/``); versions reference them by URI.
+  experiment ``cosyml/base-models``, artifact ``base_model/``); :func:`ensure_weights` logs each
+  fine-tuned ``llm.pt``/``flow.pt`` once per tensor content (a run in ``cosyml/weights``, artifact
+  ``weights/<part>.pt``). Versions reference both by URI and hold no weights.
 - :func:`register_candidates` logs each candidate as a :class:`cosyml.pyfunc.VoiceModel` and registers it
   as a version of ``cosyml-<speaker>``, tagged with its scores. A candidate whose identity (base assets,
   llm and flow tensors, speaker embedding, sampling defaults) is already registered is not registered
@@ -13,7 +15,8 @@ a written policy moves the ``champion`` alias.
 
 Version tags (all strings): ``cosyml.candidate``, ``cosyml.speaker``, ``cosyml.is_base``,
 ``cosyml.version_key``, ``cosyml.weights_hash``, ``cosyml.base_hash``, ``cosyml.base_uri``, ``cosyml.llm`` /
-``cosyml.flow`` (source path or ``base``), ``cosyml.llm_sha256`` / ``cosyml.flow_sha256``,
+``cosyml.flow`` (source path or ``base``), ``cosyml.llm_sha256`` / ``cosyml.flow_sha256``, ``cosyml.llm_uri`` /
+``cosyml.flow_uri`` (where a fine-tuned part is stored),
 ``cosyml.llm_run_id`` / ``cosyml.flow_run_id`` (when the producing run is known),
 ``cosyml.data_version``, ``cosyml.eval_file``, ``cosyml.eval_sha``, ``score.cer``, ``score.cer_ci_lo``,
 ``score.cer_ci_hi``, ``score.ss``, ``score.ss_ci_lo``, ``score.ss_ci_hi``, ``score.n``, ``score.missing``,
@@ -42,6 +45,8 @@ from cosyml.features.onnx_runtime import ORT_DISTRIBUTIONS
 from cosyml.pyfunc import BASE, BASE_ARTIFACT, SAMPLING_KEYS, VoiceSpec
 
 BASE_EXPERIMENT = "cosyml/base-models"
+WEIGHTS_EXPERIMENT = "cosyml/weights"
+WEIGHTS_ARTIFACT = "weights"
 _SCORE_KEYS = ("cer", "cer_ci", "ss", "ss_ci", "n", "missing", "over_50")
 
 
@@ -252,38 +257,65 @@ class BaseAssets:
     created: bool
 
 
+def _log_once(mlc: Any, experiment: str, match: dict[str, str], run_name: str, tags: dict[str, str],
+              files: list[tuple[str, Path]]) -> tuple[str, bool]:
+    """The id of the complete run in ``experiment`` tagged with ``match``, or of a new one holding ``files``
+    (``(artifact path, local file)`` pairs). Returns (run id, created). Only a complete upload is reused."""
+    exp_id = _experiment_id(mlc, experiment)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {**match, "cosyml.complete": "true"}.items())
+    found = mlc.search_runs([exp_id], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id, False
+    run_id = mlc.create_run(exp_id, run_name=run_name, tags={**match, **tags}).info.run_id
+    try:
+        for name, path in files:
+            parent = str(Path(name).parent)
+            mlc.log_artifact(run_id, str(path.resolve()), artifact_path=None if parent == "." else parent)
+        mlc.set_tag(run_id, "cosyml.complete", "true")
+    except BaseException:
+        mlc.set_terminated(run_id, status="FAILED")
+        raise
+    mlc.set_terminated(run_id)
+    return run_id, True
+
+
 def ensure_base_assets(mlc: Any, model_dir: str | Path) -> BaseAssets:
     """Log the base assets of ``model_dir`` once per content hash; later calls reuse that run."""
     from cosyml.pyfunc import base_asset_files, tree_hash
 
     files = base_asset_files(model_dir)
     digest = tree_hash(files)
-    exp_id = _experiment_id(mlc, BASE_EXPERIMENT)
-    found = mlc.search_runs(
-        [exp_id],
-        filter_string=f"tags.`cosyml.base_hash` = '{digest}' and tags.`cosyml.complete` = 'true'",
-        max_results=1,
+    run_id, created = _log_once(
+        mlc, BASE_EXPERIMENT, {"cosyml.base_hash": digest}, f"base-{Path(model_dir).resolve().name}-{digest[:8]}",
+        {"cosyml.model_dir": str(Path(model_dir).resolve())},
+        [(f"{BASE_ARTIFACT}/{name}", path) for name, path in files],
     )
-    if found:
-        run_id = found[0].info.run_id
-        return BaseAssets(f"runs:/{run_id}/{BASE_ARTIFACT}", digest, run_id, created=False)
-    run = mlc.create_run(
-        exp_id,
-        run_name=f"base-{Path(model_dir).resolve().name}-{digest[:8]}",
-        tags={"cosyml.base_hash": digest, "cosyml.model_dir": str(Path(model_dir).resolve())},
+    return BaseAssets(f"runs:/{run_id}/{BASE_ARTIFACT}", digest, run_id, created=created)
+
+
+@dataclass(frozen=True)
+class SharedWeights:
+    """Where a fine-tuned part lives in the artifact store (once per tensor content)."""
+
+    uri: str  # runs:/<run_id>/weights/<part>.pt
+    file_sha256: str  # of the stored file, checked after download
+    run_id: str
+    created: bool
+
+
+def ensure_weights(mlc: Any, part: str, weights: PartWeights) -> SharedWeights:
+    """Log a staged fine-tuned ``part`` once per tensor hash; later calls (other versions) reuse it."""
+    from cosyml.pyfunc import file_sha256
+
+    assert weights.file is not None
+    run_id, created = _log_once(
+        mlc, WEIGHTS_EXPERIMENT, {"cosyml.part": part, "cosyml.weights_sha256": weights.sha256},
+        f"{part}-{weights.sha256[:8]}",
+        {"cosyml.source": weights.source, "cosyml.file_sha256": file_sha256(weights.file)},
+        [(f"{WEIGHTS_ARTIFACT}/{part}.pt", weights.file)],
     )
-    run_id = run.info.run_id
-    try:
-        for name, path in files:
-            parent = str(Path(name).parent)
-            dest = BASE_ARTIFACT if parent == "." else f"{BASE_ARTIFACT}/{parent}"
-            mlc.log_artifact(run_id, str(path.resolve()), artifact_path=dest)
-        mlc.set_tag(run_id, "cosyml.complete", "true")  # only a complete upload is ever reused
-    except BaseException:
-        mlc.set_terminated(run_id, status="FAILED")
-        raise
-    mlc.set_terminated(run_id)
-    return BaseAssets(f"runs:/{run_id}/{BASE_ARTIFACT}", digest, run_id, created=True)
+    stored = mlc.get_run(run_id).data.tags["cosyml.file_sha256"]  # the file first logged, on reuse
+    return SharedWeights(f"runs:/{run_id}/{WEIGHTS_ARTIFACT}/{part}.pt", stored, run_id, created)
 
 
 # ---------------------------------------------------------------------------------------------- weights
@@ -502,15 +534,18 @@ def register_candidates(
                 mlc.update_model_version(name, version.version, description=description)
                 out.append(RegisteredVersion(name, str(version.version), cand.name, key, created=False))
                 continue
+            shared = {p: ensure_weights(mlc, p, w) for p, w in parts.items() if w.file is not None}
             spec = VoiceSpec(
                 speaker=candidates.speaker,
                 candidate=cand.name,
                 base_uri=base.uri,
                 base_hash=base.hash,
-                llm="llm.pt" if parts["llm"].file else BASE,
-                flow="flow.pt" if parts["flow"].file else BASE,
+                llm=shared["llm"].uri if "llm" in shared else BASE,
+                flow=shared["flow"].uri if "flow" in shared else BASE,
                 llm_sha256=parts["llm"].sha256,
                 flow_sha256=parts["flow"].sha256,
+                llm_file_sha256=shared["llm"].file_sha256 if "llm" in shared else "",
+                flow_file_sha256=shared["flow"].file_sha256 if "flow" in shared else "",
                 sampling=sampling,
                 max_tokens=config.max_tokens,
                 scores={"summary": dataclasses.asdict(cand.summary), "subsets": {k: dataclasses.asdict(v) for k, v in cand.subsets.items()}},
@@ -518,7 +553,7 @@ def register_candidates(
             (stage / "voice.json").write_text(spec.to_json(), encoding="utf-8")
             torch.save(speakers, stage / "spk2info.pt")
             artifacts = {"voice": str(stage / "voice.json"), "spk2info": str(stage / "spk2info.pt")}
-            artifacts.update({p: str(w.file) for p, w in parts.items() if w.file is not None})
+            tags.update({f"cosyml.{p}_uri": w.uri for p, w in shared.items()})
             model_uri = _log_voice(stage, artifacts, candidates.speaker, cand.name, run.run_id)
             version = mlflow.register_model(model_uri, name, tags=tags)
             mlc.update_model_version(name, version.version, description=description)

@@ -221,7 +221,7 @@ FIRST = {
 
 
 def test_register_stores_each_candidate_once_and_the_base_assets_once(server, kit, tmp_path) -> None:
-    from cosyml.registry import BASE_EXPERIMENT, read_candidates, register_candidates
+    from cosyml.registry import BASE_EXPERIMENT, WEIGHTS_EXPERIMENT, read_candidates, register_candidates
 
     cands = read_candidates(_candidates(kit.root / "eval1.json", kit, FIRST))
     out = register_candidates(cands, _config(kit), data_version="md5-of-shards")
@@ -246,12 +246,16 @@ def test_register_stores_each_candidate_once_and_the_base_assets_once(server, ki
 
     files = {v: stored(v) for v in ("1", "2", "3")}
     assert {"MLmodel", "artifacts/voice.json", "artifacts/spk2info.pt"} <= files["1"]
-    assert not any(f.endswith(("llm.pt", "flow.pt", "hift.pt", ".onnx", "cosyvoice2.yaml")) for f in files["1"])
-    assert "artifacts/llm.pt" in files["2"] and not any(f.endswith("flow.pt") for f in files["2"])
-    assert {"artifacts/llm.pt", "artifacts/flow.pt"} <= files["3"]
+    for version in ("1", "2", "3"):  # versions hold no weights: base assets and fine-tuned parts are referenced
+        assert not any(f.endswith(("llm.pt", "flow.pt", "hift.pt", ".onnx", "cosyvoice2.yaml")) for f in files[version])
+    # the fine-tuned LLM that versions 2 and 3 share is stored once; so is the fine-tuned flow
+    weight_runs = _client().search_runs([_client().get_experiment_by_name(WEIGHTS_EXPERIMENT).experiment_id])
+    assert sorted(r.data.tags["cosyml.part"] for r in weight_runs) == ["flow", "llm"]
+    llm_uri = versions["llm_sft"].tags["cosyml.llm_uri"]
+    assert versions["both_sft"].tags["cosyml.llm_uri"] == llm_uri and llm_uri.endswith("/weights/llm.pt")
+    assert "cosyml.llm_uri" not in versions["base"].tags and "cosyml.flow_uri" not in versions["llm_sft"].tags
     # the upstream checkpoint was stored as a plain official state dict (no epoch/step entries)
-    local3 = tmp_path / "3"
-    flow_pt = next(local3.rglob("flow.pt"))
+    flow_pt = mlflow.artifacts.download_artifacts(versions["both_sft"].tags["cosyml.flow_uri"], dst_path=str(tmp_path / "f"))
     assert "epoch" not in torch.load(flow_pt, weights_only=True)
 
 
@@ -334,6 +338,8 @@ def test_champion_loads_on_a_fresh_machine_and_bad_rows_get_errors(server, kit, 
     model = load_voice(f"models:/{NAME}@champion", cache_dir=str(fresh))
     cached = list((fresh / "base").glob("*/.complete"))
     assert len(cached) == 1 and (cached[0].parent / "base_model" / "cosyvoice2.yaml").is_file()
+    assert _versions()["both_sft"].version == "3"  # the champion here: both parts fine-tuned, fetched and verified
+    assert sorted(p.name for p in (fresh / "weights").glob("*/*.pt")) == ["flow.pt", "llm.pt"]
     assert model.metadata.get_input_schema().input_names()[0] == "text"
     out = model.predict(_requests(kit))
     assert list(out.columns) == ["audio", "sample_rate", "duration_s", "seed", "error"]
@@ -422,6 +428,17 @@ def test_base_assets_missing_from_the_store_are_one_line(server, kit, tmp_path) 
     with pytest.raises(ModelDirError, match=r"base model assets runs:/0123/base_model: cannot be downloaded"):
         fetch_base_assets("runs:/0123/base_model", "f" * 64, tmp_path)
     assert not list(tmp_path.rglob(".complete"))
+
+
+def test_shared_weights_missing_or_altered_in_the_store_are_one_line(server, kit, tmp_path) -> None:
+    from cosyml.pyfunc import fetch_weights
+
+    with pytest.raises(ModelDirError, match=r"llm weights runs:/0123/weights/llm.pt: cannot be downloaded"):
+        fetch_weights("runs:/0123/weights/llm.pt", "llm", "f" * 64, tmp_path)
+    uri = _versions()["llm_sft"].tags["cosyml.llm_uri"]
+    with pytest.raises(ModelDirError, match=r"llm weights .*: content hash \w+ differs from the registered ffffffffffff"):
+        fetch_weights(uri, "llm", "f" * 64, tmp_path)
+    assert not list(tmp_path.rglob(".complete")) and not list(tmp_path.rglob("*.pt"))
 
 
 def test_bad_candidates_files_are_one_line(tmp_path) -> None:
