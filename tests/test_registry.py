@@ -460,3 +460,16 @@ def test_bad_candidates_files_are_one_line(tmp_path) -> None:
         assert needle in str(info.value) and "\n" not in str(info.value)
     with pytest.raises(CosymlError, match="candidates file not found"):
         read_candidates(tmp_path / "none.json")
+
+
+def test_a_part_stored_in_the_version_itself_is_read_from_its_artifacts(tmp_path) -> None:
+    from cosyml.pyfunc import VoiceSpec, _part_file
+
+    spec = VoiceSpec(speaker=SPEAKER, candidate="c", base_uri="runs:/x/base_model", base_hash="h", llm="llm.pt")
+    (tmp_path / "llm.pt").write_bytes(b"weights")
+    context = SimpleNamespace(artifacts={"llm": str(tmp_path / "llm.pt")})
+    voice = tmp_path / "voice.json"
+    assert _part_file(context, "llm", spec, voice, tmp_path / "cache") == str(tmp_path / "llm.pt")
+    assert _part_file(context, "flow", spec, voice, tmp_path / "cache") == "base"
+    with pytest.raises(ModelDirError, match=r"the version's llm.pt is missing; re-register"):
+        _part_file(SimpleNamespace(artifacts={}), "llm", spec, voice, tmp_path / "cache")
