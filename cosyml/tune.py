@@ -29,6 +29,7 @@ import dataclasses
 import json
 import math
 import os
+import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -256,6 +257,36 @@ def _record(trial: Any) -> TrialRecord:
     )
 
 
+def _rdb_storage(url: str, attempts: int = 5) -> Any:
+    """Optuna's RDB storage at ``url`` (heartbeats on), or one line saying why it cannot be opened.
+
+    Workers started together on an empty database race to create the schema; the loser sees a
+    unique-key error from the server and simply tries again once the winner is done.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    def fail(exc: BaseException, hint: str = "") -> ConfigError:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+        return ConfigError(f"tune.storage: cannot open {mask_storage(url)}: {(reason or [type(exc).__name__])[0][:200]}{hint}")
+
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental in optuna 5
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
+            missing_driver = url.startswith("postgresql") and "import" in str(exc).lower()
+            raise fail(exc, "; install the driver: pip install -e .[postgres]" if missing_driver else "") from None
+        except sqlalchemy.exc.OperationalError as exc:  # server down, wrong host/port/database, refused login
+            raise fail(exc) from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            if attempt == attempts - 1:
+                raise fail(exc) from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def open_study(settings: StudySettings) -> Any:
     """Create the study or load the existing one of that name (RDB storage with heartbeats, so a worker
     killed mid-trial leaves a FAIL, not a trial RUNNING forever)."""
@@ -264,13 +295,7 @@ def open_study(settings: StudySettings) -> Any:
     settings.check()
     if settings.storage.startswith("sqlite:///"):
         Path(settings.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        with warnings.catch_warnings():  # heartbeats are marked experimental in optuna 5
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            storage = optuna.storages.RDBStorage(settings.storage, heartbeat_interval=60, grace_period=180)
-    except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
-        raise ConfigError(f"tune.storage: cannot open {mask_storage(settings.storage)}: "
-                          f"{str(exc).splitlines()[0][:200]}") from None
+    storage = _rdb_storage(settings.storage)
     sampler = optuna.samplers.TPESampler(seed=settings.seed)
     study = optuna.create_study(storage=storage, study_name=settings.study_name, sampler=sampler,
                                 direction=settings.direction, load_if_exists=True)

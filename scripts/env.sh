@@ -18,7 +18,7 @@ meta = tomllib.load(open(sys.argv[1], "rb"))["project"]
 extras = meta["optional-dependencies"]
 if sys.argv[2] not in ("cpu", "gpu"):
     sys.exit(f"COSYML_ONNXRUNTIME={sys.argv[2]}: expected cpu or gpu")
-print("\n".join(meta["dependencies"] + extras[sys.argv[2]] + extras["dev"]))
+print("\n".join(meta["dependencies"] + extras[sys.argv[2]] + extras["postgres"] + extras["dev"]))
 PY
 )"
 _key="$( (echo "$_reqs"; cat "$_repo/constraints.txt") | sha256sum | cut -c1-16)"

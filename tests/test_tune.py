@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from _postgres import postgres_server
 
 from cosyml.config import EvaluateConfig, Params, PrepareConfig, RegistryConfig, TuneConfig
 from cosyml.errors import ConfigError
@@ -256,6 +260,75 @@ def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(tmp_path: P
     assert [t.params for t in again.trials] == [t.params for t in result.trials]
 
 
+def test_a_missing_postgresql_driver_names_the_extra(monkeypatch):
+    from cosyml.tune import open_study
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as when the postgres extra is not installed
+    with pytest.raises(ConfigError, match=r"^tune\.storage: cannot open postgresql://bob:\*\*\*@127\.0\.0\.1:1/x: "
+                                          r".*; install the driver: pip install -e \.\[postgres\]$"):
+        open_study(StudySettings("postgresql://bob:s3cret@127.0.0.1:1/x", "s", n_trials=1))
+
+
+def test_an_unreachable_postgresql_server_is_one_line():
+    from cosyml.tune import open_study
+
+    pytest.importorskip("psycopg", reason="psycopg not installed: pip install -e .[postgres]")
+    with pytest.raises(ConfigError, match=r"^tune\.storage: cannot open postgresql://bob:\*\*\*@127\.0\.0\.1:1/x: "
+                                          r".*Connection refused") as info:
+        open_study(StudySettings("postgresql://bob:s3cret@127.0.0.1:1/x", "s", n_trials=1))
+    assert "s3cret" not in str(info.value)
+
+
 def test_storage_passwords_are_masked():
     assert mask_storage("postgresql://bob:s3cret@db:5432/optuna") == "postgresql://bob:***@db:5432/optuna"
     assert mask_storage("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"
+
+
+# ------------------------------------------------------------------------------------------ PostgreSQL
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    with postgres_server() as url:
+        yield url
+
+
+WORKER = """
+import sys, time
+from cosyml.tune import StudySettings, TrialScore, parse_space, run_study
+def objective(sampling, number):
+    time.sleep(0.3)  # long enough for the two workers' trials to interleave
+    return TrialScore(objective=-abs(sampling["top_p"] - 0.7), cer=0.1, ss=0.5, n=1, missing=0)
+settings = StudySettings(sys.argv[1], "shared", n_trials=8, seed=int(sys.argv[2]))
+print(" ".join(map(str, run_study(objective, parse_space({"top_p": [0.5, 0.9]}), settings).ran)))
+"""
+
+
+def test_two_workers_fill_one_study_on_a_real_postgresql_server(postgres):
+    workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres, str(seed)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    outputs = [w.communicate(timeout=180) for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    ran = [{int(n) for n in out.split()} for out, _ in outputs]
+    assert ran[0] and ran[1] and not ran[0] & ran[1]  # both worked, never on the same trial
+    trials = optuna.load_study(study_name="shared", storage=postgres).get_trials()
+    assert ran[0] | ran[1] == {t.number for t in trials}
+    # each worker stops once the study holds n_trials; the other may still finish the trial it is running
+    assert 8 <= sum(t.state.name == "COMPLETE" for t in trials) <= 9
+
+
+def test_cosyml_tune_workers_share_a_postgresql_study(postgres, workdir: Path, tmp_path: Path):
+    env = {**os.environ, "COSYML_TRACKING": "off"}
+    command = [sys.executable, "-m", "cosyml", "tune", "--params", str(workdir / "params.yaml"), "--storage", postgres,
+               "--study-name", "toy-shared", "--n-trials", "3"]
+    workers = [subprocess.Popen([*command, "--out", str(tmp_path / f"worker{i}"), "--seed", str(i)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in (1, 2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    trials = optuna.load_study(study_name="toy-shared", storage=postgres).get_trials()
+    complete = {t.number: t for t in trials if t.state.name == "COMPLETE"}
+    assert 3 <= len(complete) <= 4
+    for i in (1, 2):  # each worker wrote the best trial it saw, which is a trial of the shared study
+        written = json.loads((tmp_path / f"worker{i}" / "sampling.json").read_text())
+        assert written["sampling"] == complete[written["trial"]].params
+        assert "postgresql://cosyml@127.0.0.1" in written["storage"]
