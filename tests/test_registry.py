@@ -12,15 +12,9 @@ import io
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,6 +23,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from _servers import MLFLOW, free_port, mlflow_server, process, wait_http
 
 from cosyml.audio import write_wav
 from cosyml.cli import main
@@ -43,49 +38,6 @@ from cosyml.models.modeldir import ModelDir, save_state_dict
 SPEAKER = "toy"
 NAME = f"cosyml-{SPEAKER}"
 CAP = 6.0  # speech tokens per request: keeps synthesis short
-MLFLOW = str(Path(sys.executable).with_name("mlflow"))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else ""
-
-
-@contextmanager
-def _process(cmd: list[str], env: dict[str, str], log: Path) -> Iterator[subprocess.Popen]:
-    """Run ``cmd`` in its own process group; the whole group is stopped on exit, whatever happened."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        try:
-            yield proc
-        finally:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=3)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=15)
-
-
-def _wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args[:3]} exited with {proc.returncode}:\n{_tail(log)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"{url} did not answer within {timeout} s:\n{_tail(log)}")
 
 
 def _post(url: str, payload: object | str, timeout: float = 120) -> tuple[int, dict]:
@@ -109,18 +61,8 @@ def _decode_wav(text: str) -> tuple[np.ndarray, int]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     root = tmp_path_factory.mktemp("mlflow_server")
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    cmd = [
-        MLFLOW, "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-        "--artifacts-destination", str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    log = root / "server.log"
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "COSYML_CACHE_DIR", "MLFLOW_DISABLE_TELEMETRY")}
-    with _process(cmd, env, log) as proc:
-        _wait_http(f"{uri}/health", proc, log, timeout=60)
+    with mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root) as (uri, proc, log):
         os.environ["MLFLOW_TRACKING_URI"] = uri
         os.environ["COSYML_CACHE_DIR"] = str(root / "cache")
         os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -356,14 +298,14 @@ def test_champion_loads_on_a_fresh_machine_and_bad_rows_get_errors(server, kit, 
 
 
 def test_mlflow_models_serve_answers_wavs_and_survives_bad_requests(server, kit, tmp_path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COSYML_CACHE_DIR": str(tmp_path / "serve_cache")}
     cmd = [MLFLOW, "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
     log = tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
-    with _process(cmd, env, log) as proc:
-        _wait_http(f"{url}/ping", proc, log, timeout=90)
+    with process(cmd, env, log) as proc:
+        wait_http(f"{url}/ping", proc, log, timeout=90)
         good = {"dataframe_records": [{"text": "Hello there.", "seed": 1, "max_tokens": CAP}]}
         status, body = _post(f"{url}/invocations", good)
         assert status == 200, body

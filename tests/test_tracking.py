@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import mlflow
 
 from cosyml.tracking import public_params, stage_run
+
+TOY = Path(__file__).resolve().parents[1] / "examples" / "toy_speaker"
 
 
 def test_stage_run_records_params_metrics_tags_and_artifacts(tmp_path, monkeypatch):
@@ -38,3 +42,23 @@ def test_tracking_off_records_nothing(tmp_path, monkeypatch):
 
 def test_public_params_drops_credentials():
     assert public_params({"a": 1, "MLFLOW_TRACKING_PASSWORD": "x", "hf_token": "y", "secret_key": "z"}) == {"a": 1}
+
+
+def test_a_stage_records_its_run_and_artifacts_in_an_mlflow_server_on_postgresql(tmp_path, monkeypatch):
+    """The README's scale-out row: `mlflow server` on PostgreSQL, reached through MLFLOW_TRACKING_URI."""
+    from _servers import mlflow_server, postgres_server
+
+    from cosyml.cli import main
+
+    with postgres_server("mlflow") as database, mlflow_server(database, tmp_path) as (uri, _, _):
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        monkeypatch.setenv("COSYML_TRACKING", "on")
+        monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+        code = main(["prepare", "--input", str(TOY), "--output", str(tmp_path / "data"), "--speaker", "toy",
+                     "--set", "prepare.transcribe=false"])
+        assert code == 0
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        (run,) = client.search_runs([client.get_experiment_by_name("cosyml/toy").experiment_id])
+        assert run.data.tags["cosyml.stage"] == "prepare" and run.data.metrics["train_utts"] > 60
+        assert "rejects.jsonl" in {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert (tmp_path / "artifacts").is_dir()  # the artifacts went to the server's store

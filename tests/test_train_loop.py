@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 
 import pytest
 import torch
 import torch.multiprocessing as mp
+from _servers import free_port
 from train_helpers import TinyLM, load_set, write_corpus
 
 from cosyml.config import TrainConfig
@@ -175,12 +175,6 @@ def test_schedules():
         LRSchedule("noam")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank: int, world: int, port: int, data_list: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
@@ -202,7 +196,7 @@ def test_ddp_two_cpu_ranks_end_with_identical_weights(tmp_path):
     data_list = write_corpus(tmp_path / "corpus", 15)  # odd count: uneven shares, equalised batch counts
     # fork: the workers inherit the imported torch instead of paying for it again
     mp.start_processes(
-        _ddp_worker, args=(2, _free_port(), str(data_list), str(tmp_path)), nprocs=2, join=True, start_method="fork"
+        _ddp_worker, args=(2, free_port(), str(data_list), str(tmp_path)), nprocs=2, join=True, start_method="fork"
     )
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
     assert r0["steps"] == r1["steps"] > 0 and r0["cv"] == r1["cv"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from _postgres import postgres_server
+from _servers import postgres_server
 
 from cosyml.config import EvaluateConfig, Params, PrepareConfig, RegistryConfig, TuneConfig
 from cosyml.errors import ConfigError
