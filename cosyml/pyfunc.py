@@ -1,6 +1,7 @@
 """The MLflow pyfunc flavor of a voice: one registered model version = one evaluated candidate.
 
-What a model version holds (its ``artifacts/`` folder, next to ``MLmodel`` and ``python_model.pkl``):
+What a model version holds (its ``artifacts/`` folder, next to ``MLmodel`` and ``pyfunc_model.py``, the code
+MLflow runs to load it: no pickled object is stored):
 
 - ``voice.json``: the :class:`VoiceSpec` (speaker, candidate name, where the base assets live and their
   content hash, which parts are fine-tuned and their hashes, tuned sampling defaults, evaluation scores);

@@ -573,7 +573,7 @@ def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: 
     import mlflow
     from mlflow.models import Model
 
-    from cosyml.pyfunc import VoiceModel, input_example, signature
+    from cosyml.pyfunc import input_example, signature
 
     logged = mlflow.initialize_logged_model(
         name=f"voice-{_sanitize(candidate)}", source_run_id=run_id, model_type="cosyml-voice",
@@ -583,7 +583,7 @@ def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: 
         local = stage / "model"
         mlflow.pyfunc.save_model(
             path=str(local),
-            python_model=VoiceModel(),
+            python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # code, not a pickle
             artifacts=artifacts,
             signature=signature(),
             input_example=input_example(speaker),

@@ -188,6 +188,7 @@ def test_register_stores_each_candidate_once_and_the_base_assets_once(server, ki
 
     files = {v: stored(v) for v in ("1", "2", "3")}
     assert {"MLmodel", "artifacts/voice.json", "artifacts/spk2info.pt"} <= files["1"]
+    assert "pyfunc_model.py" in files["1"] and "python_model.pkl" not in files["1"]  # code, not a pickle
     for version in ("1", "2", "3"):  # versions hold no weights: base assets and fine-tuned parts are referenced
         assert not any(f.endswith(("llm.pt", "flow.pt", "hift.pt", ".onnx", "cosyvoice2.yaml")) for f in files[version])
     # the fine-tuned LLM that versions 2 and 3 share is stored once; so is the fine-tuned flow
