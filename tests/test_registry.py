@@ -12,6 +12,8 @@ import io
 import json
 import os
 import shutil
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -112,6 +114,7 @@ def _candidates(path: Path, kit: SimpleNamespace, scores: dict[str, dict]) -> Pa
         "llm_sft": (str(kit.llm), "base"),
         "both_sft": (str(kit.llm), str(kit.flow)),
         "unscored": ("base", str(kit.flow)),  # evaluation scored nothing: summary null
+        "flow_sft": ("base", str(kit.flow)),
     }
     items = [
         {
@@ -382,6 +385,22 @@ def test_shared_weights_missing_or_altered_in_the_store_are_one_line(server, kit
     with pytest.raises(ModelDirError, match=r"llm weights .*: content hash \w+ differs from the registered ffffffffffff"):
         fetch_weights(uri, "llm", "f" * 64, tmp_path)
     assert not list(tmp_path.rglob(".complete")) and not list(tmp_path.rglob("*.pt"))
+
+
+def test_two_register_processes_at_once_leave_one_version(server, kit) -> None:
+    path = _candidates(kit.root / "eval3.json", kit, {"flow_sft": _scores(0.1, (0.08, 0.12), 0.6, (0.58, 0.62))})
+    command = [sys.executable, "-m", "cosyml", "register", "--candidates", str(path), "--speakers", str(kit.spk2embedding)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                                cwd=kit.root)  # no params.yaml there: the built-in defaults
+               for _ in range(2)]
+    outputs = [w.communicate(timeout=300)[0] for w in workers]
+    assert [w.returncode for w in workers] == [0, 0], outputs
+    same = [v for v in _client().search_model_versions(f"name='{NAME}'") if v.tags.get("cosyml.candidate") == "flow_sft"]
+    assert len(same) == 1, [v.version for v in same]
+    lines = sorted(line for out in outputs for line in out.splitlines() if "flow_sft" in line)
+    assert lines == sorted([f"{NAME} v{same[0].version}: flow_sft registered",
+                            f"{NAME} v{same[0].version}: flow_sft already registered (scores refreshed)"]), outputs
 
 
 def test_bad_candidates_files_are_one_line(tmp_path) -> None:
