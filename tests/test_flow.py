@@ -58,9 +58,9 @@ def test_yaml_values_reach_the_config() -> None:
 
 def test_unsupported_flow_classes_and_settings_are_one_line_errors() -> None:
     config = read_model_yaml(TINY_YAML)
-    v3 = dict(config, flow=Tagged("new", "cosyvoice.flow.flow.CausalMaskedDiffWithDiT", {}))
-    with pytest.raises(ModelDirError, match="CausalMaskedDiffWithDiT"):
-        build_flow(v3)
+    v1 = dict(config, flow=Tagged("new", "cosyvoice.flow.flow.MaskedDiffWithXvec", {}))  # CosyVoice 1's flow
+    with pytest.raises(ModelDirError, match=r"'flow' is MaskedDiffWithXvec; cosyml implements"):
+        build_flow(v1)
     with pytest.raises(ModelDirError, match="missing 'flow'"):
         build_flow({})
     enc = config["flow"].args["encoder"]

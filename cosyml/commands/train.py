@@ -15,7 +15,7 @@ from typing import Any
 
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import Params, as_flat_dict
-from cosyml.errors import InputError
+from cosyml.errors import InputError, ModelDirError
 
 PARTS = ("llm", "flow")
 
@@ -94,6 +94,8 @@ def train_part(
     if cfg.log_checkpoints not in ("all", "best", "final", "none"):
         raise InputError(f"train.log_checkpoints: unknown value '{cfg.log_checkpoints}'; use all, best, final or none")
     md = ModelDir(params.model_dir)
+    if md.version != "v2":  # the v3 flow and vocoder modules exist; the v3 data path and samples are not wired
+        raise ModelDirError(f"{md.root}: training on CosyVoice3 directories is not supported yet; use a CosyVoice2 directory")
     md.check(parts=(part,), frontend=False)
     train_list, dev_list = _check_shards(data, md.speech_tokenizer_path.name)
     tokenizer = TextTokenizer(md.qwen_dir, md.hparams.tokenizer_version)

@@ -10,6 +10,9 @@ The module's state dict is exactly the official ``hift.pt`` layout (328 keys for
 norm as ``parametrizations.weight.original0/1``). Load ``hift.pt`` with
 ``cosyml.models.modeldir.load_strict(model, path, part="hift")``, which also accepts the ``generator.``
 prefix and the old ``weight_g``/``weight_v`` spelling. Shapes: ``B`` batch, ``T`` mel frames, ``L = 480 T`` samples.
+
+CosyVoice3's causal variant lives in :mod:`cosyml.models.hift_causal`; this module reads both yaml
+classes (:func:`hift_config_from_yaml`) and :func:`build_hift` returns the matching vocoder.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +37,11 @@ from cosyml.models.hift_parts import (
 )
 from cosyml.models.yaml_io import Tagged
 
+if TYPE_CHECKING:
+    from cosyml.models.hift_causal import CausalHiFT
+
 __all__ = [
+    "CausalHiFTConfig",
     "HiFT",
     "HiFTConfig",
     "SourceNoise",
@@ -45,6 +52,10 @@ __all__ = [
 
 SUPPORTED_CLASS = "HiFTGenerator"
 SUPPORTED_F0_CLASS = "ConvRNNF0Predictor"
+CAUSAL_CLASS = "CausalHiFTGenerator"
+CAUSAL_F0_CLASS = "CausalConvRNNF0Predictor"
+# yaml class of the vocoder -> the f0 predictor class it must be built with
+_F0_CLASS_FOR = {SUPPORTED_CLASS: SUPPORTED_F0_CLASS, CAUSAL_CLASS: CAUSAL_F0_CLASS}
 
 
 @dataclass(frozen=True)
@@ -85,6 +96,17 @@ class HiFTConfig:
         return self.base_channels // (2 ** (stage + 1))
 
 
+@dataclass(frozen=True)
+class CausalHiFTConfig(HiFTConfig):
+    """Hyperparameters of the CosyVoice3 causal HiFT (yaml class ``CausalHiFTGenerator``).
+
+    The same numbers as :class:`HiFTConfig` (the official ``cosyvoice3.yaml`` repeats the v2 values),
+    plus ``conv_pre_look_right``: mel frames of look-ahead of the first conv (kernel = look_right + 1).
+    """
+
+    conv_pre_look_right: int = 4
+
+
 @dataclass
 class _YamlReader:
     node: Tagged
@@ -103,28 +125,37 @@ class _YamlReader:
 
 
 def hift_config_from_yaml(config: Mapping[str, Any] | Tagged, path: str | Path = "model yaml") -> HiFTConfig:
-    """Read the ``hift`` node of a model-dir yaml parsed by ``read_model_yaml`` into a :class:`HiFTConfig`.
+    """Read the ``hift`` node of a model-dir yaml parsed by ``read_model_yaml`` into a config.
 
     ``config`` is the whole parsed yaml (a dict with a ``hift`` entry) or the ``hift`` node itself.
-    Missing keys take upstream's constructor defaults only where the official yaml always sets them.
+    Returns a :class:`HiFTConfig` for ``HiFTGenerator`` (CosyVoice2) and a :class:`CausalHiFTConfig`
+    for ``CausalHiFTGenerator`` (CosyVoice3). Missing keys take upstream's constructor defaults only
+    where the official yaml always sets them.
     """
     node = config if isinstance(config, Tagged) else config.get("hift")
     if not isinstance(node, Tagged):
         raise ModelDirError(f"{path}: missing 'hift' section (a '!new:' node); restore the official yaml")
-    if node.class_name != SUPPORTED_CLASS:
+    if node.class_name not in _F0_CLASS_FOR:
         raise ModelDirError(
-            f"{path}: hift is {node.class_name}; cosyml supports {SUPPORTED_CLASS} (CosyVoice2) for this vocoder"
+            f"{path}: hift is {node.class_name}; cosyml supports {SUPPORTED_CLASS} (CosyVoice2) and "
+            f"{CAUSAL_CLASS} (CosyVoice3); restore the official yaml"
         )
     where = f"{path}: hift"
     read = _YamlReader(node, where)
     istft = node.get("istft_params") or {}
     f0_node = node.get("f0_predictor")
-    if not isinstance(f0_node, Tagged) or f0_node.class_name != SUPPORTED_F0_CLASS:
+    f0_class = _F0_CLASS_FOR[node.class_name]
+    if not isinstance(f0_node, Tagged) or f0_node.class_name != f0_class:
         found = f0_node.class_name if isinstance(f0_node, Tagged) else f0_node
-        raise ModelDirError(f"{where}.f0_predictor is {found!r}; expected {SUPPORTED_F0_CLASS}")
+        raise ModelDirError(f"{where}.f0_predictor is {found!r}; {node.class_name} needs {f0_class}")
     f0 = _YamlReader(f0_node, f"{where}.f0_predictor")
     defaults = HiFTConfig()
-    cfg = HiFTConfig(
+    extra: dict[str, Any] = {}
+    config_class: type[HiFTConfig] = HiFTConfig
+    if node.class_name == CAUSAL_CLASS:
+        config_class = CausalHiFTConfig
+        extra["conv_pre_look_right"] = read.get("conv_pre_look_right", int, 4)
+    cfg = config_class(
         in_channels=read.get("in_channels", int, 80),
         base_channels=read.get("base_channels", int, 512),
         nb_harmonics=read.get("nb_harmonics", int, 8),
@@ -149,6 +180,7 @@ def hift_config_from_yaml(config: Mapping[str, Any] | Tagged, path: str | Path =
         f0_num_class=f0.get("num_class", int, 1),
         f0_in_channels=f0.get("in_channels", int, 80),
         f0_cond_channels=f0.get("cond_channels", int, 512),
+        **extra,
     )
     _validate(cfg, where)
     return cfg
@@ -172,6 +204,8 @@ def _validate(cfg: HiFTConfig, where: str) -> None:
         raise ModelDirError(f"{where}: resblock_kernel_sizes and resblock_dilation_sizes differ in length")
     if cfg.f0_num_class != 1:
         raise ModelDirError(f"{where}.f0_predictor: num_class must be 1 (one f0 value per frame)")
+    if isinstance(cfg, CausalHiFTConfig) and cfg.conv_pre_look_right < 0:
+        raise ModelDirError(f"{where}: conv_pre_look_right must be >= 0 (official: 4)")
 
 
 class HiFT(nn.Module):
@@ -330,10 +364,18 @@ class HiFT(nn.Module):
         return self
 
 
-def build_hift(config: Mapping[str, Any] | Tagged | HiFTConfig, path: str | Path = "model yaml") -> HiFT:
-    """Construct a randomly initialised :class:`HiFT` from a parsed model yaml (or a :class:`HiFTConfig`).
+def build_hift(
+    config: Mapping[str, Any] | Tagged | HiFTConfig, path: str | Path = "model yaml"
+) -> HiFT | CausalHiFT:
+    """Construct a randomly initialised vocoder from a parsed model yaml (or a config).
 
-    Load ``hift.pt`` afterwards with ``cosyml.models.modeldir.load_strict(model, path, part="hift")``.
+    The yaml's class picks it: ``HiFTGenerator`` -> :class:`HiFT` (CosyVoice2), ``CausalHiFTGenerator``
+    -> :class:`cosyml.models.hift_causal.CausalHiFT` (CosyVoice3). Load ``hift.pt`` afterwards with
+    ``cosyml.models.modeldir.load_strict(model, path, part="hift")``.
     """
+    from cosyml.models.hift_causal import CausalHiFT  # imports this module; keep the cycle lazy
+
     cfg = config if isinstance(config, HiFTConfig) else hift_config_from_yaml(config, path)
+    if isinstance(cfg, CausalHiFTConfig):
+        return CausalHiFT(cfg)
     return HiFT(cfg)

@@ -1,4 +1,4 @@
-"""Building blocks of the HiFT vocoder (``cosyml.models.hift``).
+"""Building blocks of the HiFT vocoders (``cosyml.models.hift``, ``cosyml.models.hift_causal``).
 
 Each block's submodule names follow the official ``hift.pt`` key layout (for example
 ``resblocks.3.convs1.0.parametrizations.weight.original0``), because the attribute names *are* the
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.func import functional_call
 from torch.nn.utils import parametrize
 from torch.nn.utils.parametrizations import weight_norm
 
@@ -48,6 +49,63 @@ def same_padding(kernel_size: int, dilation: int = 1) -> int:
     return (kernel_size * dilation - dilation) // 2
 
 
+class CausalConv1d(nn.Conv1d):
+    """Stride-1, length-preserving conv that pads on one side only.
+
+    ``look_ahead=False`` (causal): output frame t reads input frames ``t - pad .. t``;
+    ``look_ahead=True``: it reads ``t .. t + pad``, with ``pad = (kernel_size - 1) * dilation``.
+    ``forward(x (B, C_in, T), context (B, C_in, pad) | None) -> (B, C_out, T)``: ``context`` holds the
+    real frames before (causal) or after (look-ahead) ``x``; without it they are zeros.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, dilation: int = 1, look_ahead: bool = False
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, dilation=dilation)
+        if kernel_size % 2 == 0 and dilation != 1:
+            raise ValueError("an even kernel needs dilation 1 to keep the length")
+        self.pad = (kernel_size - 1) * dilation
+        self.look_ahead = look_ahead
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        if context is None:
+            x = F.pad(x, (0, self.pad) if self.look_ahead else (self.pad, 0))
+        elif context.shape[2] != self.pad:
+            raise ValueError(f"context has {context.shape[2]} frames; this conv needs {self.pad}")
+        else:
+            x = torch.cat([x, context] if self.look_ahead else [context, x], dim=2)
+        return super().forward(x)
+
+
+class CausalDownsample(nn.Conv1d):
+    """Strided causal conv: ``(B, C_in, T) -> (B, C_out, ceil(T / rate))``, kernel ``2 * rate``,
+    ``rate - 1`` zeros on the left. Output step j reads input steps ``j*rate - rate + 1 .. j*rate + rate``."""
+
+    def __init__(self, in_channels: int, out_channels: int, rate: int) -> None:
+        super().__init__(in_channels, out_channels, 2 * rate, stride=rate)
+        self.pad = rate - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.pad(x, (self.pad, 0)))
+
+
+class CausalUpsample(nn.Conv1d):
+    """Nearest-neighbour ×``rate`` then a causal stride-1 conv: ``(B, C_in, T) -> (B, C_out, T * rate)``.
+
+    A plain ``Conv1d`` (weight ``[out, in, k]``), so its weight-norm gain is ``[out, 1, 1]``, unlike the
+    ``ConvTranspose1d`` of the CosyVoice2 vocoder.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, rate: int) -> None:
+        super().__init__(in_channels, out_channels, kernel_size)
+        self.rate = rate
+        self.pad = kernel_size - 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=self.rate, mode="nearest")
+        return super().forward(F.pad(x, (self.pad, 0)))
+
+
 class Snake(nn.Module):
     """Snake activation ``x + sin²(αx) / α`` with a learned per-channel α (linear scale, init 1).
 
@@ -69,23 +127,23 @@ class Snake(nn.Module):
 class SnakeResBlock(nn.Module):
     """HiFi-GAN residual block with Snake activations: for each dilation d,
     ``x = x + conv2(snake2(conv1_d(snake1(x))))``. Length-preserving, ``(B, C, T) -> (B, C, T)``.
+    ``causal=True`` pads every conv on the left only (:class:`CausalConv1d`), as in CosyVoice3.
 
     Keys: ``convs1.{i}``, ``convs2.{i}`` (weight-normed convs), ``activations1.{i}.alpha``,
     ``activations2.{i}.alpha``.
     """
 
-    def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]) -> None:
+    def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int], causal: bool = False) -> None:
         super().__init__()
-        self.convs1 = nn.ModuleList(
-            weight_normed(
-                nn.Conv1d(channels, channels, kernel_size, dilation=d, padding=same_padding(kernel_size, d))
-            )
-            for d in dilations
-        )
-        self.convs2 = nn.ModuleList(
-            weight_normed(nn.Conv1d(channels, channels, kernel_size, padding=same_padding(kernel_size)))
-            for _ in dilations
-        )
+
+        def conv(dilation: int) -> nn.Module:
+            if causal:
+                return weight_normed(CausalConv1d(channels, channels, kernel_size, dilation=dilation))
+            padding = same_padding(kernel_size, dilation)
+            return weight_normed(nn.Conv1d(channels, channels, kernel_size, dilation=dilation, padding=padding))
+
+        self.convs1 = nn.ModuleList(conv(d) for d in dilations)
+        self.convs2 = nn.ModuleList(conv(1) for _ in dilations)
         self.activations1 = nn.ModuleList(Snake(channels) for _ in dilations)
         self.activations2 = nn.ModuleList(Snake(channels) for _ in dilations)
 
@@ -116,6 +174,54 @@ class F0Predictor(nn.Module):
     def forward(self, mel: torch.Tensor) -> torch.Tensor:
         hidden = self.condnet(mel).transpose(1, 2)  # (B, T, cond)
         return self.classifier(hidden).squeeze(-1).abs()
+
+
+def _call_in_dtype(module: nn.Module, dtype: torch.dtype, *args: torch.Tensor | None) -> torch.Tensor:
+    """Run ``module`` with its parameters cast to ``dtype`` (weight norm recomputed in that dtype), leaving
+    the stored parameters untouched."""
+    params = {name: p.to(dtype) for name, p in module.named_parameters()}
+    return functional_call(module, params, args)
+
+
+class CausalF0Predictor(nn.Module):
+    """CosyVoice3 f0 predictor: like :class:`F0Predictor`, but the first conv is k4 with 3 frames of
+    look-ahead and the other four are k3 causal.
+
+    ``forward(mel (B, n_mels, T), finalize) -> (B, T')`` f0 in Hz (non-negative). ``finalize=True``:
+    ``T' = T`` (the look-ahead past the end is zeros); ``finalize=False``: the last ``look_ahead`` frames
+    only serve as look-ahead, ``T' = T - look_ahead``. Computed in ``compute_dtype`` (float64 by default,
+    as upstream does: the causal source integrates f0 over the whole utterance, so rounding matters),
+    returned in that dtype; the stored parameters stay fp32. Keys as :class:`F0Predictor`.
+    """
+
+    def __init__(self, in_channels: int = 80, cond_channels: int = 512, num_class: int = 1) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [weight_normed(CausalConv1d(in_channels, cond_channels, 4, look_ahead=True)), nn.ELU()]
+        for _ in range(4):
+            layers += [weight_normed(CausalConv1d(cond_channels, cond_channels, 3)), nn.ELU()]
+        self.condnet = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cond_channels, num_class)
+
+    @property
+    def look_ahead(self) -> int:
+        """Mel frames of look-ahead (3)."""
+        first = self.condnet[0]
+        assert isinstance(first, CausalConv1d)
+        return first.pad
+
+    def forward(
+        self, mel: torch.Tensor, finalize: bool = True, compute_dtype: torch.dtype = torch.float64
+    ) -> torch.Tensor:
+        x = mel.to(compute_dtype)
+        if finalize:
+            x = _call_in_dtype(self.condnet[0], compute_dtype, x)
+        else:
+            split = x.shape[2] - self.look_ahead
+            x = _call_in_dtype(self.condnet[0], compute_dtype, x[:, :, :split], x[:, :, split:])
+        for layer in self.condnet[1:]:
+            x = _call_in_dtype(layer, compute_dtype, x)
+        logits = _call_in_dtype(self.classifier, compute_dtype, x.transpose(1, 2))  # (B, T', 1)
+        return logits.squeeze(-1).abs()
 
 
 @dataclass(frozen=True)
@@ -159,6 +265,8 @@ class HarmonicSource(nn.Module):
     integrated at frame rate and interpolated back to sample rate (the "SineGen2" variant used for
     24 kHz models). Frames with ``f0 <= voiced_threshold`` are unvoiced: their sines are zeroed and the
     noise std rises from ``noise_std`` to ``sine_amp / 3``. Key: ``l_linear`` ``[1, H]``.
+    ``phase_upsample``: how the frame-rate phase returns to sample rate, ``"linear"`` (CosyVoice2) or
+    ``"nearest"`` (the causal CosyVoice3 source, whose phase at a sample never depends on the next frame).
     """
 
     def __init__(
@@ -169,8 +277,10 @@ class HarmonicSource(nn.Module):
         sine_amp: float,
         noise_std: float,
         voiced_threshold: float,
+        phase_upsample: str = "linear",
     ) -> None:
         super().__init__()
+        self.phase_upsample = phase_upsample
         self.sampling_rate = sampling_rate
         self.upsample_scale = upsample_scale
         self.num_sines = num_harmonics + 1
@@ -201,7 +311,7 @@ class HarmonicSource(nn.Module):
         cycles[:, 0, :] = cycles[:, 0, :] + phase_offset
         per_frame = F.interpolate(cycles.transpose(1, 2), scale_factor=1 / self.upsample_scale, mode="linear")
         phase = torch.cumsum(per_frame, dim=2) * 2 * math.pi  # radians per frame step, summed
-        phase = F.interpolate(phase * self.upsample_scale, scale_factor=self.upsample_scale, mode="linear")
+        phase = F.interpolate(phase * self.upsample_scale, scale_factor=self.upsample_scale, mode=self.phase_upsample)
         sines = torch.sin(phase.transpose(1, 2)) * self.sine_amp  # (B, L, H)
 
         voiced = (f0_samples > self.voiced_threshold).to(sines.dtype)  # (B, L, 1)

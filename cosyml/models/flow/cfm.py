@@ -24,7 +24,6 @@ from torch import nn
 
 from cosyml.errors import InputError
 from cosyml.models.flow.config import CFMConfig
-from cosyml.models.flow.decoder import CausalConditionalDecoder
 
 #: Frames covered by the fixed inference noise: 300 s of mel at 50 frames/s.
 FIXED_NOISE_FRAMES = 50 * 300
@@ -44,9 +43,14 @@ def time_schedule(n_timesteps: int, scheduler: str, device: torch.device, dtype:
 
 
 class ConditionalFlowMatching(nn.Module):
-    """The flow's ``decoder``: holds the ``estimator`` and implements the loss and the sampler."""
+    """The flow's ``decoder``: holds the ``estimator`` and implements the loss and the sampler.
 
-    def __init__(self, estimator: CausalConditionalDecoder, config: CFMConfig) -> None:
+    The estimator is the v2 U-Net (:class:`~cosyml.models.flow.decoder.CausalConditionalDecoder`) or the
+    v3 :class:`~cosyml.models.flow.dit.DiT`; both are called as
+    ``estimator(x_t, mask, mu, t, spks, cond, streaming) -> velocity`` with (B, 80, T) tensors.
+    """
+
+    def __init__(self, estimator: nn.Module, config: CFMConfig) -> None:
         super().__init__()
         self.config = config
         self.estimator = estimator

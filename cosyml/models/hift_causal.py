@@ -1,0 +1,248 @@
+"""Causal HiFT vocoder of CosyVoice3: 80-bin log-mel at 50 frames/s -> 24 kHz waveform, streamable.
+
+The CosyVoice2 generator (:mod:`cosyml.models.hift`) with every convolution made causal, so audio up to
+a frame depends only on mel up to a few frames later:
+
+- ``conv_pre`` is a k5 conv with 4 mel frames of look-ahead; the f0 predictor's first conv is k4 with
+  3 frames of look-ahead; every other conv pads on the left only.
+- upsampling is nearest-neighbour repeat + causal conv instead of a transposed conv;
+- the harmonic source brings its phase back to sample rate with nearest (not linear) interpolation
+  and uses *fixed* random draws (a per-module noise table), so re-vocoding a longer mel reproduces the
+  earlier samples exactly;
+- the f0 predictor runs in float64.
+
+Streaming (``finalize=False``): feed all mel so far; the last ``3 + 4`` frames only serve as
+look-ahead and one more frame of audio is withheld, so ``T`` frames give ``(T - 8) * 480`` samples that
+equal the first samples of the final (``finalize=True``) output. Shapes: ``B`` batch, ``T`` mel frames,
+``L = 480 T`` samples. State dict: exactly the official CosyVoice3 ``hift.pt`` layout (328 keys).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cosyml.models.hift import CausalHiFTConfig
+from cosyml.models.hift_parts import (
+    CausalConv1d,
+    CausalDownsample,
+    CausalF0Predictor,
+    CausalUpsample,
+    HarmonicSource,
+    SnakeResBlock,
+    SourceNoise,
+    fold_weight_norm,
+    weight_normed,
+)
+
+__all__ = ["DEFAULT_NOISE_SEED", "CausalHiFT", "fixed_source_noise"]
+
+# Seed of the fixed source-noise table. Upstream draws its table from the global RNG while the whole
+# model graph is built, so its values depend on everything constructed before the vocoder; no seed
+# reproduces them. Any fixed table gives the same quality: it is noise either way.
+DEFAULT_NOISE_SEED = 1986
+
+
+def fixed_source_noise(num_samples: int, num_sines: int, seed: int) -> SourceNoise:
+    """The causal source's fixed draws for ``num_samples`` samples, on CPU.
+
+    ``initial_phase`` ``(1, H)`` and ``additive`` ``(1, num_samples, H)``, both **uniform** [0, 1) (upstream
+    scales uniform draws, not Gaussian ones, in the causal source). Drawn in upstream's order (phase,
+    then the noise table) from ``torch.Generator().manual_seed(seed)``; torch's CPU uniform sampler is
+    sequential, so a longer table starts with the shorter one, and these equal the first samples of the
+    table upstream draws after ``torch.manual_seed(seed)`` when constructing ``CausalHiFTGenerator``.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    phase = torch.rand(1, num_sines, generator=generator)
+    additive = torch.rand(1, num_samples, num_sines, generator=generator)
+    return SourceNoise(initial_phase=phase, additive=additive)
+
+
+class CausalHiFT(nn.Module):
+    """The CosyVoice3 vocoder (upstream ``CausalHiFTGenerator``), inference only.
+
+    Submodules, in the official key order: ``m_source``, ``conv_pre``, ``ups``, ``source_downs``,
+    ``source_resblocks``, ``resblocks``, ``conv_post``, ``f0_predictor``. ``noise_seed`` seeds the fixed
+    source-noise table (not part of the state dict).
+    """
+
+    def __init__(self, config: CausalHiFTConfig, noise_seed: int = DEFAULT_NOISE_SEED) -> None:
+        super().__init__()
+        self.config = config
+        self.noise_seed = noise_seed
+        cfg = config
+        self.m_source = HarmonicSource(
+            sampling_rate=cfg.sampling_rate,
+            upsample_scale=cfg.samples_per_frame,
+            num_harmonics=cfg.nb_harmonics,
+            sine_amp=cfg.nsf_alpha,
+            noise_std=cfg.nsf_sigma,
+            voiced_threshold=cfg.nsf_voiced_threshold,
+            phase_upsample="nearest",
+        )
+        self.conv_pre = weight_normed(
+            CausalConv1d(cfg.in_channels, cfg.base_channels, cfg.conv_pre_look_right + 1, look_ahead=True)
+        )
+        self.ups = nn.ModuleList(
+            weight_normed(CausalUpsample(cfg.base_channels // (2**i), cfg.channels(i), kernel, rate))
+            for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True))
+        )
+        spec_channels = cfg.n_fft + 2  # real and imaginary parts of n_fft/2 + 1 bins
+        self.source_downs = nn.ModuleList()
+        self.source_resblocks = nn.ModuleList()
+        for i, (kernel, dilations) in enumerate(
+            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)
+        ):
+            factor = 1  # STFT frames per step of stage i
+            for rate in cfg.upsample_rates[i + 1 :]:
+                factor *= rate
+            down: nn.Module
+            if factor == 1:
+                down = CausalConv1d(spec_channels, cfg.channels(i), 1)
+            else:
+                down = CausalDownsample(spec_channels, cfg.channels(i), factor)
+            self.source_downs.append(down)
+            self.source_resblocks.append(SnakeResBlock(cfg.channels(i), kernel, dilations, causal=True))
+        self.resblocks = nn.ModuleList(
+            SnakeResBlock(cfg.channels(i), kernel, dilations, causal=True)
+            for i in range(len(cfg.upsample_rates))
+            for kernel, dilations in zip(cfg.resblock_kernel_sizes, cfg.resblock_dilation_sizes, strict=True)
+        )
+        last_channels = cfg.channels(len(cfg.upsample_rates) - 1)
+        self.conv_post = weight_normed(CausalConv1d(last_channels, spec_channels, 7))
+        self.f0_predictor = CausalF0Predictor(cfg.f0_in_channels, cfg.f0_cond_channels, cfg.f0_num_class)
+        window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64).float()
+        self.register_buffer("stft_window", window, persistent=False)
+        self._noise_table: SourceNoise | None = None
+
+    # -- streaming geometry -------------------------------------------------------------------------
+
+    @property
+    def look_ahead_frames(self) -> int:
+        """Mel frames a non-final call consumes as look-ahead only: f0 predictor (3) + conv_pre (4)."""
+        return self.f0_predictor.look_ahead + self.config.conv_pre_look_right
+
+    @property
+    def withheld_frames(self) -> int:
+        """Mel frames a non-final call yields no audio for: look-ahead plus one frame (8 officially)."""
+        return self.look_ahead_frames + 1
+
+    # -- pieces -------------------------------------------------------------------------------------
+
+    def source_noise(self, num_samples: int) -> SourceNoise:
+        """The first ``num_samples`` of this module's fixed noise table (see :func:`fixed_source_noise`),
+        drawn once and grown by doubling when a longer input arrives."""
+        table = self._noise_table
+        if table is None or table.additive.shape[1] < num_samples:
+            have = 0 if table is None else table.additive.shape[1]
+            with torch.inference_mode(False):  # a cached table must stay usable outside inference()
+                table = fixed_source_noise(max(num_samples, 2 * have), self.m_source.num_sines, self.noise_seed)
+            self._noise_table = table
+        return SourceNoise(initial_phase=table.initial_phase, additive=table.additive[:, :num_samples])
+
+    def source(self, f0: torch.Tensor, noise: SourceNoise | None = None) -> torch.Tensor:
+        """``(B, T)`` f0 in Hz -> ``(B, 1, L)`` excitation, ``L = T * 480``.
+
+        ``noise``: ``initial_phase`` ``(1 or B, H)`` and ``additive`` ``(1 or B, >= L, H)`` uniform draws
+        (only the first ``L`` samples are used); default: the module's fixed table.
+        """
+        batch, frames = f0.shape
+        samples = frames * self.config.samples_per_frame
+        if noise is None:
+            noise = self.source_noise(samples)
+        if noise.additive.shape[1] < samples:
+            raise ValueError(f"source noise has {noise.additive.shape[1]} samples; {samples} are needed")
+        phase = noise.initial_phase.to(f0.device)
+        additive = noise.additive[:, :samples].to(f0.device)
+        expanded = SourceNoise(
+            initial_phase=phase.expand(batch, -1), additive=additive.expand(batch, -1, -1)
+        )
+        return self.m_source(f0, expanded)
+
+    def _stft(self, signal: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` -> ``(B, n_fft + 2, L / hop + 1)``: real parts then imaginary parts."""
+        cfg = self.config
+        spec = torch.stft(signal, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window, return_complex=True)
+        return torch.cat([spec.real, spec.imag], dim=1)
+
+    def _istft(self, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        magnitude = magnitude.clamp(max=1e2)
+        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        return torch.istft(spec, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window)
+
+    def decode(self, speech_feat: torch.Tensor, source: torch.Tensor, finalize: bool = True) -> torch.Tensor:
+        """``(B, in_channels, T)`` mel and ``(B, 1, 480 T)`` excitation -> audio in ±audio_limit.
+
+        ``finalize=True``: ``(B, 480 T)``. ``finalize=False``: the last ``conv_pre_look_right`` frames
+        are look-ahead only and the last remaining frame of audio is dropped: ``(B, 480 (T - look - 1))``.
+        """
+        cfg = self.config
+        source_spec = self._stft(source.squeeze(1))
+        if finalize:
+            x = self.conv_pre(speech_feat)
+        else:
+            split = speech_feat.shape[2] - cfg.conv_pre_look_right
+            x = self.conv_pre(speech_feat[:, :, :split], speech_feat[:, :, split:])
+            stft_per_frame = cfg.samples_per_frame // cfg.hop_len
+            source_spec = source_spec[:, :, : source_spec.shape[2] - cfg.conv_pre_look_right * stft_per_frame]
+        per_stage = len(cfg.resblock_kernel_sizes)
+        last = len(self.ups) - 1
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, cfg.lrelu_slope))
+            if i == last:
+                x = F.pad(x, (1, 0), mode="reflect")  # one extra step to match the STFT frame count
+            x = x + self.source_resblocks[i](self.source_downs[i](source_spec))
+            blocks = self.resblocks[i * per_stage : (i + 1) * per_stage]
+            total = blocks[0](x)
+            for block in blocks[1:]:
+                total = total + block(x)
+            x = total / per_stage
+        x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as trained
+        bins = cfg.n_fft // 2 + 1
+        audio = self._istft(torch.exp(x[:, :bins]), torch.sin(x[:, bins:]))
+        if not finalize:
+            audio = audio[:, : audio.shape[1] - cfg.samples_per_frame]
+        return audio.clamp(-cfg.audio_limit, cfg.audio_limit)
+
+    # -- entry points -------------------------------------------------------------------------------
+
+    def forward(
+        self, speech_feat: torch.Tensor, finalize: bool = True, noise: SourceNoise | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mel -> ``(wav, source)``; see :meth:`inference`."""
+        if not finalize and speech_feat.shape[2] <= self.withheld_frames:
+            raise ValueError(
+                f"a non-final chunk needs more than {self.withheld_frames} mel frames, got {speech_feat.shape[2]}"
+            )
+        f0 = self.f0_predictor(speech_feat, finalize=finalize).to(speech_feat.dtype)  # float64 inside
+        source = self.source(f0, noise)
+        if not finalize:
+            speech_feat = speech_feat[:, :, : f0.shape[1]]  # the f0 look-ahead frames are spent
+        return self.decode(speech_feat, source, finalize=finalize), source
+
+    @torch.inference_mode()
+    def inference(
+        self, speech_feat: torch.Tensor, finalize: bool = True, noise: SourceNoise | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Vocode ``(B, in_channels, T)`` log-mel into ``(wav (B, N), source (B, 1, M))``.
+
+        ``finalize=True`` (whole utterance): ``N = M = 480 T``. ``finalize=False`` (streaming; pass all
+        mel so far): ``M = 480 (T - 3)``, ``N = 480 (T - 8)`` and the wav equals the first ``N`` samples
+        of the final output. ``noise`` overrides the fixed draws (see :meth:`source`).
+        """
+        return self.forward(speech_feat, finalize=finalize, noise=noise)
+
+    def fold_weight_norm(self) -> CausalHiFT:
+        """Fold weight norm into plain weights, except in the f0 predictor; returns self.
+
+        The f0 predictor keeps its parametrization: it computes ``g * v / ||v||`` in float64, and a
+        folded fp32 weight would shift f0 by ~1e-5 relative, which the source integrates into phase
+        drift (~4e-5 in the waveform). It is a small share of the compute. Output is unchanged up to
+        fp32 rounding of the other weights.
+        """
+        for name, child in self.named_children():
+            if name != "f0_predictor":
+                fold_weight_norm(child)
+        return self
