@@ -40,17 +40,3 @@ def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "cosyml", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("cosyml ")
 
-
-def test_a_cosyvoice3_directory_is_one_line_for_training_and_synthesis(kit_dir, tmp_path, capsys, monkeypatch):
-    """v3 directories prepare, extract and shard; training and synthesis refuse them in one line (not wired yet)."""
-    import shutil
-
-    v3 = tmp_path / "v3"
-    shutil.copytree(kit_dir, v3)
-    (v3 / "cosyvoice2.yaml").rename(v3 / "cosyvoice3.yaml")
-    monkeypatch.setenv("COSYML_TRACKING", "off")
-    for command in (["train", "flow", "--model-dir", str(v3)],
-                    ["synth", "--model-dir", str(v3), "--text", "hi", "--speaker", "x", "--out", str(tmp_path / "o.wav")]):
-        code = main(command)
-        err = capsys.readouterr().err.strip()
-        assert code == 2 and "\n" not in err and "CosyVoice3 directories" in err and "CosyVoice2" in err, err

@@ -1,11 +1,14 @@
-"""``cosyml kit DIR``: write a tiny model directory in the official layout for tests and the demo.
+"""``cosyml kit DIR [--version cosyvoice2|cosyvoice3]``: write a tiny model directory in the official layout.
 
-Numbers produced with a kit prove plumbing and learning, never voice quality.
+For tests and the demo. Numbers produced with a kit prove plumbing and learning, never voice quality.
 """
 
 from __future__ import annotations
 
 import argparse
+
+#: Same names as cosyml.kit.build.KIT_VERSIONS (not imported here: the CLI registers without torch).
+KIT_VERSIONS = ("cosyvoice2", "cosyvoice3")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -13,12 +16,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "kit",
         help="write a tiny random-weight model directory in the official layout (tests, demo)",
         description=(
-            "Writes cosyvoice2.yaml, llm.pt, flow.pt, hift.pt, campplus.onnx, speech_tokenizer_v2.onnx, "
-            "CosyVoice-BlankEN/ and a tiny whisper.pt. Nothing is downloaded."
+            "Writes cosyvoice2.yaml (or cosyvoice3.yaml), llm.pt, flow.pt, hift.pt, campplus.onnx, "
+            "speech_tokenizer_v2.onnx (or _v3), CosyVoice-BlankEN/ and a tiny whisper.pt. "
+            "Nothing is downloaded."
         ),
     )
     parser.add_argument("dir", help="directory to write into (created if missing)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--version",
+        choices=KIT_VERSIONS,
+        default="cosyvoice2",
+        help="CosyVoice2-0.5B layout (default) or Fun-CosyVoice3-0.5B layout",
+    )
+    parser.add_argument(
+        "--official-text-ids",
+        action="store_true",
+        help="pad the tiny text vocabulary so special tokens get their official ids (<|endofprompt|> = 151646); "
+        "needed to run upstream CosyVoice3 inference on the kit; adds ~80 MB",
+    )
     parser.add_argument(
         "--frontend-only", action="store_true", help="only the ONNX front end, tokenizer and whisper.pt"
     )
@@ -26,13 +42,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    version = getattr(args, "version", "cosyvoice2")
+    official = getattr(args, "official_text_ids", False)
     if args.frontend_only:
         from cosyml.kit.frontend import write_frontend_kit
 
-        write_frontend_kit(args.dir, seed=args.seed)
+        write_frontend_kit(args.dir, seed=args.seed, version=version, official_text_ids=official)
     else:
         from cosyml.kit.build import build_kit
 
-        build_kit(args.dir, seed=args.seed)
-    print(f"tiny model kit written to {args.dir} (random weights: proves plumbing, not voice quality)")
+        build_kit(args.dir, seed=args.seed, version=version, official_text_ids=official)
+    print(
+        f"tiny {version} model kit written to {args.dir} (random weights: proves plumbing, not voice quality)"
+    )
     return 0

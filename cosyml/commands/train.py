@@ -15,7 +15,7 @@ from typing import Any
 
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import Params, as_flat_dict
-from cosyml.errors import InputError, ModelDirError
+from cosyml.errors import InputError
 
 PARTS = ("llm", "flow")
 
@@ -48,7 +48,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_shards(data: Path, speech_tokenizer_name: str) -> tuple[Path, Path | None]:
+def _check_shards(data: Path, speech_tokenizer_name: str, needs_instruct: bool = False) -> tuple[Path, Path | None]:
+    import pyarrow.parquet as pq
+
     from cosyml.data.shards import read_data_list, shard_metadata
 
     train_list, dev_list = data / "train" / "data.list", data / "dev" / "data.list"
@@ -60,6 +62,11 @@ def _check_shards(data: Path, speech_tokenizer_name: str) -> tuple[Path, Path | 
         raise InputError(
             f"{shards[0]}: speech tokens come from {made_with} but the model needs {speech_tokenizer_name}; "
             "rerun `cosyml extract` and `cosyml shards` with this model directory"
+        )
+    if needs_instruct and shards and "instruct" not in pq.read_schema(shards[0]).names:
+        raise InputError(
+            f"{shards[0]}: no instruct column, which CosyVoice3 LLM training needs; set prepare.instruct (e.g. "
+            "'You are a helpful assistant.<|endofprompt|>') and rerun `cosyml prepare`, `extract` and `shards`"
         )
     return train_list, dev_list if dev_list.is_file() else None
 
@@ -94,10 +101,8 @@ def train_part(
     if cfg.log_checkpoints not in ("all", "best", "final", "none"):
         raise InputError(f"train.log_checkpoints: unknown value '{cfg.log_checkpoints}'; use all, best, final or none")
     md = ModelDir(params.model_dir)
-    if md.version != "v2":  # the v3 flow and vocoder modules exist; the v3 data path and samples are not wired
-        raise ModelDirError(f"{md.root}: training on CosyVoice3 directories is not supported yet; use a CosyVoice2 directory")
     md.check(parts=(part,), frontend=False)
-    train_list, dev_list = _check_shards(data, md.speech_tokenizer_path.name)
+    train_list, dev_list = _check_shards(data, md.speech_tokenizer_path.name, needs_instruct=md.version == "v3" and part == "llm")
     tokenizer = TextTokenizer(md.qwen_dir, md.hparams.tokenizer_version)
     featurizer = default_featurizer(tokenizer.encode, MelConfig.from_model_config(md.config), with_mel=part == "flow")
     train_set = UtteranceSet.load(train_list, featurizer, cfg.data, info.rank, info.world_size)

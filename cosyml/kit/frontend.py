@@ -127,12 +127,15 @@ class FrontendKit:
     whisper: Path
 
 
-def write_frontend_kit(model_dir: str | Path, seed: int = 0, version: str = "cosyvoice2") -> FrontendKit:
+def write_frontend_kit(
+    model_dir: str | Path, seed: int = 0, version: str = "cosyvoice2", official_text_ids: bool = False
+) -> FrontendKit:
     """Write the front-end part of a tiny model directory (official file names and layout).
 
     ``campplus.onnx``, ``speech_tokenizer_v2.onnx`` (``_v3`` for version "cosyvoice3"),
-    ``CosyVoice-BlankEN/`` tokenizer files and a tiny ``whisper.pt`` for transcription. Deterministic
-    for a given seed; nothing is downloaded.
+    ``CosyVoice-BlankEN/`` tokenizer files (``official_text_ids``: specials at their official ids, see
+    :mod:`cosyml.kit.tokenizer`) and a tiny ``whisper.pt`` for transcription. Deterministic for a given
+    seed; nothing is downloaded.
     """
     model_dir = Path(model_dir)
     model_dir.mkdir(parents=True, exist_ok=True)
@@ -140,6 +143,6 @@ def write_frontend_kit(model_dir: str | Path, seed: int = 0, version: str = "cos
         model_dir=model_dir,
         campplus=export_campplus(model_dir / CAMPPLUS_FILE, seed),
         speech_tokenizer=export_speech_tokenizer(model_dir / SPEECH_TOKENIZER_FILES[version], seed),
-        tokenizer_dir=write_tiny_tokenizer(model_dir),
+        tokenizer_dir=write_tiny_tokenizer(model_dir, official_ids=official_text_ids),
         whisper=write_tiny_whisper(model_dir / "whisper.pt", seed=seed),
     )

@@ -1,13 +1,15 @@
-"""A tiny ``cosyvoice2.yaml`` in the official model-directory format, and a tiny Qwen2 backbone folder.
+"""Tiny ``cosyvoice2.yaml`` / ``cosyvoice3.yaml`` files in the official model-directory format, and a
+tiny Qwen2 backbone folder.
 
-The yaml has every section of the file shipped in ``CosyVoice2-0.5B`` (HyperPyYAML tags naming the
-upstream classes, ``!ref`` cross references, the seed lines, llm / flow / hift / GAN modules, frontend
-callables, data pipelines and training configs), with the sizes of :class:`KitDims`. Our reader
-(:func:`cosyml.models.yaml_io.read_model_yaml`) and upstream's HyperPyYAML loader both read it.
+Each yaml has every section of the file shipped in ``CosyVoice2-0.5B`` / ``Fun-CosyVoice3-0.5B``
+(HyperPyYAML tags naming the upstream classes, ``!ref`` cross references, the seed lines, llm / flow /
+hift / GAN modules, frontend callables, data pipelines and training configs), with the sizes of
+:class:`KitDims` / :class:`KitDimsV3`. Our reader (:func:`cosyml.models.yaml_io.read_model_yaml`) and
+upstream's HyperPyYAML loader both read them.
 
-Only sizes shrink: the mel geometry (80 mels, hop 480 at 24 kHz, fmax 8000), the speech-token rate and
-vocabulary (25 Hz, 6561 codes), ``mix_ratio`` and the RAS defaults are the official values, so every code
-path that depends on them is exercised.
+Only sizes shrink: the mel geometry (80 mels, hop 480 at 24 kHz; fmax 8000 in v2, null = sr/2 in v3),
+the speech-token rate and vocabulary (25 Hz, 6561 codes), ``mix_ratio``, the RAS defaults and the v3
+tokenizer version are the official values, so every code path that depends on them is exercised.
 """
 
 from __future__ import annotations
@@ -335,7 +337,318 @@ def write_model_yaml(path: str | Path, dims: KitDims | None = None) -> Path:
     return path
 
 
-def qwen_config_dict(dims: KitDims, vocab_size: int, endoftext_id: int | None = None) -> dict[str, object]:
+# ------------------------------------------------------------------------------------------ CosyVoice3
+
+
+@dataclass(frozen=True)
+class KitDimsV3:
+    """Sizes of a tiny Fun-CosyVoice3 model (official value in brackets where it differs).
+
+    The LLM, HiFT and mel fields mean the same as in :class:`KitDims`; the flow is the v3 one: a
+    pre-lookahead conv pair over 80-wide token embeddings and a DiT estimator. ``fmax`` is None (sr/2),
+    the upstream v3 setting.
+    """
+
+    sample_rate: int = 24000
+    llm_size: int = 64  # [896]
+    qwen_layers: int = 2  # [24]
+    qwen_heads: int = 4  # [14]
+    qwen_kv_heads: int = 2  # [2]
+    qwen_intermediate: int = 128  # [4864]
+    speech_token_size: int = 6561
+    spk_embed_dim: int = 192
+    token_frame_rate: int = 25
+    token_mel_ratio: int = 2
+    chunk_size: int = 25
+    num_decoding_left_chunks: int = -1
+    mix_ratio: tuple[int, int] = (5, 15)
+    top_p: float = 0.8
+    top_k: int = 25
+    win_size: int = 10
+    tau_r: float = 0.1
+    # flow: token embedding width = mu width = mel bins (80, as official)
+    flow_input_size: int = 80
+    pre_lookahead_len: int = 3
+    pre_lookahead_channels: int = 64  # [1024]
+    dit_dim: int = 64  # [1024]; a multiple of 16 (grouped positional conv)
+    dit_depth: int = 1  # [22]
+    dit_heads: int = 2  # [16]
+    dit_dim_head: int = 32  # [64]; also the RoPE width
+    dit_ff_mult: int = 2
+    # hift
+    hift_base_channels: int = 32  # [512]
+    f0_cond_channels: int = 32  # [512]
+    conv_pre_look_right: int = 4
+    # mel (feat_extractor)
+    num_mels: int = 80
+    n_fft: int = 1920
+    hop_size: int = 480
+    win_size_mel: int = 1920
+    fmin: int = 0
+    fmax: int | None = None
+
+
+#: The sizes of the official Fun-CosyVoice3-0.5B model (for key/shape checks against the official files).
+OFFICIAL_V3_DIMS = KitDimsV3(
+    llm_size=896,
+    qwen_layers=24,
+    qwen_heads=14,
+    qwen_kv_heads=2,
+    qwen_intermediate=4864,
+    pre_lookahead_channels=1024,
+    dit_dim=1024,
+    dit_depth=22,
+    dit_heads=16,
+    dit_dim_head=64,
+    hift_base_channels=512,
+    f0_cond_channels=512,
+)
+
+
+def _yaml_text_v3(d: KitDimsV3) -> str:
+    m0, m1 = d.mix_ratio
+    fmax = "null" if d.fmax is None else d.fmax
+    return f"""\
+# Tiny Fun-CosyVoice3 model directory written by cosyml.kit.model_yaml (random weights: plumbing only,
+# not voice quality). Same sections, tags and keys as the official Fun-CosyVoice3-0.5B cosyvoice3.yaml.
+# set random seed, so that you may reproduce your result.
+__set_seed1: !apply:random.seed [1986]
+__set_seed2: !apply:numpy.random.seed [1986]
+__set_seed3: !apply:torch.manual_seed [1986]
+__set_seed4: !apply:torch.cuda.manual_seed_all [1986]
+
+# fixed params
+sample_rate: {d.sample_rate}
+llm_input_size: {d.llm_size}
+llm_output_size: {d.llm_size}
+spk_embed_dim: {d.spk_embed_dim}
+qwen_pretrain_path: ''
+token_frame_rate: {d.token_frame_rate}
+token_mel_ratio: {d.token_mel_ratio}
+
+# stream related params
+chunk_size: {d.chunk_size} # streaming inference chunk size, in token
+num_decoding_left_chunks: {d.num_decoding_left_chunks} # <0 means use all left chunks
+
+# model params
+llm: !new:cosyvoice.llm.llm.CosyVoice3LM
+    llm_input_size: !ref <llm_input_size>
+    llm_output_size: !ref <llm_output_size>
+    speech_token_size: {d.speech_token_size}
+    length_normalized_loss: True
+    lsm_weight: 0
+    mix_ratio: [{m0}, {m1}]
+    llm: !new:cosyvoice.llm.llm.Qwen2Encoder
+        pretrain_path: !ref <qwen_pretrain_path>
+    sampling: !name:cosyvoice.utils.common.ras_sampling
+        top_p: {d.top_p}
+        top_k: {d.top_k}
+        win_size: {d.win_size}
+        tau_r: {d.tau_r}
+
+flow: !new:cosyvoice.flow.flow.CausalMaskedDiffWithDiT
+    input_size: {d.flow_input_size}
+    output_size: {d.num_mels}
+    spk_embed_dim: !ref <spk_embed_dim>
+    output_type: 'mel'
+    vocab_size: {d.speech_token_size}
+    input_frame_rate: !ref <token_frame_rate>
+    only_mask_loss: True
+    token_mel_ratio: !ref <token_mel_ratio>
+    pre_lookahead_len: {d.pre_lookahead_len}
+    pre_lookahead_layer: !new:cosyvoice.transformer.upsample_encoder.PreLookaheadLayer
+        in_channels: {d.flow_input_size}
+        channels: {d.pre_lookahead_channels}
+        pre_lookahead_len: {d.pre_lookahead_len}
+    decoder: !new:cosyvoice.flow.flow_matching.CausalConditionalCFM
+        in_channels: {3 * d.num_mels}
+        n_spks: 1
+        spk_emb_dim: {d.num_mels}
+        cfm_params: !new:omegaconf.DictConfig
+            content:
+                sigma_min: 1e-06
+                solver: 'euler'
+                t_scheduler: 'cosine'
+                training_cfg_rate: 0.2
+                inference_cfg_rate: 0.7
+                reg_loss_type: 'l1'
+        estimator: !new:cosyvoice.flow.DiT.dit.DiT
+            dim: {d.dit_dim}
+            depth: {d.dit_depth}
+            heads: {d.dit_heads}
+            dim_head: {d.dit_dim_head}
+            ff_mult: {d.dit_ff_mult}
+            mel_dim: {d.num_mels}
+            mu_dim: {d.flow_input_size}
+            spk_dim: {d.num_mels}
+            out_channels: {d.num_mels}
+            static_chunk_size: !ref <chunk_size> * <token_mel_ratio>
+            num_decoding_left_chunks: !ref <num_decoding_left_chunks>
+
+hift: !new:cosyvoice.hifigan.generator.CausalHiFTGenerator
+    in_channels: {d.num_mels}
+    base_channels: {d.hift_base_channels}
+    nb_harmonics: 8
+    sampling_rate: !ref <sample_rate>
+    nsf_alpha: 0.1
+    nsf_sigma: 0.003
+    nsf_voiced_threshold: 10
+    upsample_rates: [8, 5, 3]
+    upsample_kernel_sizes: [16, 11, 7]
+    istft_params:
+        n_fft: 16
+        hop_len: 4
+    resblock_kernel_sizes: [3, 7, 11]
+    resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    source_resblock_kernel_sizes: [7, 7, 11]
+    source_resblock_dilation_sizes: [[1, 3, 5], [1, 3, 5], [1, 3, 5]]
+    lrelu_slope: 0.1
+    audio_limit: 0.99
+    conv_pre_look_right: {d.conv_pre_look_right}
+    f0_predictor: !new:cosyvoice.hifigan.f0_predictor.CausalConvRNNF0Predictor
+        num_class: 1
+        in_channels: {d.num_mels}
+        cond_channels: {d.f0_cond_channels}
+
+# gan related module
+mel_spec_transform1: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: {d.n_fft}
+    num_mels: {d.num_mels}
+    sampling_rate: !ref <sample_rate>
+    hop_size: {d.hop_size}
+    win_size: {d.win_size_mel}
+    fmin: {d.fmin}
+    fmax: null
+    center: False
+hifigan: !new:cosyvoice.hifigan.hifigan.HiFiGan
+    generator: !ref <hift>
+    discriminator: !new:cosyvoice.hifigan.discriminator.MultipleDiscriminator
+        mpd: !new:matcha.hifigan.models.MultiPeriodDiscriminator
+        mrd: !new:cosyvoice.hifigan.discriminator.MultiResSpecDiscriminator
+    mel_spec_transform: [
+        !ref <mel_spec_transform1>
+    ]
+
+# processor functions
+parquet_opener: !name:cosyvoice.dataset.processor.parquet_opener
+get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
+    token_path: !ref <qwen_pretrain_path>
+    skip_special_tokens: True
+    version: cosyvoice3
+allowed_special: 'all'
+tokenize: !name:cosyvoice.dataset.processor.tokenize
+    get_tokenizer: !ref <get_tokenizer>
+    allowed_special: !ref <allowed_special>
+filter: !name:cosyvoice.dataset.processor.filter
+    max_length: 6000
+    min_length: 100
+    token_max_length: 200
+    token_min_length: 1
+resample: !name:cosyvoice.dataset.processor.resample
+    resample_rate: !ref <sample_rate>
+truncate: !name:cosyvoice.dataset.processor.truncate
+    truncate_length: 24960 # must be a multiplier of hop_size and token_mel_ratio
+feat_extractor: !name:matcha.utils.audio.mel_spectrogram
+    n_fft: {d.n_fft}
+    num_mels: {d.num_mels}
+    sampling_rate: !ref <sample_rate>
+    hop_size: {d.hop_size}
+    win_size: {d.win_size_mel}
+    fmin: {d.fmin}
+    fmax: {fmax}
+    center: False
+compute_fbank: !name:cosyvoice.dataset.processor.compute_fbank
+    feat_extractor: !ref <feat_extractor>
+    num_frames: 960
+compute_whisper_fbank: !name:cosyvoice.dataset.processor.compute_whisper_fbank
+    num_frames: 960
+compute_f0: !name:cosyvoice.dataset.processor.compute_f0
+    sample_rate: !ref <sample_rate>
+    hop_size: {d.hop_size}
+parse_embedding: !name:cosyvoice.dataset.processor.parse_embedding
+    normalize: True
+shuffle: !name:cosyvoice.dataset.processor.shuffle
+    shuffle_size: 1000
+sort: !name:cosyvoice.dataset.processor.sort
+    sort_size: 500  # sort_size should be less than shuffle_size
+batch: !name:cosyvoice.dataset.processor.batch
+    batch_type: 'dynamic'
+    max_frames_in_batch: 2000
+padding: !name:cosyvoice.dataset.processor.padding
+    use_spk_embedding: False # change to True during sft
+
+# dataset processor pipeline
+data_pipeline: [
+    !ref <parquet_opener>,
+    !ref <tokenize>,
+    !ref <filter>,
+    !ref <resample>,
+    !ref <compute_fbank>,
+    !ref <parse_embedding>,
+    !ref <compute_whisper_fbank>,
+    !ref <shuffle>,
+    !ref <sort>,
+    !ref <batch>,
+    !ref <padding>,
+]
+data_pipeline_gan: [
+    !ref <parquet_opener>,
+    !ref <tokenize>,
+    !ref <filter>,
+    !ref <resample>,
+    !ref <truncate>,
+    !ref <compute_fbank>,
+    !ref <compute_f0>,
+    !ref <parse_embedding>,
+    !ref <shuffle>,
+    !ref <sort>,
+    !ref <batch>,
+    !ref <padding>,
+]
+
+# llm flow train conf
+train_conf:
+    optim: adam
+    optim_conf:
+        lr: 1e-5 # change to 1e-5 during sft
+    scheduler: constantlr # change to constantlr during sft
+    scheduler_conf:
+        warmup_steps: 2500
+    max_epoch: 200
+    grad_clip: 5
+    accum_grad: 2
+    log_interval: 100
+    save_per_step: -1
+
+# gan train conf
+train_conf_gan:
+    optim: adam
+    optim_conf:
+        lr: 0.0002 # use small lr for gan training
+    scheduler: constantlr
+    optim_d: adam
+    optim_conf_d:
+        lr: 0.0002 # use small lr for gan training
+    scheduler_d: constantlr
+    max_epoch: 200
+    grad_clip: 5
+    accum_grad: 1 # in gan training, accum_grad must be 1
+    log_interval: 100
+    save_per_step: -1
+"""
+
+
+def write_model_yaml_v3(path: str | Path, dims: KitDimsV3 | None = None) -> Path:
+    """Write a tiny ``cosyvoice3.yaml`` at ``path`` (a file path, or a folder to write it into)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / keys.YAML_NAME["v3"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(_yaml_text_v3(dims or KitDimsV3()), encoding="utf-8")
+    return path
+
+
+def qwen_config_dict(dims: KitDims | KitDimsV3, vocab_size: int, endoftext_id: int | None = None) -> dict[str, object]:
     """``config.json`` of the tiny backbone: Qwen2.5-0.5B's file with the kit's sizes.
 
     ``endoftext_id`` is the tokenizer's ``<|endoftext|>`` id (151643 officially); None leaves bos/eos unset.
@@ -369,7 +682,7 @@ def qwen_config_dict(dims: KitDims, vocab_size: int, endoftext_id: int | None = 
 def write_qwen_backbone(
     qwen_dir: str | Path,
     vocab_size: int,
-    dims: KitDims | None = None,
+    dims: KitDims | KitDimsV3 | None = None,
     seed: int = 0,
     endoftext_id: int | None = None,
 ) -> Path:

@@ -5,6 +5,12 @@ official directory): a byte-level BPE trained on a small built-in zh/en text wit
 (NFC, the Qwen2 split regex, byte-level without its own regex), so ``AutoTokenizer`` (which rebuilds that
 pipeline for ``Qwen2Tokenizer``) gives the same ids as the trained model. The three Qwen specials follow
 the learned vocabulary, as in Qwen (there: 151643..151645). Training is deterministic.
+
+With ``official_ids`` the vocabulary is padded with filler entries that no text can produce (they hold a
+character outside the byte-level alphabet) up to Qwen's 151643 regular tokens, so every special token has
+its official id (``<|endoftext|>`` 151643, ``<|endofprompt|>`` 151646, ``<|endofsystem|>`` 151663) and
+code that hard-codes an id, as upstream's CosyVoice3 LLM does for ``<|endofprompt|>``, runs unchanged.
+Text encodes to the same ids either way; the price is a 151936-row embedding and a slower tokenizer load.
 """
 
 from __future__ import annotations
@@ -34,6 +40,10 @@ What a wonderful day it is to go outside and play.
 """
 
 BASE_VOCAB_SIZE = 800
+#: Regular (non-special) tokens of the official Qwen2 vocabulary: ``<|endoftext|>`` comes next.
+OFFICIAL_REGULAR_TOKENS = 151643
+#: U+2400 is not in the byte-level alphabet, so BPE never emits a token containing it.
+_FILLER_PREFIX = "\u2400"
 
 
 def _train_bpe(vocab_size: int):
@@ -61,14 +71,21 @@ def _train_bpe(vocab_size: int):
     return tok
 
 
-def write_tiny_tokenizer(model_dir: str | Path, vocab_size: int = BASE_VOCAB_SIZE) -> Path:
-    """Write ``<model_dir>/CosyVoice-BlankEN/{vocab.json, merges.txt, tokenizer_config.json}``."""
+def write_tiny_tokenizer(
+    model_dir: str | Path, vocab_size: int = BASE_VOCAB_SIZE, official_ids: bool = False
+) -> Path:
+    """Write ``<model_dir>/CosyVoice-BlankEN/{vocab.json, merges.txt, tokenizer_config.json}``.
+
+    ``official_ids``: pad the vocabulary so the special tokens get the official ids (see the module doc).
+    """
     out = Path(model_dir) / TOKENIZER_SUBDIR
     out.mkdir(parents=True, exist_ok=True)
     tok = _train_bpe(vocab_size)
     model = json.loads(tok.to_str())["model"]
     vocab: dict[str, int] = model["vocab"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    if official_ids:
+        vocab.update({f"{_FILLER_PREFIX}{i}": i for i in range(len(vocab), OFFICIAL_REGULAR_TOKENS)})
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
     (out / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     first = len(vocab)

@@ -26,6 +26,7 @@ count (``length_normalized_loss``) or by the batch size; accuracy: argmax hits o
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -60,6 +61,9 @@ class LLMConfig:
     lsm_weight: float = 0.0
     length_normalized_loss: bool = True
     sampling: SamplingParams = field(default_factory=SamplingParams)
+    # text id of <|endofprompt|>, which a v3 prompt must hold: 151646 in the official vocabulary; a model
+    # directory's own tokenizer decides (build_llm reads it), so a tiny kit vocabulary works too
+    end_of_prompt_id: int = keys.END_OF_PROMPT_ID
 
 
 @dataclass(frozen=True)
@@ -329,7 +333,7 @@ class Qwen2LM(nn.Module):
         all_text = text.reshape(-1).to(device)
         if prompt_text is not None and prompt_text.numel() > 0:
             all_text = torch.cat([prompt_text.reshape(-1).to(device), all_text])
-        if not self.layout.separate_sos_table and keys.END_OF_PROMPT_ID not in all_text.tolist():
+        if not self.layout.separate_sos_table and self.config.end_of_prompt_id not in all_text.tolist():
             raise InputError(
                 "CosyVoice3 input has no <|endofprompt|> token; start the prompt text (or instruct) with "
                 "'You are a helpful assistant.<|endofprompt|>'"
@@ -352,6 +356,7 @@ class Qwen2LM(nn.Module):
         max_token_text_ratio: float = 20.0,
         generator: torch.Generator | None = None,
         scores_out: list[torch.Tensor] | None = None,
+        max_tokens: int | None = None,
     ) -> Iterator[int]:
         """Yield speech-token ids for ``text`` (Lt,) text-token ids, one per step, with a KV cache.
 
@@ -360,13 +365,15 @@ class Qwen2LM(nn.Module):
         ``int(Lt * min_token_text_ratio)`` tokens the eos id of v2 is masked (v3: upstream masks its sos
         id instead, so early stops remain possible; kept for parity). Draws use ``generator`` (a CPU
         ``torch.Generator``; the global RNG when None). ``scores_out`` collects each step's (R,)
-        log-probabilities as seen by the sampler.
+        log-probabilities as seen by the sampler. ``max_tokens`` caps the tokens further (serving limits).
         """
         params = sampling or self.config.sampling
         n_text = torch.tensor(text.numel(), dtype=torch.int32)
         # Same float32 arithmetic as upstream (an int32 length times a Python float).
         min_len = int(n_text * min_token_text_ratio)
         max_len = int(n_text * max_token_text_ratio)
+        if max_tokens is not None:
+            max_len = min(max_len, max_tokens)
         stop = set(self.layout.stop_ids)
         step_input = self.prompt_embeddings(text, prompt_text, prompt_speech_token)
         cache: Any = None
@@ -439,6 +446,13 @@ def _qwen_dir_from_yaml(config: Mapping[str, Any]) -> Path:
     return Path(str(value))
 
 
+def _end_of_prompt_id(md: ModelDir) -> int:
+    """The id the directory's own text tokenizer gives ``<|endofprompt|>`` (151646 in official ones)."""
+    from cosyml.text.tokenizer import load_text_tokenizer
+
+    return load_text_tokenizer(str(md.qwen_dir), md.hparams.tokenizer_version).token_id("<|endofprompt|>")
+
+
 def build_llm(
     source: ModelDir | str | Path | Mapping[str, Any],
     *,
@@ -457,6 +471,8 @@ def build_llm(
     else:
         config, yaml_path, qwen_dir = source, Path("model yaml"), None
     llm_config = llm_config_from_yaml(config, yaml_path)
+    if isinstance(source, ModelDir) and llm_config.version == "v3":
+        llm_config = dataclasses.replace(llm_config, end_of_prompt_id=_end_of_prompt_id(source))
     if qwen_config is None:
         qwen_config = qwen_config_from_dir(qwen_dir or _qwen_dir_from_yaml(config))
     with torch.device(device) if device is not None else contextlib.nullcontext():

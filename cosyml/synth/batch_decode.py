@@ -1,7 +1,18 @@
-"""Padding-aware batched speech-token decoding: several utterances share one Qwen2 forward per step.
+"""Speech-token decoding for the engine: one utterance token by token (:func:`decode_one`), or several
+padding-aware in one Qwen2 forward per step (:func:`decode_batch`).
 
-Each row's prefix ``[sos, prompt text + text, task_id, prompt speech]`` (built by the LLM's own
-``prompt_embeddings``) is left-padded to the longest; the attention mask hides the padding and
+Both build the prefix ``[sos, prompt text + text, task_id, prompt speech]`` with :func:`decoder_prefix`
+(the sos / task_id rows and stop ids come from the LLM's :class:`~cosyml.models.llm.TokenLayout`: v2
+``llm_embedding`` rows 0/1 and stops 6561..6563; v3 ``speech_embedding`` rows 6561/6563 and stops
+6561..6760). :func:`decode_one` is :meth:`cosyml.models.llm.Qwen2LM.inference` on a :class:`DecodeRow`.
+
+Min-length mask (upstream's, kept for identical ids): before ``int(Lt * min_token_text_ratio)`` tokens
+the id ``speech_token_size`` is masked. For v2 that is eos; for v3 it is the *sos* id 6561 (upstream
+masks ``speech_token_size`` in both), so v3's real eos 6562 and the other stop ids 6563..6760 can still
+end decoding early. ``Lt`` counts the tts text tokens only (a v3 system prompt put in front of the tts
+text by the engine counts; a prompt transcript does not).
+
+Batched: each row's prefix is left-padded to the longest; the attention mask hides the padding and
 position ids count only real positions, so every row sees what a one-row decode sees. Each step
 samples every live row with its own RAS parameters and its own generator, exactly as
 :meth:`cosyml.models.llm.Qwen2LM.inference` does (min-length eos mask, stop ids, max length), so a
@@ -14,6 +25,7 @@ batch of B rows costs about as much per step as one row.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,13 +59,29 @@ def _limits(row: DecodeRow) -> tuple[int, int]:
     return min_len, max_len
 
 
+def decoder_prefix(
+    llm: Qwen2LM, text: torch.Tensor, prompt_text: torch.Tensor | None, prompt_speech: torch.Tensor | None
+) -> torch.Tensor:
+    """(L, D) decoder input ``[sos, prompt_text + text, task_id, prompt_speech]`` (1-D long id tensors)."""
+    return llm.prompt_embeddings(text, prompt_text, prompt_speech)[0]
+
+
+def decode_one(llm: Qwen2LM, row: DecodeRow) -> Iterator[int]:
+    """Yield the speech tokens of one row as they are decoded (stop id not yielded): the LLM's own loop."""
+    return llm.inference(
+        row.text, row.prompt_text, row.prompt_speech, sampling=row.sampling,
+        min_token_text_ratio=row.min_token_text_ratio, max_token_text_ratio=row.max_token_text_ratio,
+        generator=row.generator, max_tokens=row.max_tokens,
+    )
+
+
 @torch.inference_mode()
 def decode_batch(llm: Qwen2LM, rows: list[DecodeRow]) -> list[list[int]]:
     """Speech tokens of every row (stop id not included), decoded together."""
     if not rows:
         return []
     device = llm.device
-    prefixes = [llm.prompt_embeddings(r.text, r.prompt_text, r.prompt_speech)[0] for r in rows]  # (L_i, D)
+    prefixes = [decoder_prefix(llm, r.text, r.prompt_text, r.prompt_speech) for r in rows]  # (L_i, D)
     b, width = len(rows), max(p.shape[0] for p in prefixes)
     dim = prefixes[0].shape[1]
     embeds = prefixes[0].new_zeros(b, width, dim)

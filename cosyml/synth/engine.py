@@ -1,4 +1,5 @@
-"""The synthesis engine: a CosyVoice2 model directory loaded once, serving every mode, whole or streamed.
+"""The synthesis engine: a CosyVoice2 or Fun-CosyVoice3 model directory loaded once, serving every mode,
+whole or streamed.
 
     engine = SynthEngine.load("pretrained/CosyVoice2-0.5B", device="cpu")
     result = engine.synthesize(SynthRequest(text="你好", mode="sft", speaker="narrator", seed=1))
@@ -15,8 +16,16 @@ LLM (KV cache, RAS sampling) decodes speech tokens from ``[sos, prompt text + te
 speech]`` and :class:`~cosyml.synth.token2wav.Token2Wav` renders them. What each mode puts into the LLM
 and flow prompts is described in :mod:`cosyml.synth.request`.
 
+CosyVoice3 directories (``cosyvoice3.yaml``) differ in four places, all handled here: the LLM ids (sos /
+task_id are ``speech_embedding`` rows, 200 stop ids; :mod:`cosyml.synth.batch_decode`), the
+``<|endofprompt|>`` prefixes a plain text, transcript or instruction gets (:mod:`cosyml.synth.v3`, the
+default system prompt is :data:`cosyml.synth.v3.SYSTEM_PROMPT`), runs of more than 5 silent tokens
+dropped before the flow (as upstream), and the DiT flow + causal HiFT render
+(:mod:`cosyml.synth.token2wav`).
+
 Randomness: a request's ``seed`` seeds two generators, one for the LLM's draws (CPU) and one for HiFT's
-source noise (on the engine's device); the flow starts from fixed noise. The same request and seed give
+source noise (on the engine's device; v3's causal HiFT uses a fixed noise table instead); the flow
+starts from fixed noise. The same request and seed give
 the same tokens and the same audio on the CPU, streamed or not (the LLM's draws do not depend on how
 the audio is rendered).
 """
@@ -37,11 +46,12 @@ import torch
 
 from cosyml.errors import CosymlError, ModelDirError
 from cosyml.features.mel import MelConfig
-from cosyml.models.flow import Flow, build_flow
+from cosyml.models.flow import FlowModel, build_flow
 from cosyml.models.hift import HiFT, build_hift
+from cosyml.models.hift_causal import CausalHiFT
 from cosyml.models.llm import Qwen2LM, load_llm
 from cosyml.models.modeldir import ModelDir, load_strict
-from cosyml.synth.batch_decode import DecodeRow, decode_batch
+from cosyml.synth.batch_decode import DecodeRow, decode_batch, decode_one
 from cosyml.synth.errors import NoSpeechError, SynthInputError, SynthParamError, UnknownSpeakerError
 from cosyml.synth.frontend import (
     PromptFeatures,
@@ -54,8 +64,9 @@ from cosyml.synth.frontend import (
 from cosyml.synth.request import StreamChunk, SynthRequest, SynthResult, Timings
 from cosyml.synth.sampling import SamplingParams
 from cosyml.synth.token2wav import FlowPrompt, StageTimes, Token2Wav
+from cosyml.synth.v3 import SYSTEM_PROMPT, SYSTEM_PROMPT_PREFIX, KeepAll, SilenceLimiter
 from cosyml.synth.weights import BASE, WeightSlot
-from cosyml.text.tokenizer import load_text_tokenizer
+from cosyml.text.tokenizer import ENDOFPROMPT, load_text_tokenizer
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -98,8 +109,8 @@ class SynthEngine:
         model_dir: ModelDir,
         device: torch.device,
         llm: Qwen2LM,
-        flow: Flow,
-        hift: HiFT,
+        flow: FlowModel,
+        hift: HiFT | CausalHiFT,
         text: TextFrontend,
         prompt: PromptFrontend,
         speakers: dict[str, Speaker],
@@ -113,6 +124,7 @@ class SynthEngine:
         self.prompt = prompt
         self.speakers = speakers
         self.hparams = model_dir.hparams
+        self.version = model_dir.version  # "v2" | "v3"
         self.sample_rate = self.hparams.sample_rate
         self.slots = {
             "llm": WeightSlot("llm", llm, model_dir.llm_path),
@@ -134,15 +146,13 @@ class SynthEngine:
     ) -> SynthEngine:
         """Load ``model_dir`` (yaml, tokenizer, llm/flow/hift weights, spk2info.pt if present) onto ``device``.
 
+        A CosyVoice2 (``cosyvoice2.yaml``) or Fun-CosyVoice3 (``cosyvoice3.yaml``) directory.
+
         ``llm`` / ``flow``: other weights to start with (a file, a checkpoint, a directory, or "base").
         ``speakers``: an extra speaker file (spk2info.pt / spk2embedding.pt) merged over spk2info.pt.
         The ONNX front-end sessions open on the first request that has a prompt wav.
         """
         md = model_dir if isinstance(model_dir, ModelDir) else ModelDir(model_dir)
-        if md.version != "v2":
-            raise ModelDirError(
-                f"{md.root}: CosyVoice3 directories are not supported by the synthesis engine yet; use a CosyVoice2 directory"
-            )
         md.check(frontend=False)
         dev = resolve_device(device)
         hp = md.hparams
@@ -155,6 +165,11 @@ class SynthEngine:
         flow_module.to(dev).eval()
         hift_module.to(dev).eval()
         tokenizer = load_text_tokenizer(str(md.qwen_dir), hp.tokenizer_version)
+        if md.version == "v3" and tokenizer.encode(ENDOFPROMPT) != [tokenizer.token_id(ENDOFPROMPT)]:
+            raise ModelDirError(
+                f"{md.qwen_dir}: the tokenizer has no {ENDOFPROMPT} token, which CosyVoice3 needs; "
+                "restore the CosyVoice-BlankEN folder and get_tokenizer version of the official directory"
+            )
         mel_config = MelConfig.from_model_config(md.config)
         prompt = PromptFrontend(md.campplus_path, md.speech_tokenizer_path, mel_config, device=dev.type)
         known: dict[str, Speaker] = {}
@@ -162,7 +177,8 @@ class SynthEngine:
             known.update(load_speaker_file(md.spk2info_path, hp.spk_embed_dim))
         if speakers is not None:
             known.update(load_speaker_file(speakers, hp.spk_embed_dim))
-        engine = cls(md, dev, llm_module, flow_module, hift_module, TextFrontend(tokenizer), prompt, known)
+        text = TextFrontend(tokenizer, md.version)
+        engine = cls(md, dev, llm_module, flow_module, hift_module, text, prompt, known)
         engine.slots["llm"].mark_loaded(BASE)
         engine.slots["flow"].mark_loaded(BASE)
         engine.swap(llm=llm, flow=flow)
@@ -284,21 +300,9 @@ class SynthEngine:
 
     def _decode_and_render(self, group: list[tuple[int, _Job, float]]) -> list[SynthResult | CosymlError]:
         """One batched LLM decode for one-segment jobs, then a render per job."""
-        rows = [
-            DecodeRow(
-                text=job.text_tokens[0],
-                prompt_text=job.llm_prompt_text,
-                prompt_speech=job.llm_prompt_speech,
-                sampling=job.sampling,
-                min_token_text_ratio=job.request.min_token_text_ratio,
-                max_token_text_ratio=job.request.max_token_text_ratio,
-                max_tokens=job.request.max_tokens,
-                generator=job.llm_generator,
-            )
-            for _, job, _ in group
-        ]
+        rows = [_decode_row(job, job.text_tokens[0]) for _, job, _ in group]
         t0 = time.perf_counter()
-        all_tokens = decode_batch(self.llm, rows)
+        all_tokens = [self._silence_limiter().filter(tokens) for tokens in decode_batch(self.llm, rows)]
         shared_llm_s = (time.perf_counter() - t0) / len(group)
         results: list[SynthResult | CosymlError] = []
         for (_, job, start), tokens in zip(group, all_tokens, strict=True):
@@ -321,7 +325,6 @@ class SynthEngine:
             self.swap(llm=request.llm, flow=request.flow)
         t0 = time.perf_counter()
         segments = self.text.segments(request.text, request.normalize, request.split_sentences)
-        text_tokens = [self.text.encode(s) for s in segments]
         llm_prompt_text: torch.Tensor | None = None
         llm_prompt_speech: torch.Tensor | None = None
         mode = request.mode
@@ -346,8 +349,8 @@ class SynthEngine:
                     llm_prompt_text = self.text.encode(
                         self.text.prompt_text(request.prompt_text, request.normalize), "prompt text"
                     )
-                else:
-                    llm_prompt_text = speaker.prompt_text
+                elif speaker.prompt_text is not None:
+                    llm_prompt_text = self.text.stored_prompt_ids(speaker.prompt_text)
             llm_prompt_speech = flow_prompt.tokens[0]
         elif mode == "cross_lingual":
             flow_prompt = _prompt_of(self.prompt.features(request.prompt_wav))  # type: ignore[arg-type]
@@ -361,6 +364,10 @@ class SynthEngine:
                     flow_prompt = FlowPrompt(speaker.prompt_tokens, speaker.prompt_feat, speaker.embedding)
                 else:
                     flow_prompt = FlowPrompt.speaker_only(speaker.embedding, self.flow.config.output_size)
+        has_prompt = llm_prompt_text is not None
+        text_tokens = [self.text.encode(self.text.tts_text(s, has_prompt)) for s in segments]
+        if self.version == "v3":
+            self._check_prompt_end(llm_prompt_text, text_tokens)
         base = self.hparams.sampling
         sampling = SamplingParams(
             top_p=base.top_p if request.top_p is None else float(request.top_p),
@@ -400,27 +407,37 @@ class SynthEngine:
             )
         return pick_speaker(self.speakers, request.speaker, str(self.model_dir.spk2info_path))
 
+    def _check_prompt_end(self, prompt_text: torch.Tensor | None, text_tokens: list[torch.Tensor]) -> None:
+        """CosyVoice3 needs ``<|endofprompt|>`` in prompt text + text (upstream asserts it)."""
+        marker = self.text.tokenizer.token_id(ENDOFPROMPT)
+        in_prompt = prompt_text is not None and marker in prompt_text.tolist()
+        if not in_prompt and not all(marker in t.tolist() for t in text_tokens):
+            raise SynthInputError(
+                f"CosyVoice3 input has no {ENDOFPROMPT}; pass plain text (the engine adds "
+                f"'{SYSTEM_PROMPT_PREFIX}') or put {ENDOFPROMPT} after your own system prompt"
+            )
+
+    def _silence_limiter(self) -> SilenceLimiter:
+        """v3: upstream's limit on runs of silent tokens; v2: keeps every token."""
+        return SilenceLimiter() if self.version == "v3" else KeepAll()
+
     def _tokens(self, job: _Job, text_tokens: torch.Tensor) -> Iterator[int]:
-        """Speech tokens of one segment, timed into ``job.timings.llm_s``; at most ``max_tokens``."""
-        request = job.request
-        decoder = self.llm.inference(
-            text_tokens,
-            job.llm_prompt_text,
-            job.llm_prompt_speech,
-            sampling=job.sampling,
-            min_token_text_ratio=request.min_token_text_ratio,
-            max_token_text_ratio=request.max_token_text_ratio,
-            generator=job.llm_generator,
-        )
+        """Speech tokens of one segment that reach the flow, timed into ``job.timings.llm_s``.
+
+        At most ``max_tokens`` are decoded; v3 drops silent tokens beyond a run of 5 (see :mod:`cosyml.synth.v3`).
+        """
+        decoder = decode_one(self.llm, _decode_row(job, text_tokens))
+        limiter = self._silence_limiter()
         count = 0
-        while request.max_tokens is None or count < request.max_tokens:
+        while True:
             t0 = time.perf_counter()
             token = next(decoder, None)
             job.timings.llm_s += time.perf_counter() - t0
             if token is None:
                 break
-            count += 1
-            yield token
+            if limiter.keep(token):
+                count += 1
+                yield token
         decoder.close()
         if count == 0:
             raise self._no_speech(job, text_tokens)
@@ -460,8 +477,24 @@ def _prompt_of(features: PromptFeatures) -> FlowPrompt:
     return FlowPrompt(features.tokens, features.feat, features.embedding)
 
 
+def _decode_row(job: _Job, text_tokens: torch.Tensor) -> DecodeRow:
+    """The LLM input of one segment of ``job``."""
+    request = job.request
+    return DecodeRow(
+        text=text_tokens,
+        prompt_text=job.llm_prompt_text,
+        prompt_speech=job.llm_prompt_speech,
+        sampling=job.sampling,
+        min_token_text_ratio=request.min_token_text_ratio,
+        max_token_text_ratio=request.max_token_text_ratio,
+        max_tokens=request.max_tokens,
+        generator=job.llm_generator,
+    )
+
+
 def _short(segments: list[str], text_tokens: torch.Tensor, engine: SynthEngine) -> str:
     text = engine.text.tokenizer.decode(text_tokens.tolist()) or (segments[0] if segments else "")
+    text = text.removeprefix(SYSTEM_PROMPT).strip()
     return text if len(text) <= 40 else text[:37] + "..."
 
 

@@ -30,6 +30,7 @@ from cosyml.features.fbank import campplus_features
 from cosyml.features.mel import MelConfig, mel_spectrogram
 from cosyml.features.speech_tokens import MAX_TOKEN_AUDIO_S, SpeechTokenizer
 from cosyml.features.whisper_mel import log_mel
+from cosyml.synth import v3
 from cosyml.synth.errors import EmptyTextError, PromptAudioError, UnknownSpeakerError
 from cosyml.text.normalize import TextNormalizer, is_only_punctuation
 from cosyml.text.tokenizer import ENDOFPROMPT, TextTokenizer
@@ -41,13 +42,21 @@ TOKEN_SAMPLE_RATE = 16000  # speech tokenizer and CAM++ input rate
 
 
 class TextFrontend:
-    """Normalisation, optional sentence splitting and tokenisation of the text to speak."""
+    """Normalisation, optional sentence splitting and tokenisation of the text to speak.
 
-    def __init__(self, tokenizer: TextTokenizer) -> None:
+    ``version`` ("v2" or "v3") picks the prompt conventions; for v3 the ``<|endofprompt|>`` prefixes of
+    :mod:`cosyml.synth.v3` are added to plain texts, transcripts and instructions.
+    """
+
+    def __init__(self, tokenizer: TextTokenizer, version: str = "v2") -> None:
         self.tokenizer = tokenizer
+        self.version = version
 
     def segments(self, text: str, normalize: bool, split: bool) -> list[str]:
-        """The text to synthesise, as one string (``split=False``) or sentence segments; never empty."""
+        """The text to synthesise, as one string (``split=False``) or sentence segments; never empty.
+
+        A text holding ``<|`` and ``|>`` (e.g. ``<|endofprompt|>``) is neither normalised nor split, as upstream.
+        """
         if not isinstance(text, str):
             raise EmptyTextError(f"text must be a string, got {type(text).__name__}")
         if not text.strip():
@@ -60,19 +69,37 @@ class TextFrontend:
             raise EmptyTextError(f"text {_clip(text)!r} has nothing speakable after normalisation; pass words, not only punctuation")
         return pieces
 
+    def tts_text(self, segment: str, llm_has_prompt: bool) -> str:
+        """A segment as the LLM reads it: v3 without an LLM prompt (sft, cross_lingual) gets the system
+        prompt prefix (unless it has ``<|endofprompt|>``); otherwise unchanged."""
+        if self.version == "v3" and not llm_has_prompt:
+            return v3.with_system_prompt(segment)
+        return segment
+
     def prompt_text(self, text: str, normalize: bool) -> str:
-        """A zero-shot transcript: normalised like the text, never split."""
+        """A zero-shot transcript: normalised like the text, never split (v3: behind the system prompt)."""
         if not text.strip():
             raise EmptyTextError("prompt text is empty; pass the transcript of the prompt wav with --prompt-text")
-        return TextNormalizer(enabled=normalize).normalize(text)
+        text = TextNormalizer(enabled=normalize).normalize(text)
+        return v3.with_system_prompt(text) if self.version == "v3" else text
 
-    @staticmethod
-    def instruct_text(text: str) -> str:
-        """An instruction as the LLM prompt: not normalised, ending in ``<|endofprompt|>``."""
+    def instruct_text(self, text: str) -> str:
+        """An instruction as the LLM prompt, not normalised: v2 ``<instruction><|endofprompt|>``,
+        v3 ``You are a helpful assistant. <instruction><|endofprompt|>`` (as given if it has the marker)."""
+        if self.version == "v3":
+            return v3.instruct_prompt(text)
         text = text.strip()
         return text if text.endswith(ENDOFPROMPT) else text + ENDOFPROMPT
 
+    def stored_prompt_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Transcript ids of a stored speaker (L,); v3: the system prompt's ids go first if ``<|endofprompt|>``
+        is missing (a speaker stored from plain text)."""
+        if self.version != "v3" or self.tokenizer.token_id(ENDOFPROMPT) in ids.tolist():
+            return ids
+        return torch.cat([self.encode(v3.SYSTEM_PROMPT_PREFIX), ids.reshape(-1).long()])
+
     def encode(self, text: str, what: str = "text") -> torch.Tensor:
+        """(L,) long text-token ids of ``text``; one-line error when it encodes to nothing."""
         ids = self.tokenizer.encode(text)
         if not ids:
             raise EmptyTextError(f"{what} {_clip(text)!r} encodes to no tokens; pass words to speak")

@@ -14,6 +14,10 @@ Modes (CosyVoice2 semantics):
 - ``instruct``: ``instruct`` text (e.g. "用四川话说这句话") + a voice from ``prompt_wav`` or ``speaker``;
   the LLM gets the instruction (ending in ``<|endofprompt|>``, not normalised) as its prompt text
   and no prompt speech; the flow is prompted by the voice.
+
+Fun-CosyVoice3 directories take the same requests with plain text: the engine adds the
+``<|endofprompt|>`` prefixes CosyVoice3 needs (:mod:`cosyml.synth.v3`); a text, transcript or
+instruction that already holds ``<|endofprompt|>`` is used as given.
 """
 
 from __future__ import annotations

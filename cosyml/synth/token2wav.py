@@ -17,6 +17,13 @@ the next one, the excitation (source) of those 3840 samples is reused so the sin
 and the newest 3840 samples of a chunk are held back and cross-faded (a symmetric Hamming window of
 2 x 3840 samples, rising half on the new audio, falling half on the held-back audio) into the next.
 The concatenated chunks have exactly the length of the non-stream output: 480 samples per mel frame.
+
+CosyVoice3 (a :class:`~cosyml.models.hift_causal.CausalHiFT` vocoder, upstream ``CosyVoice3Model``):
+the same flow schedule, but no HiFT cache or cross-fade. The new mel of each chunk is appended to all
+mel so far and the causal HiFT re-vocodes all of it (``finalize=False``: its last 8 frames give no
+audio yet); a chunk is the audio beyond what earlier chunks returned. The last chunk vocodes all mel
+with ``finalize=True``. The causal HiFT draws its source noise from a fixed table, so the audio does not
+depend on a generator.
 """
 
 from __future__ import annotations
@@ -27,8 +34,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from cosyml.models.flow import Flow
+from cosyml.models.flow import FlowModel
 from cosyml.models.hift import HiFT
+from cosyml.models.hift_causal import CausalHiFT
 
 MEL_CACHE_FRAMES = 8  # mel frames vocoded twice across a chunk boundary
 MAX_HOP_FACTOR = 4  # the hop grows to at most 4 x chunk_size
@@ -72,9 +80,15 @@ def _lengths(n: int, device: torch.device) -> torch.Tensor:
 
 
 class Token2Wav:
-    """Renders speech tokens with a flow and a HiFT vocoder (both already on ``device``, eval mode)."""
+    """Renders speech tokens with a flow and a HiFT vocoder (both already on ``device``, eval mode).
 
-    def __init__(self, flow: Flow, hift: HiFT, chunk_size: int, device: torch.device | str = "cpu") -> None:
+    v2: :class:`~cosyml.models.flow.Flow` + :class:`~cosyml.models.hift.HiFT`; v3:
+    :class:`~cosyml.models.flow.DiTFlow` + :class:`~cosyml.models.hift_causal.CausalHiFT`.
+    """
+
+    def __init__(
+        self, flow: FlowModel, hift: HiFT | CausalHiFT, chunk_size: int, device: torch.device | str = "cpu"
+    ) -> None:
         self.flow = flow
         self.hift = hift
         self.chunk_size = int(chunk_size)
@@ -83,6 +97,7 @@ class Token2Wav:
         self.source_cache_len = MEL_CACHE_FRAMES * self.samples_per_frame  # 3840
         # numpy.hamming(2 * 3840): the symmetric window, computed in float64 as numpy does.
         self.fade_window = torch.hamming_window(2 * self.source_cache_len, periodic=False, dtype=torch.float64)
+        self.causal = isinstance(hift, CausalHiFT)
 
     @property
     def token_mel_ratio(self) -> int:
@@ -125,10 +140,18 @@ class Token2Wav:
         generator: torch.Generator | None,
         times: StageTimes,
         cache_source: torch.Tensor | None = None,
+        finalize: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(1, 80, F) mel -> (wav (1, 480 F), source (1, 1, 480 F)). Source noise comes from ``generator``."""
+        """(1, 80, F) mel -> (wav (1, 480 F), source (1, 1, 480 F)).
+
+        v2: source noise from ``generator``, ``cache_source`` continues a stream. v3 (causal HiFT): both
+        unused (fixed noise); ``finalize=False`` returns only ``480 (F - 8)`` samples (see CausalHiFT).
+        """
         t0 = self._timer()
-        wav, source = self.hift.inference(mel, cache_source=cache_source, generator=generator)
+        if isinstance(self.hift, CausalHiFT):
+            wav, source = self.hift.inference(mel, finalize=finalize)
+        else:
+            wav, source = self.hift.inference(mel, cache_source=cache_source, generator=generator)
         times.hift_s += self._timer() - t0
         return wav, source
 
@@ -153,6 +176,8 @@ class Token2Wav:
 
     def stream(self, prompt: FlowPrompt, generator: torch.Generator | None = None) -> StreamSession:
         """A fresh per-request streaming session (its own hop schedule and HiFT cache)."""
+        if self.causal:
+            return CausalStreamSession(self, prompt, generator)
         return StreamSession(self, prompt, generator)
 
 
@@ -237,3 +262,25 @@ class StreamSession:
         head = wav[:, :half].double() * window[:half] + previous[:, -half:].double() * window[half:]
         out[:, :half] = head.to(wav.dtype)
         return out
+
+
+class CausalStreamSession(StreamSession):
+    """CosyVoice3 streaming: all mel so far re-vocoded by the causal HiFT; no cache or cross-fade."""
+
+    def __init__(self, t2w: Token2Wav, prompt: FlowPrompt, generator: torch.Generator | None) -> None:
+        super().__init__(t2w, prompt, generator)
+        self._mel: torch.Tensor | None = None  # (1, 80, F): every frame rendered so far
+        self._emitted = 0  # samples returned so far
+
+    def _chunk(self, tokens: list[int], finalize: bool) -> torch.Tensor:
+        t2w = self.t2w
+        token_tensor = torch.tensor([tokens], dtype=torch.long)
+        mel = t2w.mel(token_tensor, self.prompt, streaming=not finalize, finalize=finalize, times=self.times)
+        mel = mel[:, :, self.schedule.offset * t2w.token_mel_ratio :]
+        self._mel = mel if self._mel is None else torch.cat([self._mel, mel], dim=2)
+        if not finalize and self._mel.shape[2] <= self.t2w.hift.withheld_frames:  # type: ignore[union-attr]
+            return torch.zeros(0)  # too short for any audio yet (only with a very small chunk_size)
+        wav, _ = t2w.vocode(self._mel, None, self.times, finalize=finalize)
+        new = wav[:, self._emitted :]
+        self._emitted += new.shape[1]
+        return new[0].float().cpu()
