@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cosyml.errors import ModelDirError
@@ -32,6 +31,7 @@ from cosyml.models.hift_parts import (
     HarmonicSource,
     SnakeResBlock,
     SourceNoise,
+    SpectralStages,
     fold_weight_norm,
     weight_normed,
 )
@@ -208,7 +208,7 @@ def _validate(cfg: HiFTConfig, where: str) -> None:
         raise ModelDirError(f"{where}: conv_pre_look_right must be >= 0 (official: 4)")
 
 
-class HiFT(nn.Module):
+class HiFT(SpectralStages, nn.Module):
     """The CosyVoice2 HiFT generator (upstream ``HiFTGenerator``), inference only.
 
     Submodules, in the official key order: ``m_source`` (harmonic source, key ``l_linear``),
@@ -286,42 +286,10 @@ class HiFT(nn.Module):
             )
         return self.m_source(f0, noise)
 
-    def _stft(self, signal: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` -> ``(B, n_fft + 2, L / hop + 1)``: real parts then imaginary parts."""
-        cfg = self.config
-        spec = torch.stft(
-            signal, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window, return_complex=True
-        )
-        return torch.cat([spec.real, spec.imag], dim=1)
-
-    def _istft(self, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        magnitude = magnitude.clamp(max=1e2)
-        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-        return torch.istft(spec, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window)
-
     def decode(self, speech_feat: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
         """``(B, in_channels, T)`` mel and ``(B, 1, L)`` excitation -> ``(B, L)`` audio in ±audio_limit."""
         cfg = self.config
-        source_spec = self._stft(source.squeeze(1))
-        x = self.conv_pre(speech_feat)
-        per_stage = len(cfg.resblock_kernel_sizes)
-        last = len(self.ups) - 1
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, cfg.lrelu_slope))
-            if i == last:
-                x = F.pad(x, (1, 0), mode="reflect")  # one extra step to match the STFT frame count
-            x = x + self.source_resblocks[i](self.source_downs[i](source_spec))
-            blocks = self.resblocks[i * per_stage : (i + 1) * per_stage]
-            total = blocks[0](x)
-            for block in blocks[1:]:
-                total = total + block(x)
-            x = total / per_stage
-        x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as trained
-        bins = cfg.n_fft // 2 + 1
-        magnitude = torch.exp(x[:, :bins])
-        phase = torch.sin(x[:, bins:])
-        audio = self._istft(magnitude, phase)
+        audio = self._render(self.conv_pre(speech_feat), self._stft(source.squeeze(1)))
         return audio.clamp(-cfg.audio_limit, cfg.audio_limit)
 
     # -- entry points -------------------------------------------------------------------------------

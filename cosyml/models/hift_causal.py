@@ -20,7 +20,6 @@ equal the first samples of the final (``finalize=True``) output. Shapes: ``B`` b
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cosyml.models.hift import CausalHiFTConfig
@@ -32,6 +31,7 @@ from cosyml.models.hift_parts import (
     HarmonicSource,
     SnakeResBlock,
     SourceNoise,
+    SpectralStages,
     fold_weight_norm,
     weight_normed,
 )
@@ -59,7 +59,7 @@ def fixed_source_noise(num_samples: int, num_sines: int, seed: int) -> SourceNoi
     return SourceNoise(initial_phase=phase, additive=additive)
 
 
-class CausalHiFT(nn.Module):
+class CausalHiFT(SpectralStages, nn.Module):
     """The CosyVoice3 vocoder (upstream ``CausalHiFTGenerator``), inference only.
 
     Submodules, in the official key order: ``m_source``, ``conv_pre``, ``ups``, ``source_downs``,
@@ -160,18 +160,6 @@ class CausalHiFT(nn.Module):
         )
         return self.m_source(f0, expanded)
 
-    def _stft(self, signal: torch.Tensor) -> torch.Tensor:
-        """``(B, L)`` -> ``(B, n_fft + 2, L / hop + 1)``: real parts then imaginary parts."""
-        cfg = self.config
-        spec = torch.stft(signal, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window, return_complex=True)
-        return torch.cat([spec.real, spec.imag], dim=1)
-
-    def _istft(self, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
-        magnitude = magnitude.clamp(max=1e2)
-        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
-        return torch.istft(spec, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window)
-
     def decode(self, speech_feat: torch.Tensor, source: torch.Tensor, finalize: bool = True) -> torch.Tensor:
         """``(B, in_channels, T)`` mel and ``(B, 1, 480 T)`` excitation -> audio in ±audio_limit.
 
@@ -187,21 +175,7 @@ class CausalHiFT(nn.Module):
             x = self.conv_pre(speech_feat[:, :, :split], speech_feat[:, :, split:])
             stft_per_frame = cfg.samples_per_frame // cfg.hop_len
             source_spec = source_spec[:, :, : source_spec.shape[2] - cfg.conv_pre_look_right * stft_per_frame]
-        per_stage = len(cfg.resblock_kernel_sizes)
-        last = len(self.ups) - 1
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, cfg.lrelu_slope))
-            if i == last:
-                x = F.pad(x, (1, 0), mode="reflect")  # one extra step to match the STFT frame count
-            x = x + self.source_resblocks[i](self.source_downs[i](source_spec))
-            blocks = self.resblocks[i * per_stage : (i + 1) * per_stage]
-            total = blocks[0](x)
-            for block in blocks[1:]:
-                total = total + block(x)
-            x = total / per_stage
-        x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as trained
-        bins = cfg.n_fft // 2 + 1
-        audio = self._istft(torch.exp(x[:, :bins]), torch.sin(x[:, bins:]))
+        audio = self._render(x, source_spec)
         if not finalize:
             audio = audio[:, : audio.shape[1] - cfg.samples_per_frame]
         return audio.clamp(-cfg.audio_limit, cfg.audio_limit)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -322,3 +323,49 @@ class HarmonicSource(nn.Module):
         f0_samples = F.interpolate(f0[:, None], scale_factor=self.upsample_scale, mode="nearest")
         merged = torch.tanh(self.l_linear(self.sines(f0_samples.transpose(1, 2), noise)))  # (B, L, 1)
         return merged.transpose(1, 2)
+
+
+class SpectralStages:
+    """What both HiFT generators do after ``conv_pre``: the upsampling stages fed by the source's STFT,
+    ``conv_post``, and the inverse STFT. Mixed into :class:`~cosyml.models.hift.HiFT` and
+    :class:`~cosyml.models.hift_causal.CausalHiFT`, which own ``config``, ``ups``, ``source_downs``,
+    ``source_resblocks``, ``resblocks``, ``conv_post`` and the ``stft_window`` buffer."""
+
+    config: Any
+    ups: nn.ModuleList
+    source_downs: nn.ModuleList
+    source_resblocks: nn.ModuleList
+    resblocks: nn.ModuleList
+    conv_post: nn.Module
+    stft_window: torch.Tensor
+
+    def _stft(self, signal: torch.Tensor) -> torch.Tensor:
+        """``(B, L)`` -> ``(B, n_fft + 2, L / hop + 1)``: real parts then imaginary parts."""
+        cfg = self.config
+        spec = torch.stft(signal, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window, return_complex=True)
+        return torch.cat([spec.real, spec.imag], dim=1)
+
+    def _istft(self, magnitude: torch.Tensor, phase: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        magnitude = magnitude.clamp(max=1e2)
+        spec = torch.complex(magnitude * torch.cos(phase), magnitude * torch.sin(phase))
+        return torch.istft(spec, cfg.n_fft, cfg.hop_len, cfg.n_fft, window=self.stft_window)
+
+    def _render(self, x: torch.Tensor, source_spec: torch.Tensor) -> torch.Tensor:
+        """``conv_pre`` output ``(B, C, T)`` and the source STFT -> ``(B, L)`` audio (not clamped)."""
+        cfg = self.config
+        per_stage = len(cfg.resblock_kernel_sizes)
+        last = len(self.ups) - 1
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, cfg.lrelu_slope))
+            if i == last:
+                x = F.pad(x, (1, 0), mode="reflect")  # one extra step to match the STFT frame count
+            x = x + self.source_resblocks[i](self.source_downs[i](source_spec))
+            blocks = self.resblocks[i * per_stage : (i + 1) * per_stage]
+            total = blocks[0](x)
+            for block in blocks[1:]:
+                total = total + block(x)
+            x = total / per_stage
+        x = self.conv_post(F.leaky_relu(x))  # default slope 0.01 here, as trained
+        bins = cfg.n_fft // 2 + 1
+        return self._istft(torch.exp(x[:, :bins]), torch.sin(x[:, bins:]))
