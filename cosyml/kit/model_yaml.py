@@ -89,18 +89,61 @@ OFFICIAL_V2_DIMS = KitDims(
 OFFICIAL_QWEN_VOCAB = 151936
 
 
+#: The GAN data pipeline and both training confs, the same in the v2 and v3 yaml.
+_GAN_PIPELINE_AND_TRAIN_CONF = """\
+data_pipeline_gan: [
+    !ref <parquet_opener>,
+    !ref <tokenize>,
+    !ref <filter>,
+    !ref <resample>,
+    !ref <truncate>,
+    !ref <compute_fbank>,
+    !ref <compute_f0>,
+    !ref <parse_embedding>,
+    !ref <shuffle>,
+    !ref <sort>,
+    !ref <batch>,
+    !ref <padding>,
+]
+
+train_conf:
+    optim: adam
+    optim_conf:
+        lr: 1e-5
+    scheduler: constantlr
+    scheduler_conf:
+        warmup_steps: 2500
+    max_epoch: 200
+    grad_clip: 5
+    accum_grad: 2
+    log_interval: 100
+    save_per_step: -1
+
+train_conf_gan:
+    optim: adam
+    optim_conf:
+        lr: 0.0002
+    scheduler: constantlr
+    optim_d: adam
+    optim_conf_d:
+        lr: 0.0002
+    scheduler_d: constantlr
+    max_epoch: 200
+    grad_clip: 5
+    accum_grad: 1
+    log_interval: 100
+    save_per_step: -1
+"""
+
+
 def _yaml_text(d: KitDims) -> str:
     m0, m1 = d.mix_ratio
     return f"""\
-# Tiny CosyVoice2 model directory written by cosyml.kit.model_yaml (random weights: plumbing only,
-# not voice quality). Same sections, tags and keys as the official CosyVoice2-0.5B cosyvoice2.yaml.
-# set random seed, so that you may reproduce your result.
 __set_seed1: !apply:random.seed [1986]
 __set_seed2: !apply:numpy.random.seed [1986]
 __set_seed3: !apply:torch.manual_seed [1986]
 __set_seed4: !apply:torch.cuda.manual_seed_all [1986]
 
-# fixed params
 sample_rate: {d.sample_rate}
 llm_input_size: {d.llm_size}
 llm_output_size: {d.llm_size}
@@ -109,11 +152,9 @@ qwen_pretrain_path: ''
 token_frame_rate: {d.token_frame_rate}
 token_mel_ratio: {d.token_mel_ratio}
 
-# stream related params
-chunk_size: {d.chunk_size} # streaming inference chunk size, in token
-num_decoding_left_chunks: {d.num_decoding_left_chunks} # <0 means use all left chunks
+chunk_size: {d.chunk_size}
+num_decoding_left_chunks: {d.num_decoding_left_chunks}
 
-# model params
 llm: !new:cosyvoice.llm.llm.Qwen2LM
     llm_input_size: !ref <llm_input_size>
     llm_output_size: !ref <llm_output_size>
@@ -204,7 +245,6 @@ hift: !new:cosyvoice.hifigan.generator.HiFTGenerator
         in_channels: {d.num_mels}
         cond_channels: {d.f0_cond_channels}
 
-# gan related module
 mel_spec_transform1: !name:matcha.utils.audio.mel_spectrogram
     n_fft: {d.n_fft}
     num_mels: {d.num_mels}
@@ -223,7 +263,6 @@ hifigan: !new:cosyvoice.hifigan.hifigan.HiFiGan
         !ref <mel_spec_transform1>
     ]
 
-# processor functions
 parquet_opener: !name:cosyvoice.dataset.processor.parquet_opener
 get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
     token_path: !ref <qwen_pretrain_path>
@@ -240,7 +279,7 @@ filter: !name:cosyvoice.dataset.processor.filter
 resample: !name:cosyvoice.dataset.processor.resample
     resample_rate: !ref <sample_rate>
 truncate: !name:cosyvoice.dataset.processor.truncate
-    truncate_length: 24480 # must be a multiplier of hop_size
+    truncate_length: 24480
 feat_extractor: !name:matcha.utils.audio.mel_spectrogram
     n_fft: {d.n_fft}
     num_mels: {d.num_mels}
@@ -260,14 +299,13 @@ parse_embedding: !name:cosyvoice.dataset.processor.parse_embedding
 shuffle: !name:cosyvoice.dataset.processor.shuffle
     shuffle_size: 1000
 sort: !name:cosyvoice.dataset.processor.sort
-    sort_size: 500  # sort_size should be less than shuffle_size
+    sort_size: 500
 batch: !name:cosyvoice.dataset.processor.batch
     batch_type: 'dynamic'
     max_frames_in_batch: 2000
 padding: !name:cosyvoice.dataset.processor.padding
-    use_spk_embedding: False # change to True during sft
+    use_spk_embedding: False
 
-# dataset processor pipeline
 data_pipeline: [
     !ref <parquet_opener>,
     !ref <tokenize>,
@@ -280,50 +318,7 @@ data_pipeline: [
     !ref <batch>,
     !ref <padding>,
 ]
-data_pipeline_gan: [
-    !ref <parquet_opener>,
-    !ref <tokenize>,
-    !ref <filter>,
-    !ref <resample>,
-    !ref <truncate>,
-    !ref <compute_fbank>,
-    !ref <compute_f0>,
-    !ref <parse_embedding>,
-    !ref <shuffle>,
-    !ref <sort>,
-    !ref <batch>,
-    !ref <padding>,
-]
-
-# llm flow train conf
-train_conf:
-    optim: adam
-    optim_conf:
-        lr: 1e-5 # change to 1e-5 during sft
-    scheduler: constantlr # change to constantlr during sft
-    scheduler_conf:
-        warmup_steps: 2500
-    max_epoch: 200
-    grad_clip: 5
-    accum_grad: 2
-    log_interval: 100
-    save_per_step: -1
-
-# gan train conf
-train_conf_gan:
-    optim: adam
-    optim_conf:
-        lr: 0.0002 # use small lr for gan training
-    scheduler: constantlr
-    optim_d: adam
-    optim_conf_d:
-        lr: 0.0002 # use small lr for gan training
-    scheduler_d: constantlr
-    max_epoch: 200
-    grad_clip: 5
-    accum_grad: 1 # in gan training, accum_grad must be 1
-    log_interval: 100
-    save_per_step: -1
+{_GAN_PIPELINE_AND_TRAIN_CONF}
 """
 
 
@@ -409,15 +404,11 @@ def _yaml_text_v3(d: KitDimsV3) -> str:
     m0, m1 = d.mix_ratio
     fmax = "null" if d.fmax is None else d.fmax
     return f"""\
-# Tiny Fun-CosyVoice3 model directory written by cosyml.kit.model_yaml (random weights: plumbing only,
-# not voice quality). Same sections, tags and keys as the official Fun-CosyVoice3-0.5B cosyvoice3.yaml.
-# set random seed, so that you may reproduce your result.
 __set_seed1: !apply:random.seed [1986]
 __set_seed2: !apply:numpy.random.seed [1986]
 __set_seed3: !apply:torch.manual_seed [1986]
 __set_seed4: !apply:torch.cuda.manual_seed_all [1986]
 
-# fixed params
 sample_rate: {d.sample_rate}
 llm_input_size: {d.llm_size}
 llm_output_size: {d.llm_size}
@@ -426,11 +417,9 @@ qwen_pretrain_path: ''
 token_frame_rate: {d.token_frame_rate}
 token_mel_ratio: {d.token_mel_ratio}
 
-# stream related params
-chunk_size: {d.chunk_size} # streaming inference chunk size, in token
-num_decoding_left_chunks: {d.num_decoding_left_chunks} # <0 means use all left chunks
+chunk_size: {d.chunk_size}
+num_decoding_left_chunks: {d.num_decoding_left_chunks}
 
-# model params
 llm: !new:cosyvoice.llm.llm.CosyVoice3LM
     llm_input_size: !ref <llm_input_size>
     llm_output_size: !ref <llm_output_size>
@@ -510,7 +499,6 @@ hift: !new:cosyvoice.hifigan.generator.CausalHiFTGenerator
         in_channels: {d.num_mels}
         cond_channels: {d.f0_cond_channels}
 
-# gan related module
 mel_spec_transform1: !name:matcha.utils.audio.mel_spectrogram
     n_fft: {d.n_fft}
     num_mels: {d.num_mels}
@@ -529,7 +517,6 @@ hifigan: !new:cosyvoice.hifigan.hifigan.HiFiGan
         !ref <mel_spec_transform1>
     ]
 
-# processor functions
 parquet_opener: !name:cosyvoice.dataset.processor.parquet_opener
 get_tokenizer: !name:cosyvoice.tokenizer.tokenizer.get_qwen_tokenizer
     token_path: !ref <qwen_pretrain_path>
@@ -547,7 +534,7 @@ filter: !name:cosyvoice.dataset.processor.filter
 resample: !name:cosyvoice.dataset.processor.resample
     resample_rate: !ref <sample_rate>
 truncate: !name:cosyvoice.dataset.processor.truncate
-    truncate_length: 24960 # must be a multiplier of hop_size and token_mel_ratio
+    truncate_length: 24960
 feat_extractor: !name:matcha.utils.audio.mel_spectrogram
     n_fft: {d.n_fft}
     num_mels: {d.num_mels}
@@ -570,14 +557,13 @@ parse_embedding: !name:cosyvoice.dataset.processor.parse_embedding
 shuffle: !name:cosyvoice.dataset.processor.shuffle
     shuffle_size: 1000
 sort: !name:cosyvoice.dataset.processor.sort
-    sort_size: 500  # sort_size should be less than shuffle_size
+    sort_size: 500
 batch: !name:cosyvoice.dataset.processor.batch
     batch_type: 'dynamic'
     max_frames_in_batch: 2000
 padding: !name:cosyvoice.dataset.processor.padding
-    use_spk_embedding: False # change to True during sft
+    use_spk_embedding: False
 
-# dataset processor pipeline
 data_pipeline: [
     !ref <parquet_opener>,
     !ref <tokenize>,
@@ -591,50 +577,7 @@ data_pipeline: [
     !ref <batch>,
     !ref <padding>,
 ]
-data_pipeline_gan: [
-    !ref <parquet_opener>,
-    !ref <tokenize>,
-    !ref <filter>,
-    !ref <resample>,
-    !ref <truncate>,
-    !ref <compute_fbank>,
-    !ref <compute_f0>,
-    !ref <parse_embedding>,
-    !ref <shuffle>,
-    !ref <sort>,
-    !ref <batch>,
-    !ref <padding>,
-]
-
-# llm flow train conf
-train_conf:
-    optim: adam
-    optim_conf:
-        lr: 1e-5 # change to 1e-5 during sft
-    scheduler: constantlr # change to constantlr during sft
-    scheduler_conf:
-        warmup_steps: 2500
-    max_epoch: 200
-    grad_clip: 5
-    accum_grad: 2
-    log_interval: 100
-    save_per_step: -1
-
-# gan train conf
-train_conf_gan:
-    optim: adam
-    optim_conf:
-        lr: 0.0002 # use small lr for gan training
-    scheduler: constantlr
-    optim_d: adam
-    optim_conf_d:
-        lr: 0.0002 # use small lr for gan training
-    scheduler_d: constantlr
-    max_epoch: 200
-    grad_clip: 5
-    accum_grad: 1 # in gan training, accum_grad must be 1
-    log_interval: 100
-    save_per_step: -1
+{_GAN_PIPELINE_AND_TRAIN_CONF}
 """
 
 
