@@ -32,6 +32,12 @@ def work(tmp_path_factory) -> Iterator[Path]:
         yield root
 
 
+def test_the_v3_kit_is_recognised_as_a_kit(work: Path):
+    from cosyml.evaluation.suite import is_tiny_kit
+
+    assert is_tiny_kit(work / "kit")  # evaluation reports then say its numbers prove plumbing only
+
+
 def test_data_stages_make_v3_shards_with_the_instruct_column(work: Path):
     _run(["prepare", "--input", str(TOY), "--output", str(work / "data"), "--speaker", "toy",
           "--set", "prepare.transcribe=false", "--set", f"prepare.instruct={INSTRUCT}"])

@@ -413,12 +413,13 @@ def load_subsets(config: EvaluateConfig, eval_dir: Path, data_dir: str | Path | 
 
 def is_tiny_kit(model_dir: Path) -> bool:
     """True for a directory written by ``cosyml kit`` (random weights: numbers prove plumbing only)."""
-    yaml_path = model_dir / "cosyvoice2.yaml"
-    try:
-        head = yaml_path.read_text(encoding="utf-8")[:400]
-    except OSError:
-        return False
-    return "cosyml.kit" in head
+    for name in ("cosyvoice2.yaml", "cosyvoice3.yaml"):
+        try:
+            head = (model_dir / name).read_text(encoding="utf-8")[:400]
+        except OSError:
+            continue
+        return "cosyml.kit" in head
+    return False
 
 
 # ------------------------------------------------------------------------------------------ the suite

@@ -139,6 +139,8 @@ train_conf_gan:
 def _yaml_text(d: KitDims) -> str:
     m0, m1 = d.mix_ratio
     return f"""\
+# Tiny CosyVoice2 model directory written by cosyml.kit.model_yaml (random weights: plumbing only,
+# not voice quality). Same sections, tags and keys as the official CosyVoice2-0.5B cosyvoice2.yaml.
 __set_seed1: !apply:random.seed [1986]
 __set_seed2: !apply:numpy.random.seed [1986]
 __set_seed3: !apply:torch.manual_seed [1986]
@@ -404,6 +406,8 @@ def _yaml_text_v3(d: KitDimsV3) -> str:
     m0, m1 = d.mix_ratio
     fmax = "null" if d.fmax is None else d.fmax
     return f"""\
+# Tiny Fun-CosyVoice3 model directory written by cosyml.kit.model_yaml (random weights: plumbing only,
+# not voice quality). Same sections, tags and keys as the official Fun-CosyVoice3-0.5B cosyvoice3.yaml.
 __set_seed1: !apply:random.seed [1986]
 __set_seed2: !apply:numpy.random.seed [1986]
 __set_seed3: !apply:torch.manual_seed [1986]
