@@ -62,6 +62,13 @@ class PrepareConfig:
 
 
 @dataclass(frozen=True)
+class KitConfig:
+    """``kit``: the tiny model directory the demo pipeline builds (``cosyml kit``)."""
+
+    version: str = "cosyvoice2"  # cosyvoice2 or cosyvoice3 (Fun-CosyVoice3 layout)
+
+
+@dataclass(frozen=True)
 class ExtractConfig:
     """``extract``: campplus embeddings and speech tokens from the prepared clips."""
 
@@ -221,6 +228,7 @@ class Params:
     """Everything in ``params.yaml``. ``model_dir`` is the base model directory (official layout)."""
 
     model_dir: str = "models/base"
+    kit: KitConfig = field(default_factory=KitConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     shards: ShardsConfig = field(default_factory=ShardsConfig)
