@@ -422,7 +422,12 @@ class RegisteredVersion:
 
 
 def _sanitize(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")[:60] or "candidate"
+    """A name MLflow accepts for a logged model (no ``. / : %`` quotes) and a folder name, at most 60
+    characters; names that had to change get a hash of the original, so two candidates never share one."""
+    safe = re.sub(r"[^A-Za-z0-9_-]+", "-", text).strip("-")
+    if safe == text and 0 < len(safe) <= 60:
+        return safe
+    return f"{safe[:51]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}".lstrip("-")
 
 
 def _producer_run(mlc: Any, speaker: str, part: str, source: str) -> str | None:

@@ -435,3 +435,13 @@ def test_a_part_stored_in_the_version_itself_is_read_from_its_artifacts(tmp_path
     assert _part_file(context, "flow", spec, voice, tmp_path / "cache") == "base"
     with pytest.raises(ModelDirError, match=r"the version's llm.pt is missing; re-register"):
         _part_file(SimpleNamespace(artifacts={}), "llm", spec, voice, tmp_path / "cache")
+
+
+def test_candidate_names_become_distinct_names_mlflow_accepts() -> None:
+    from cosyml.registry import _sanitize
+
+    long = ["llm=/tmp/run/exp/llm/checkpoints/epoch_1_whole.pt,flow=base",
+            "llm=/tmp/run/exp/llm/checkpoints/epoch_2_whole.pt,flow=base"]
+    names = [_sanitize(n) for n in [*long, "llm=a.pt,flow=base", "llm=a-pt,flow=base", "base"]]
+    assert len(set(names)) == len(names) and names[-1] == "base"
+    assert all(len(n) <= 60 and not set(n) & set("./:%'\"") for n in names)

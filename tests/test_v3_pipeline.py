@@ -76,3 +76,27 @@ def test_v3_llm_training_without_instruct_text_is_one_line(work: Path, tmp_path:
                  "--output", str(tmp_path / "exp"), "--max-epochs", "1"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no instruct column, which CosyVoice3 LLM training needs; set prepare.instruct" in err
+
+
+def test_evaluate_promote_and_load_the_v3_voice(work: Path, tmp_path: Path, monkeypatch):
+    """Runs after training (module order): the v3 candidates are scored, registered, promoted and served."""
+    import mlflow
+    import pandas as pd
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here: built-in defaults plus the flags below
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("COSYML_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("COSYML_TRACKING", "on")  # the registry needs MLflow
+    eval_dir = tmp_path / "eval"
+    _run(["evaluate", "--model-dir", str(work / "kit"), "--data", str(work / "data"), "--out", str(eval_dir),
+          "--test-sets", str(Path(__file__).resolve().parents[1] / "eval"), "--max-utts", "1", "--no-progress",
+          "--speaker-file", str(work / "feats" / "train" / "spk2embedding.pt"),
+          "--candidates", "llm=base,flow=base", "--candidates", f"llm={work / 'exp' / 'llm' / 'llm.pt'},flow=base",
+          "--set", f"evaluate.whisper_model={work / 'kit' / 'whisper.pt'}", "--set", "prepare.speaker=toy"])
+    scored = json.loads((eval_dir / "candidates.json").read_text())["candidates"]
+    assert len(scored) == 2 and all(c["summary"] and c["summary"]["n"] > 0 for c in scored)
+    _run(["promote", "--register", "--candidates", str(eval_dir / "candidates.json"),
+          "--set", f"registry.speakers={work / 'feats' / 'train' / 'spk2embedding.pt'}", "--set", "prepare.speaker=toy"])
+    voice = mlflow.pyfunc.load_model("models:/cosyml-toy@champion")
+    out = voice.predict(pd.DataFrame([{"text": "你好。", "seed": 1}]))
+    assert out["error"][0] is None and out["sample_rate"][0] == 24000 and out["duration_s"][0] > 0
