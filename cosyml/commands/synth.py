@@ -29,12 +29,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "synth",
         help="synthesise speech (sft, zero-shot, cross-lingual, instruct; batch or stream)",
         description=(
-            "Synthesise with a CosyVoice2 model directory. --llm/--flow swap in other weights (a training "
+            "Synthesise with a CosyVoice2 or CosyVoice3 model directory. --llm/--flow swap in other weights (a training "
             "checkpoint, an averaged file, or 'base'). Mode 'auto' picks instruct when --instruct is given, "
             "zero_shot with --prompt-wav and --prompt-text, cross_lingual with --prompt-wav alone, else sft."
         ),
     )
-    parser.add_argument("--model-dir", required=True, help="CosyVoice2 model directory (holds cosyvoice2.yaml)")
+    parser.add_argument("--model-dir", required=True, help="model directory (holds cosyvoice2.yaml or cosyvoice3.yaml)")
     parser.add_argument("--llm", default=None, help="llm weights: a .pt file, a checkpoint, a model dir, or 'base'")
     parser.add_argument("--flow", default=None, help="flow weights: a .pt file, a checkpoint, a model dir, or 'base'")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default: cpu)")

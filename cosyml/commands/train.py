@@ -1,4 +1,4 @@
-"""``cosyml train llm|flow``: speaker SFT of one part of a CosyVoice2 model, recorded in MLflow.
+"""``cosyml train llm|flow``: speaker SFT of one part of a CosyVoice2 or CosyVoice3 model, recorded in MLflow.
 
 The recipe: load the base model directory's part strictly, read the train/dev shards, run the trainer
 (:func:`cosyml.train.loop.train`), average the best checkpoints into an official-format ``<part>.pt``.

@@ -125,7 +125,7 @@ class ModelDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise ModelDirError(f"{self.root}: model directory not found; pass the folder that holds cosyvoice2.yaml")
+            raise ModelDirError(f"{self.root}: model directory not found; pass the folder that holds cosyvoice2.yaml or cosyvoice3.yaml")
         self.version: Version = self._detect_version()
         self.yaml_path = self.root / keys.YAML_NAME[self.version]
         self.qwen_dir = self.root / keys.QWEN_DIR_NAME
