@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import pytest
@@ -225,3 +226,31 @@ def test_the_real_qwen2lm_plugs_in_and_averages_with_its_tie(tmp_path):
     state = torch.load(average_checkpoints(tmp_path / "ckpt", tmp_path / "llm.pt", num=2).path, weights_only=True)
     assert state["llm.model.lm_head.weight"] is state["llm.model.model.embed_tokens.weight"]
     Qwen2LM(llm, qwen).load_state_dict(state, strict=True)
+
+
+def test_bf16_autocast_the_gpu_default_runs_on_the_cpu_with_the_real_qwen2lm(tmp_path):
+    """The CUDA default (``precision: auto`` = bf16 autocast, fp32 master weights) exercised on the CPU."""
+    from transformers import Qwen2Config
+
+    from cosyml.models.llm import LLMConfig, Qwen2LM
+
+    data_list = write_corpus(tmp_path / "corpus", 8)
+    train_set, cv_set = load_set(data_list, max_frames_in_batch=300), load_set(data_list, max_frames_in_batch=1000)
+    qwen = Qwen2Config(
+        vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+        num_key_value_heads=1, max_position_embeddings=512, tie_word_embeddings=True,
+    )  # fmt: skip
+    losses: dict[str, list[float]] = {}
+    for precision in ("fp32", "bf16"):
+        torch.manual_seed(0)
+        model = Qwen2LM(LLMConfig(llm_input_size=16, llm_output_size=16, speech_token_size=100), qwen)
+        logs: list[dict] = []
+        result = train(model, train_set, cv_set, config(lr=3e-3, max_epochs=2, precision=precision),
+                       tmp_path / precision, callbacks=TrainCallbacks(on_log=lambda metrics, step, logs=logs: logs.append(metrics)))
+        losses[precision] = [m["train/loss"] for m in logs if "train/loss" in m]
+        assert result.step > 0 and all(math.isfinite(x) for x in losses[precision])
+    # autocast really ran: same seed and data, bf16 matmuls give other (close) losses
+    assert losses["bf16"] != losses["fp32"] and losses["bf16"][0] == pytest.approx(losses["fp32"][0], rel=0.05)
+    assert all(v.dtype == torch.float32 for v in model.state_dict().values())  # master weights stay fp32
+    saved = torch.load(list_checkpoints(tmp_path / "bf16")[-1].path, weights_only=True)["model"]
+    assert all(v.dtype == torch.float32 for v in saved.values())

@@ -66,6 +66,15 @@ def test_both_parts_train_and_the_trained_voice_speaks(work: Path):
     assert sr == 24000 and len(wav) > 0
 
 
+def test_bf16_autocast_the_gpu_default_trains_the_v3_parts_on_the_cpu(work: Path):
+    for part in ("llm", "flow"):
+        out = work / "exp_bf16" / part
+        _run(["train", part, "--data", str(work / "shards"), "--model-dir", str(work / "kit"), "--output", str(out),
+              "--max-epochs", "1", "--set", "train.precision=bf16", "--set", "train.sample_every_epochs=0"])
+        state = torch.load(out / f"{part}.pt", weights_only=True)
+        assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state.values())
+
+
 def test_v3_llm_training_without_instruct_text_is_one_line(work: Path, tmp_path: Path, capsys):
     _run(["prepare", "--input", str(TOY), "--output", str(tmp_path / "data"), "--speaker", "toy",
           "--set", "prepare.transcribe=false"])
