@@ -89,12 +89,12 @@ def _tune_runs():
 
 @pytest.fixture(scope="module")
 def three(workdir: Path):
-    """The command run once with three trials: (exit code, stdout)."""
+    """The command run once with three trials: its exit code."""
     from cosyml.cli import main
 
-    pytest.MonkeyPatch().setenv("COSYML_TRACKING", "on")
-    code = main(["tune", "--params", str(workdir / "params.yaml")])
-    return code
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("COSYML_TRACKING", "on")
+        return main(["tune", "--params", str(workdir / "params.yaml")])
 
 
 def test_three_trials_in_a_real_sqlite_study_with_nested_mlflow_runs(three, workdir: Path, capsys):
