@@ -561,7 +561,7 @@ def register_candidates(
             tags.update({f"cosyml.{p}_uri": w.uri for p, w in shared.items()})
             model_uri = _log_voice(stage, artifacts, candidates.speaker, cand.name, run.run_id)
             version = mlflow.register_model(model_uri, name, tags=tags)
-            first = _first_with_key(mlc, name, key)
+            first = _first_with_key(mlc, name, key) or version
             if str(first.version) != str(version.version):  # another process registered it meanwhile
                 mlc.delete_model_version(name, version.version)
                 existing[key] = first
@@ -574,14 +574,14 @@ def register_candidates(
     return out
 
 
-def _first_with_key(mlc: Any, name: str, key: str) -> Any:
+def _first_with_key(mlc: Any, name: str, key: str) -> Any | None:
     """The lowest-numbered version of ``name`` tagged with ``key``.
 
     Two ``register`` runs at once can both find a candidate missing and both register it; each then
     keeps its version only if it is the first with that key, so exactly one survives, whichever wins.
     """
     same = mlc.search_model_versions(f"name='{name}' and tags.`cosyml.version_key` = '{key}'")
-    return min(same, key=lambda v: int(v.version))
+    return min(same, key=lambda v: int(v.version)) if same else None
 
 
 def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: str, run_id: str | None) -> str:
