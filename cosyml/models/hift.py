@@ -28,7 +28,6 @@ from torch import nn
 from cosyml.errors import ModelDirError
 from cosyml.models.hift_parts import (
     F0Predictor,
-    HarmonicSource,
     SnakeResBlock,
     SourceNoise,
     SpectralStages,
@@ -220,14 +219,7 @@ class HiFT(SpectralStages, nn.Module):
         super().__init__()
         self.config = config
         cfg = config
-        self.m_source = HarmonicSource(
-            sampling_rate=cfg.sampling_rate,
-            upsample_scale=cfg.samples_per_frame,
-            num_harmonics=cfg.nb_harmonics,
-            sine_amp=cfg.nsf_alpha,
-            noise_std=cfg.nsf_sigma,
-            voiced_threshold=cfg.nsf_voiced_threshold,
-        )
+        self.m_source = self._build_source(phase_upsample="linear")
         self.conv_pre = weight_normed(nn.Conv1d(cfg.in_channels, cfg.base_channels, 7, padding=3))
         self.ups = nn.ModuleList(
             weight_normed(
@@ -237,17 +229,13 @@ class HiFT(SpectralStages, nn.Module):
             )
             for i, (rate, kernel) in enumerate(zip(cfg.upsample_rates, cfg.upsample_kernel_sizes, strict=True))
         )
-        # Stage i runs at hop_len * prod(upsample_rates[i+1:]) samples per step; the source STFT runs
-        # at hop_len, so it is downsampled by the product of the later stages' rates.
         spec_channels = cfg.n_fft + 2  # real and imaginary parts of n_fft/2 + 1 bins
         self.source_downs = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
-        for i, (kernel, dilations) in enumerate(
-            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)
+        for i, (kernel, dilations, factor) in enumerate(
+            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, self._source_down_factors(),
+                strict=True)
         ):
-            factor = 1
-            for rate in cfg.upsample_rates[i + 1 :]:
-                factor *= rate
             if factor == 1:
                 down = nn.Conv1d(spec_channels, cfg.channels(i), 1)
             else:
@@ -262,9 +250,7 @@ class HiFT(SpectralStages, nn.Module):
         last_channels = cfg.channels(len(cfg.upsample_rates) - 1)
         self.conv_post = weight_normed(nn.Conv1d(last_channels, spec_channels, 7, padding=3))
         self.f0_predictor = F0Predictor(cfg.f0_in_channels, cfg.f0_cond_channels, cfg.f0_num_class)
-        # Periodic Hann, computed in float64 then rounded, like scipy's get_window("hann", n, fftbins=True).
-        window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64).float()
-        self.register_buffer("stft_window", window, persistent=False)
+        self._register_stft_window()
 
     # -- pieces -------------------------------------------------------------------------------------
 

@@ -28,7 +28,6 @@ from cosyml.models.hift_parts import (
     CausalDownsample,
     CausalF0Predictor,
     CausalUpsample,
-    HarmonicSource,
     SnakeResBlock,
     SourceNoise,
     SpectralStages,
@@ -72,15 +71,7 @@ class CausalHiFT(SpectralStages, nn.Module):
         self.config = config
         self.noise_seed = noise_seed
         cfg = config
-        self.m_source = HarmonicSource(
-            sampling_rate=cfg.sampling_rate,
-            upsample_scale=cfg.samples_per_frame,
-            num_harmonics=cfg.nb_harmonics,
-            sine_amp=cfg.nsf_alpha,
-            noise_std=cfg.nsf_sigma,
-            voiced_threshold=cfg.nsf_voiced_threshold,
-            phase_upsample="nearest",
-        )
+        self.m_source = self._build_source(phase_upsample="nearest")
         self.conv_pre = weight_normed(
             CausalConv1d(cfg.in_channels, cfg.base_channels, cfg.conv_pre_look_right + 1, look_ahead=True)
         )
@@ -91,12 +82,10 @@ class CausalHiFT(SpectralStages, nn.Module):
         spec_channels = cfg.n_fft + 2  # real and imaginary parts of n_fft/2 + 1 bins
         self.source_downs = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
-        for i, (kernel, dilations) in enumerate(
-            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, strict=True)
+        for i, (kernel, dilations, factor) in enumerate(
+            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, self._source_down_factors(),
+                strict=True)
         ):
-            factor = 1  # STFT frames per step of stage i
-            for rate in cfg.upsample_rates[i + 1 :]:
-                factor *= rate
             down: nn.Module
             if factor == 1:
                 down = CausalConv1d(spec_channels, cfg.channels(i), 1)
@@ -112,8 +101,7 @@ class CausalHiFT(SpectralStages, nn.Module):
         last_channels = cfg.channels(len(cfg.upsample_rates) - 1)
         self.conv_post = weight_normed(CausalConv1d(last_channels, spec_channels, 7))
         self.f0_predictor = CausalF0Predictor(cfg.f0_in_channels, cfg.f0_cond_channels, cfg.f0_num_class)
-        window = torch.hann_window(cfg.n_fft, periodic=True, dtype=torch.float64).float()
-        self.register_buffer("stft_window", window, persistent=False)
+        self._register_stft_window()
         self._noise_table: SourceNoise | None = None
 
     # -- streaming geometry -------------------------------------------------------------------------

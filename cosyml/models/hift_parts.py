@@ -326,8 +326,9 @@ class HarmonicSource(nn.Module):
 
 
 class SpectralStages:
-    """What both HiFT generators do after ``conv_pre``: the upsampling stages fed by the source's STFT,
-    ``conv_post``, and the inverse STFT. Mixed into :class:`~cosyml.models.hift.HiFT` and
+    """What both HiFT generators share: the harmonic source and STFT window they build, the STFT rate of
+    each stage, and, after ``conv_pre``, the upsampling stages fed by the source's STFT, ``conv_post`` and
+    the inverse STFT. Mixed into :class:`~cosyml.models.hift.HiFT` and
     :class:`~cosyml.models.hift_causal.CausalHiFT`, which own ``config``, ``ups``, ``source_downs``,
     ``source_resblocks``, ``resblocks``, ``conv_post`` and the ``stft_window`` buffer."""
 
@@ -338,6 +339,30 @@ class SpectralStages:
     resblocks: nn.ModuleList
     conv_post: nn.Module
     stft_window: torch.Tensor
+
+    def _build_source(self, phase_upsample: str) -> HarmonicSource:
+        """The harmonic source (``m_source``) the config describes."""
+        cfg = self.config
+        return HarmonicSource(
+            sampling_rate=cfg.sampling_rate,
+            upsample_scale=cfg.samples_per_frame,
+            num_harmonics=cfg.nb_harmonics,
+            sine_amp=cfg.nsf_alpha,
+            noise_std=cfg.nsf_sigma,
+            voiced_threshold=cfg.nsf_voiced_threshold,
+            phase_upsample=phase_upsample,
+        )
+
+    def _source_down_factors(self) -> list[int]:
+        """Per stage, source STFT frames per step: stage i runs at hop_len * prod(upsample_rates[i+1:])
+        samples per step, the STFT at hop_len, so its branch downsamples by that product."""
+        rates = self.config.upsample_rates
+        return [math.prod(rates[i + 1 :]) for i in range(len(rates))]
+
+    def _register_stft_window(self) -> None:
+        """Periodic Hann, computed in float64 then rounded, like scipy's get_window("hann", n, fftbins=True)."""
+        window = torch.hann_window(self.config.n_fft, periodic=True, dtype=torch.float64).float()
+        self.register_buffer("stft_window", window, persistent=False)  # type: ignore[attr-defined]
 
     def _stft(self, signal: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` -> ``(B, n_fft + 2, L / hop + 1)``: real parts then imaginary parts."""
