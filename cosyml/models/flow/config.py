@@ -95,10 +95,7 @@ class FlowConfig:
     @classmethod
     def from_model_config(cls, config: dict[str, Any]) -> FlowConfig:
         """Read ``config["flow"]`` from a parsed model yaml (``cosyml.models.yaml_io.read_model_yaml``)."""
-        flow = config.get("flow")
-        if flow is None or not hasattr(flow, "kwargs"):
-            raise ModelDirError("model yaml: missing 'flow' section (a '!new:' node); restore the official yaml")
-        return cls.from_yaml_node(flow)
+        return cls.from_yaml_node(_flow_node(config))
 
     @classmethod
     def from_yaml_node(cls, flow: Any) -> FlowConfig:
@@ -276,10 +273,7 @@ class DiTFlowConfig:
     @classmethod
     def from_model_config(cls, config: dict[str, Any]) -> DiTFlowConfig:
         """Read ``config["flow"]`` from a parsed model yaml (``cosyml.models.yaml_io.read_model_yaml``)."""
-        flow = config.get("flow")
-        if flow is None or not hasattr(flow, "kwargs"):
-            raise ModelDirError("model yaml: missing 'flow' section (a '!new:' node); restore the official yaml")
-        return cls.from_yaml_node(flow)
+        return cls.from_yaml_node(_flow_node(config))
 
     @classmethod
     def from_yaml_node(cls, flow: Any) -> DiTFlowConfig:
@@ -405,6 +399,14 @@ def _read_cfm(cfm_node: Any) -> CFMConfig:
             f"model yaml 'flow.decoder.cfm_params.t_scheduler' is '{cfm.t_scheduler}'; use 'cosine' or 'linear'"
         )
     return cfm
+
+
+def _flow_node(config: dict[str, Any]) -> Any:
+    """The ``flow`` node of a parsed model yaml, or one line saying it is missing."""
+    flow = config.get("flow")
+    if flow is None or not hasattr(flow, "kwargs"):
+        raise ModelDirError("model yaml: missing 'flow' section (a '!new:' node); restore the official yaml")
+    return flow
 
 
 def _expect_class(node: Any, class_name: str, where: str, model: str = "the CosyVoice2 flow") -> None:
