@@ -368,12 +368,7 @@ class Qwen2LM(nn.Module):
         log-probabilities as seen by the sampler. ``max_tokens`` caps the tokens further (serving limits).
         """
         params = sampling or self.config.sampling
-        n_text = torch.tensor(text.numel(), dtype=torch.int32)
-        # Same float32 arithmetic as upstream (an int32 length times a Python float).
-        min_len = int(n_text * min_token_text_ratio)
-        max_len = int(n_text * max_token_text_ratio)
-        if max_tokens is not None:
-            max_len = min(max_len, max_tokens)
+        min_len, max_len = decode_length_limits(text.numel(), min_token_text_ratio, max_token_text_ratio, max_tokens)
         stop = set(self.layout.stop_ids)
         step_input = self.prompt_embeddings(text, prompt_text, prompt_speech_token)
         cache: Any = None
@@ -391,6 +386,18 @@ class Qwen2LM(nn.Module):
             yield token
             decoded.append(token)
             step_input = self.speech_embedding.weight[token].view(1, 1, -1)
+
+
+def decode_length_limits(
+    text_tokens: int, min_token_text_ratio: float, max_token_text_ratio: float, max_tokens: int | None = None
+) -> tuple[int, int]:
+    """(min, max) speech tokens to decode for ``text_tokens`` text tokens; ``max_tokens`` caps the max.
+
+    Same float32 arithmetic as upstream (an int32 length times a Python float), so the limits agree.
+    """
+    n_text = torch.tensor(text_tokens, dtype=torch.int32)
+    min_len, max_len = int(n_text * min_token_text_ratio), int(n_text * max_token_text_ratio)
+    return min_len, max_len if max_tokens is None else min(max_len, max_tokens)
 
 
 CosyVoice3LM = Qwen2LM  # one class; the version lives in LLMConfig

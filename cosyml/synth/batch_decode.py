@@ -31,7 +31,7 @@ from typing import Any
 
 import torch
 
-from cosyml.models.llm import Qwen2LM
+from cosyml.models.llm import Qwen2LM, decode_length_limits
 from cosyml.synth.sampling import SamplingParams, ras_sample
 
 
@@ -50,13 +50,7 @@ class DecodeRow:
 
 
 def _limits(row: DecodeRow) -> tuple[int, int]:
-    n_text = torch.tensor(row.text.numel(), dtype=torch.int32)
-    # The same float32 arithmetic as the one-row decode (an int32 length times a Python float).
-    min_len = int(n_text * row.min_token_text_ratio)
-    max_len = int(n_text * row.max_token_text_ratio)
-    if row.max_tokens is not None:
-        max_len = min(max_len, row.max_tokens)
-    return min_len, max_len
+    return decode_length_limits(row.text.numel(), row.min_token_text_ratio, row.max_token_text_ratio, row.max_tokens)
 
 
 def decoder_prefix(
