@@ -5,6 +5,14 @@
 # dependency lists and constraints.txt), so a fresh machine builds it from nothing and later runs
 # reuse it:  ${COSYML_ENV_ROOT:-~/.cache/cosyml}/venv-<hash>.     Use:  source scripts/env.sh
 # onnxruntime: the CPU build by default; COSYML_ONNXRUNTIME=gpu takes onnxruntime-gpu (a separate venv).
+#
+# The venv is shared by every clone on the machine and holds only the pinned dependencies; the package
+# itself is never installed into it. Each clone gets its own `cosyml` launcher (a folder keyed by the
+# clone's path) and puts its own code first on PYTHONPATH, so two clones (or a clone and CI) can run at
+# once without rewriting each other's files.
+# Sourced: the caller's shell options are saved here and restored at the end, so `set -e` in a script
+# that sources this file stays on (and an interactive shell keeps its own settings).
+_cosyml_caller_opts="$(set +o)"
 set -euo pipefail
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _py="${COSYML_PYTHON:-python3.11}"
@@ -44,12 +52,20 @@ fi
     touch "$COSYML_VENV/.complete"
   fi
 ) 9>"$_root/.build.lock"
-# The package itself comes from this clone (a few seconds), so the cached venv never holds stale code.
-"$COSYML_VENV/bin/pip" install -q --no-deps --no-build-isolation -e "$_repo" >/dev/null 2>&1
-export PATH="$COSYML_VENV/bin:$PATH"
-# This clone's code wins over whatever clone last ran the editable install (the venv is shared).
+# This clone's launcher: written to a temporary name and renamed, so a concurrent reader never sees
+# half a file; nothing of another clone is touched.
+_bin="$_root/clones/$(printf '%s' "$_repo" | sha256sum | cut -c1-16)/bin"
+mkdir -p "$_bin"
+printf '#!/bin/sh\n# cosyml launcher for the clone %s (written by scripts/env.sh)\nPYTHONPATH="%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" -m cosyml "$@"\n' \
+  "$_repo" "$_repo" "$COSYML_VENV/bin/python" > "$_bin/.cosyml.$$"
+chmod +x "$_bin/.cosyml.$$"
+mv -f "$_bin/.cosyml.$$" "$_bin/cosyml"
+export PATH="$_bin:$COSYML_VENV/bin:$PATH"
+# This clone's code is what `python -m cosyml`, pytest and MLflow's subprocesses import.
 export PYTHONPATH="$_repo${PYTHONPATH:+:$PYTHONPATH}"
 export COSYML_VENV
 export DVC_NO_ANALYTICS=1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
-set +eu
+unset _repo _py _root _ort _reqs _key _bin
+eval "$_cosyml_caller_opts"
+unset _cosyml_caller_opts
