@@ -12,7 +12,10 @@
 # once without rewriting each other's files.
 # Sourced: the caller's shell options are saved here and restored at the end, so `set -e` in a script
 # that sources this file stays on (and an interactive shell keeps its own settings).
-_cosyml_caller_opts="$(set +o)"
+# ($- and `shopt -qo`, not "$(set +o)": a command substitution runs in a subshell that drops errexit.)
+_cosyml_caller_flags="$-"
+_cosyml_caller_pipefail=0
+if shopt -qo pipefail; then _cosyml_caller_pipefail=1; fi
 set -euo pipefail
 _repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 _py="${COSYML_PYTHON:-python3.11}"
@@ -67,5 +70,8 @@ export COSYML_VENV
 export DVC_NO_ANALYTICS=1
 export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR=false
 unset _repo _py _root _ort _reqs _key _bin
-eval "$_cosyml_caller_opts"
-unset _cosyml_caller_opts
+set +eu +o pipefail
+case "$_cosyml_caller_flags" in *e*) set -e ;; esac
+case "$_cosyml_caller_flags" in *u*) set -u ;; esac
+if [ "$_cosyml_caller_pipefail" = 1 ]; then set -o pipefail; fi
+unset _cosyml_caller_flags _cosyml_caller_pipefail
