@@ -21,6 +21,8 @@ Two imports are stood in for, neither on a path these fixtures run:
 from __future__ import annotations
 
 import importlib.machinery
+import os
+import subprocess
 import sys
 import types
 from pathlib import Path
@@ -54,6 +56,7 @@ def _module(name: str, **attrs) -> types.ModuleType:
 
 
 def install_stand_ins() -> None:
+    os.environ["HF_HUB_OFFLINE"] = "1"  # the kit's Qwen folder is local; nothing may download
     _module("modelscope", snapshot_download=lambda model_dir, *a, **k: model_dir)
     kaldi = _module("torchaudio.compliance.kaldi", fbank=_fail)
     compliance = _module("torchaudio.compliance", kaldi=kaldi)
@@ -73,7 +76,9 @@ def import_upstream(upstream: Path = UPSTREAM, matcha: Path = MATCHA):
 
 
 def upstream_commit(upstream: Path = UPSTREAM) -> str:
-    import subprocess
-
+    """The checkout's commit: ``git rev-parse HEAD``, or for a ``git archive`` export the id written
+    beside it in ``<checkout>.commit``."""
     out = subprocess.run(["git", "-C", str(upstream), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return out.stdout.strip() or "ace7c47f41bbd303aa6bf1ea80e6f9fbd595cd40"
+    if out.returncode == 0:
+        return out.stdout.strip()
+    return Path(f"{upstream}.commit").read_text().strip()
