@@ -91,3 +91,75 @@ def test_stream_chunks_after_the_first_reuse_upstreams_cache(runs: dict) -> None
     for call in calls[1:]:
         k = call["cache_source"].shape[2]
         assert k > 0 and torch.equal(call["source"][:, :, :k], call["cache_source"])
+
+
+# -- end to end: cosyml's own v2 streaming session on the same kit -----------------------------------
+
+
+def _state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """As ``state_dict_sha256`` in the fixture script: keys, dtypes, shapes and bytes, in key order."""
+    digest = hashlib.sha256()
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
+
+
+def test_streamed_chunks_match_upstream_end_to_end(kit_dir: Path, model: HiFT) -> None:
+    """cosyml's StreamSession (schedule, mel and source caches, cross-fade, one vocoder generator for the
+    whole request) against the chunks upstream's ``CosyVoice2Model.tts(stream=True)`` yielded on the
+    same kit flow and vocoder weights and seed."""
+    from cosyml.models.flow import build_flow
+    from cosyml.models.modeldir import ModelDir, load_strict
+    from cosyml.synth.token2wav import FlowPrompt, Token2Wav
+
+    data = torch.load(FIXTURES / "io.pt", weights_only=True)
+    run = data["runs"]["stream"]
+    md = ModelDir(kit_dir)
+    state = torch.load(md.flow_path, weights_only=True)
+    assert _state_dict_sha256(state) == _meta()["kit_flow_weights_sha256"], (
+        "the kit's flow weights changed: regenerate with scripts/parity/make_hift_stream_fixtures.py"
+    )
+    flow = build_flow(md.config)
+    load_strict(flow, md.flow_path, part="flow")
+    t2w = Token2Wav(flow.eval(), model, chunk_size=md.hparams.chunk_size)
+    prompt = FlowPrompt(data["prompt_tokens"].long(), data["prompt_feat"], data["embedding"])
+    tokens = run["tokens"].tolist()
+    session = t2w.stream(prompt, torch.Generator().manual_seed(run["seed"]))
+    mels: list[torch.Tensor] = []  # what our session hands the vocoder, to set the bound below
+    vocode = t2w.vocode
+
+    def spy(mel, *args, **kwargs):
+        mels.append(mel.clone())
+        return vocode(mel, *args, **kwargs)
+
+    t2w.vocode = spy  # type: ignore[method-assign]
+    chunks = [c for n in range(1, len(tokens) + 1) for c in session.push(tokens[:n])] + [session.finish(tokens)]
+    assert [c.numel() for c in chunks] == [c.numel() for c in run["chunks"]]
+    errors = [(ours - theirs).abs().max().item() for ours, theirs in zip(chunks, run["chunks"], strict=True)]
+    # The flow's fp32 mel differs from upstream's (different summation order in its 512-wide encoder;
+    # tests/test_flow_parity.py bounds it), and the vocoder turns a mel difference into waveform through
+    # f0 and the integrated phase. Bound: the vocoder's own bound plus first-order propagation of the mel
+    # difference actually present: the wav change when every mel value moves by that much (coherently
+    # up, down, or with random signs), x2 for what a 3-probe estimate of the Jacobian can miss.
+    calls = run["calls"]
+    assert len(mels) == len(calls)
+    shift = max((ours - call["mel"]).abs().max().item() for ours, call in zip(mels, calls, strict=True))
+    response = max(_mel_shift_response(model, call["mel"], shift) for call in calls) if shift else 0.0
+    bound = ATOL + 2.0 * response
+    print(f"v2 stream chunks max-abs-err vs upstream: {errors}; mel differs by {shift:.3g}, bound {bound:.3g}")
+    assert max(errors) <= bound
+
+
+def _mel_shift_response(model: HiFT, mel: torch.Tensor, shift: float) -> float:
+    """Max wav change when every mel value moves by ``shift`` (all up, all down, random signs), with the
+    same noise draws for every run."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return model.inference(x, generator=torch.Generator().manual_seed(0))[0]
+
+    base = run(mel)
+    signs = torch.randint(0, 2, mel.shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    probes = [torch.full_like(mel, shift), torch.full_like(mel, -shift), shift * signs]
+    return max((run(mel + probe) - base).abs().max().item() for probe in probes)

@@ -9,7 +9,8 @@ Run by hand, never from tests, with the upstream venv (recipe in ``_upstream_loa
 
 What runs: ``CosyVoice2(kit)``; its vocoder gets the weights of ``tests/fixtures/parity/hift/hift_tiny.pt``
 (the kit's vocoder has the same tiny sizes), its LLM is replaced by a stand-in that yields fixed tokens
-(so nothing else draws from the RNG), and ``CosyVoice2Model.tts`` runs as upstream's ``inference_*``
+(so nothing else draws from the RNG; the kit's flow weights are hashed into ``meta.json`` so a test can
+rebuild the same kit with ``cosyml kit``), and ``CosyVoice2Model.tts`` runs as upstream's ``inference_*``
 calls it, after ``torch.manual_seed(seed)``:
 
 - ``stream``: ``tts(stream=True)`` with 140 tokens and a 7-token prompt: three vocoder calls (hops of
@@ -23,7 +24,8 @@ returned. Upstream's vocoder draws, per call, ``rand(B, 9)``, a ``(B, L, 9)`` no
 ``(B, 9, L)``) and an unused ``(B, L, 1)`` normal from the global RNG; cosyml with one
 ``torch.Generator().manual_seed(seed)`` across the calls must reproduce every call, not only the first.
 
-Outputs: ``io.pt`` (per run: the seed and the recorded calls) and ``meta.json``.
+Outputs: ``io.pt`` (per run: the seed, the tokens, the recorded calls; for the stream also the chunks
+``tts`` yielded, after upstream's cross-fade) and ``meta.json``.
 """
 
 from __future__ import annotations
@@ -50,6 +52,16 @@ class FixedTokenLLM:
 
     def inference(self, **_kwargs):
         yield from self.tokens
+
+
+def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over keys, dtypes, shapes and bytes, in key order (independent of the file format)."""
+    digest = hashlib.sha256()
+    for key, value in state.items():
+        tensor = value.detach().cpu().contiguous()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return digest.hexdigest()
 
 
 def _record_hift_calls(hift) -> list[dict]:
@@ -104,9 +116,9 @@ def main() -> None:
     model.llm = FixedTokenLLM(stream_tokens)
     calls.clear()
     torch.manual_seed(SEED_STREAM)
-    chunks = [o["tts_speech"] for o in model.tts(stream=True, **common)]
+    chunks = [o["tts_speech"][0].clone() for o in model.tts(stream=True, **common)]
     assert len(chunks) == len(calls)
-    runs["stream"] = {"seed": SEED_STREAM, "calls": list(calls)}
+    runs["stream"] = {"seed": SEED_STREAM, "calls": list(calls), "tokens": torch.tensor(stream_tokens), "chunks": chunks}
     print(f"stream: {len(calls)} vocoder calls, mel frames {[c['mel'].shape[2] for c in calls]}, "
           f"cache {[c['cache_source'].shape[2] for c in calls]}")
 
@@ -115,7 +127,7 @@ def main() -> None:
     for tokens in segments:
         model.llm = FixedTokenLLM(tokens)
         list(model.tts(stream=False, **common))
-    runs["segments"] = {"seed": SEED_SEGMENTS, "calls": list(calls)}
+    runs["segments"] = {"seed": SEED_SEGMENTS, "calls": list(calls), "tokens": torch.tensor(segments)}
     print(f"segments: {len(calls)} vocoder calls, mel frames {[c['mel'].shape[2] for c in calls]}")
 
     args.out.mkdir(parents=True, exist_ok=True)
@@ -129,6 +141,7 @@ def main() -> None:
         "torch": torch.__version__,
         "loader": "cosyvoice.cli.cosyvoice.CosyVoice2(kit) with kit = cosyml kit DIR; LLM replaced by fixed tokens",
         "hift_weights": "tests/fixtures/parity/hift/hift_tiny.pt",
+        "kit_flow_weights_sha256": state_dict_sha256(model.flow.state_dict()),
         "hift_weights_sha256": hashlib.sha256(HIFT_WEIGHTS.read_bytes()).hexdigest(),
         "hift": json.loads((HIFT_WEIGHTS.parent / "meta.json").read_text())["hift"],
         "randomness": "torch.manual_seed(seed) once before each run; every vocoder call of the run draws from "
