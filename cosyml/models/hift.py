@@ -104,6 +104,14 @@ class CausalHiFTConfig(HiFTConfig):
     """
 
     conv_pre_look_right: int = 4
+    # Where upstream's fixed source-noise table starts in torch's random stream (see
+    # cosyml.models.hift_causal.upstream_source_noise): upstream draws it from the global RNG after its
+    # flow has seeded it with 0 and initialised ``Embedding(flow_vocab_size, flow_input_size)`` and
+    # ``Linear(flow_spk_embed_dim, flow_output_size)``. Read from the yaml's flow node when there is one.
+    flow_vocab_size: int = 6561
+    flow_input_size: int = 80
+    flow_output_size: int = 80
+    flow_spk_embed_dim: int = 192
 
 
 @dataclass
@@ -154,6 +162,13 @@ def hift_config_from_yaml(config: Mapping[str, Any] | Tagged, path: str | Path =
     if node.class_name == CAUSAL_CLASS:
         config_class = CausalHiFTConfig
         extra["conv_pre_look_right"] = read.get("conv_pre_look_right", int, 4)
+        flow_node = None if isinstance(config, Tagged) else config.get("flow")
+        if isinstance(flow_node, Tagged):
+            flow = _YamlReader(flow_node, f"{path}: flow")
+            extra["flow_vocab_size"] = flow.get("vocab_size", int, 6561)
+            extra["flow_input_size"] = flow.get("input_size", int, 80)
+            extra["flow_output_size"] = flow.get("output_size", int, 80)
+            extra["flow_spk_embed_dim"] = flow.get("spk_embed_dim", int, 192)
     cfg = config_class(
         in_channels=read.get("in_channels", int, 80),
         base_channels=read.get("base_channels", int, 512),

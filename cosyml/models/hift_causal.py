@@ -35,41 +35,80 @@ from cosyml.models.hift_parts import (
     weight_normed,
 )
 
-__all__ = ["DEFAULT_NOISE_SEED", "CausalHiFT", "fixed_source_noise"]
+__all__ = ["UPSTREAM_NOISE_SAMPLES", "CausalHiFT", "upstream_source_noise"]
 
-# Seed of the fixed source-noise table. Upstream draws its table from the global RNG while the whole
-# model graph is built, so its values depend on everything constructed before the vocoder; no seed
-# reproduces them. Any fixed table gives the same quality: it is noise either way.
-DEFAULT_NOISE_SEED = 1986
+#: Length of upstream's fixed noise table: 300 s at 24 kHz. Longer inputs make upstream fail; cosyml
+#: draws on past it (the same stream), so the first 300 s equal upstream's.
+UPSTREAM_NOISE_SAMPLES = 300 * 24000
 
 
-def fixed_source_noise(num_samples: int, num_sines: int, seed: int) -> SourceNoise:
-    """The causal source's fixed draws for ``num_samples`` samples, on CPU.
+class _UpstreamNoiseStream:
+    """The fixed draws of upstream's causal source, replayed on a private CPU generator.
 
-    ``initial_phase`` ``(1, H)`` and ``additive`` ``(1, num_samples, H)``, both **uniform** [0, 1) (upstream
-    scales uniform draws, not Gaussian ones, in the causal source). Drawn in upstream's order (phase,
-    then the noise table) from ``torch.Generator().manual_seed(seed)``; torch's CPU uniform sampler is
-    sequential, so a longer table starts with the shorter one, and these equal the first samples of the
-    table upstream draws after ``torch.manual_seed(seed)`` when constructing ``CausalHiFTGenerator``.
+    Upstream's ``CosyVoice3`` loader builds the model from its yaml; the flow's ``CausalConditionalCFM``
+    calls ``torch.manual_seed(0)`` and draws ``randn(1, 80, 15000)``, then the flow initialises
+    ``Embedding(vocab, input_size)`` (normal) and ``Linear(spk_embed_dim, output_size)`` (uniform
+    weight and bias), then the vocoder's f0 predictor (five weight-normed convs and a Linear, uniform),
+    and then the vocoder's source draws ``rand(1, 9)`` (initial phases; column 0 zeroed afterwards) and
+    ``rand(1, 7200000, 9)`` (the noise table). Every draw above is replayed here with the same operation
+    on a tensor of the same size and layout, so the generator reaches the same state (torch's CPU
+    generator is the same Mersenne Twister whether global or private). Nothing reads or touches the
+    global RNG. torch's CPU ``rand`` fills a tensor sequentially, so a shorter table is the prefix of a
+    longer one: the table is drawn only as far as needed, from the state saved after the phases.
     """
-    generator = torch.Generator().manual_seed(seed)
-    phase = torch.rand(1, num_sines, generator=generator)
-    additive = torch.rand(1, num_samples, num_sines, generator=generator)
-    return SourceNoise(initial_phase=phase, additive=additive)
+
+    def __init__(self, config: CausalHiFTConfig, num_sines: int) -> None:
+        gen = torch.Generator().manual_seed(0)
+        torch.randn(1, 80, 50 * 300, generator=gen)  # the flow's fixed noise (CausalConditionalCFM)
+        torch.empty(config.flow_vocab_size, config.flow_input_size).normal_(generator=gen)  # input_embedding
+        _uniform_layer((config.flow_output_size, config.flow_spk_embed_dim), gen)  # spk_embed_affine_layer
+        cond = config.f0_cond_channels
+        _uniform_layer((cond, config.f0_in_channels, 4), gen)  # f0 condnet: look-ahead conv, then 4 more
+        for _ in range(4):
+            _uniform_layer((cond, cond, 3), gen)
+        _uniform_layer((config.f0_num_class, cond), gen)  # f0 classifier
+        phase = torch.rand(1, num_sines, generator=gen)
+        phase[:, 0] = 0.0  # the fundamental starts at phase 0
+        self.initial_phase = phase
+        self.num_sines = num_sines
+        self._state = gen.get_state()  # where the noise table starts
+
+    def table(self, num_samples: int) -> torch.Tensor:
+        """The first ``num_samples`` rows of the table: ``(1, num_samples, H)`` uniform [0, 1)."""
+        gen = torch.Generator()
+        gen.set_state(self._state)
+        return torch.rand(1, num_samples, self.num_sines, generator=gen)
+
+
+def _uniform_layer(weight_shape: tuple[int, ...], gen: torch.Generator) -> None:
+    """Advance ``gen`` as torch's default init of a Linear/Conv1d with this weight shape does
+    (kaiming-uniform weight, then a uniform bias of ``weight_shape[0]``); bounds do not change the count."""
+    torch.empty(weight_shape).uniform_(generator=gen)
+    torch.empty(weight_shape[0]).uniform_(generator=gen)
+
+
+def upstream_source_noise(num_samples: int, config: CausalHiFTConfig, num_sines: int = 9) -> SourceNoise:
+    """The causal source's fixed draws for ``num_samples`` samples, on CPU, equal to the tables upstream's
+    ``CosyVoice3`` loader builds for a model of ``config``'s sizes (see :class:`_UpstreamNoiseStream`).
+
+    ``initial_phase`` ``(1, H)`` and ``additive`` ``(1, num_samples, H)``, both **uniform** [0, 1)
+    (upstream scales uniform draws, not Gaussian ones, in the causal source).
+    """
+    stream = _UpstreamNoiseStream(config, num_sines)
+    return SourceNoise(initial_phase=stream.initial_phase, additive=stream.table(num_samples))
 
 
 class CausalHiFT(SpectralStages, nn.Module):
     """The CosyVoice3 vocoder (upstream ``CausalHiFTGenerator``), inference only.
 
     Submodules, in the official key order: ``m_source``, ``conv_pre``, ``ups``, ``source_downs``,
-    ``source_resblocks``, ``resblocks``, ``conv_post``, ``f0_predictor``. ``noise_seed`` seeds the fixed
-    source-noise table (not part of the state dict).
+    ``source_resblocks``, ``resblocks``, ``conv_post``, ``f0_predictor``. The fixed source-noise table
+    (not part of the state dict) is upstream's (:func:`upstream_source_noise`), drawn on first use.
     """
 
-    def __init__(self, config: CausalHiFTConfig, noise_seed: int = DEFAULT_NOISE_SEED) -> None:
+    def __init__(self, config: CausalHiFTConfig) -> None:
         super().__init__()
         self.config = config
-        self.noise_seed = noise_seed
         cfg = config
         self.m_source = self._build_source(phase_upsample="nearest")
         self.conv_pre = weight_normed(
@@ -102,7 +141,8 @@ class CausalHiFT(SpectralStages, nn.Module):
         self.conv_post = weight_normed(CausalConv1d(last_channels, spec_channels, 7))
         self.f0_predictor = CausalF0Predictor(cfg.f0_in_channels, cfg.f0_cond_channels, cfg.f0_num_class)
         self._register_stft_window()
-        self._noise_table: SourceNoise | None = None
+        self._noise_stream: _UpstreamNoiseStream | None = None
+        self._noise_table: torch.Tensor | None = None
 
     # -- streaming geometry -------------------------------------------------------------------------
 
@@ -119,15 +159,19 @@ class CausalHiFT(SpectralStages, nn.Module):
     # -- pieces -------------------------------------------------------------------------------------
 
     def source_noise(self, num_samples: int) -> SourceNoise:
-        """The first ``num_samples`` of this module's fixed noise table (see :func:`fixed_source_noise`),
-        drawn once and grown by doubling when a longer input arrives."""
+        """The first ``num_samples`` of upstream's fixed noise table (see :func:`upstream_source_noise`),
+        drawn on first use and grown by doubling when a longer input arrives (the full 300 s table
+        would take 259 MB)."""
         table = self._noise_table
-        if table is None or table.additive.shape[1] < num_samples:
-            have = 0 if table is None else table.additive.shape[1]
+        if table is None or table.shape[1] < num_samples:
+            have = 0 if table is None else table.shape[1]
             with torch.inference_mode(False):  # a cached table must stay usable outside inference()
-                table = fixed_source_noise(max(num_samples, 2 * have), self.m_source.num_sines, self.noise_seed)
+                if self._noise_stream is None:
+                    self._noise_stream = _UpstreamNoiseStream(self.config, self.m_source.num_sines)
+                table = self._noise_stream.table(max(num_samples, 2 * have))
             self._noise_table = table
-        return SourceNoise(initial_phase=table.initial_phase, additive=table.additive[:, :num_samples])
+        assert self._noise_stream is not None
+        return SourceNoise(initial_phase=self._noise_stream.initial_phase, additive=table[:, :num_samples])
 
     def source(self, f0: torch.Tensor, noise: SourceNoise | None = None) -> torch.Tensor:
         """``(B, T)`` f0 in Hz -> ``(B, 1, L)`` excitation, ``L = T * 480``.

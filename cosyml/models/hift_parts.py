@@ -245,17 +245,25 @@ class SourceNoise:
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
     ) -> SourceNoise:
-        """Draw in the order upstream does (phase, then noise), from ``generator`` or the global RNG.
+        """Draw exactly what upstream draws per vocoder call, in its order, from ``generator`` (or the
+        global RNG): the phases ``(B, H)`` uniform, the additive noise ``(B, L, H)`` normal, then a
+        ``(B, L, 1)`` normal draw that upstream's source makes for its noise branch and the vocoder never
+        uses. The last draw is made and thrown away so that the generator is left where upstream's is:
+        the next call (a stream's next chunk, the next sentence of a split text) then gets upstream's
+        noise too.
 
         The noise tensor is a ``(B, L, H)`` view of ``(B, H, L)`` memory, the layout upstream's
         ``randn_like`` inherits from its transposed sine tensor; torch fills a non-contiguous tensor with
-        a different sampling routine than a contiguous one, so the layout is part of reproducing it.
-        With ``generator = torch.Generator().manual_seed(s)`` the draws equal upstream's after
-        ``torch.manual_seed(s)`` on CPU.
+        a different sampling routine than a contiguous one (and that routine keeps a spare Box-Muller
+        sample in the generator), so the layout is part of reproducing it. With
+        ``generator = torch.Generator().manual_seed(s)`` the draws of consecutive calls equal upstream's
+        after ``torch.manual_seed(s)`` on CPU.
         """
         phase = torch.rand(batch, num_sines, generator=generator, device=device)
         noise = torch.empty(batch, num_sines, num_samples, device=device).transpose(1, 2)
         noise.normal_(generator=generator)
+        # upstream's unused noise-branch draw: (B, L, 1), contiguous in every dimension that counts
+        torch.empty(batch, num_samples, 1, device=device).normal_(generator=generator)
         return SourceNoise(initial_phase=phase, additive=noise)
 
 

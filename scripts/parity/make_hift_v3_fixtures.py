@@ -1,38 +1,39 @@
 """Write the CosyVoice3 causal HiFT parity fixtures (tests/fixtures/parity/hift_v3/) from upstream CosyVoice.
 
-Run by hand, never from tests, with the upstream venv:
+Run by hand, never from tests, with the upstream venv (recipe in ``_upstream_loader.py``):
 
+    cosyml kit /work/upstream/kits/v3 --version cosyvoice3 --official-text-ids
     /work/upstream/venv/bin/python scripts/parity/make_hift_v3_fixtures.py \
-        --upstream /work/upstream/CosyVoice --out tests/fixtures/parity/hift_v3
+        --kit /work/upstream/kits/v3 --out tests/fixtures/parity/hift_v3
 
-It builds upstream ``CausalHiFTGenerator`` + ``CausalConvRNNF0Predictor`` with tiny channel counts
-(base_channels 32, f0 cond_channels 32) and the real CosyVoice3 structure otherwise (k5 conv_pre with
-4 frames of look-ahead, rates 8·5·3, n_fft 16), gives it random weights in the official key layout and
-records f0 (float64), source and waveform for fixed mels, whole (finalize=True) and as a streaming
-prefix (finalize=False).
+The vocoder is the ``CausalHiFTGenerator`` that upstream's own ``CosyVoice3(kit)`` loader builds for the
+tiny kit (base_channels 32, f0 cond_channels 32, the real CosyVoice3 structure otherwise: k5 conv_pre
+with 4 frames of look-ahead, rates 8·5·3, n_fft 16). Its weights are then replaced by random ones in
+the official key layout, and f0 (float64), source and waveform are recorded for fixed mels, whole
+(finalize=True) and as a streaming prefix (finalize=False).
 
-Randomness: in eval mode the causal source never draws at inference; it reads tables drawn from the
-global RNG when ``CausalHiFTGenerator`` is constructed: ``torch.rand(1, 9)`` (initial phases, column 0
-zeroed) then ``torch.rand(1, 300 * 24000, 9)`` (additive noise, uniform). We call
-``torch.manual_seed(NOISE_SEED)`` right before that constructor (after the f0 predictor is built, whose
-init happens first); ``cosyml.models.hift_causal.fixed_source_noise(L, 9, NOISE_SEED)`` draws the same
-values. The first samples of both tables are also stored, so the parity test does not depend on the
-RNG algorithm of the installed torch.
+Randomness: in eval mode the causal source never draws at inference; it reads the tables upstream drew
+from the global RNG while the loader built the model (``torch.manual_seed(0)`` in the flow's
+``CausalConditionalCFM``, then the flow's and the f0 predictor's inits, then ``rand(1, 9)`` and
+``rand(1, 7200000, 9)``). Nothing here seeds anything before the loader: the tables are what any
+``CosyVoice3(dir)`` of these sizes gets. Stored: the phases, the first samples of the table, rows far into
+it and the sha256 of the whole table (float32 bytes), which
+``cosyml.models.hift_causal.upstream_source_noise`` must reproduce.
 
 Upstream's ``inference`` converts its f0 predictor to float64 in place, so the state dict is saved
 before any inference.
 
 Outputs: ``hift_tiny.pt`` (state dict, ``parametrizations.weight.original0/1``), ``hift_tiny_legacy.pt``
 (the same weights as ``generator.``-prefixed ``weight_g``/``weight_v``; checked here to give upstream's
-old-API module identical output), ``io.pt`` (inputs, draws, outputs), ``meta.json`` (config, seeds,
-commit, versions) and ``v3_hift_keys.tsv`` (full-size key/shape rows copied from the reference TSV).
+old-API module identical output), ``io.pt`` (inputs, draws, outputs), ``meta.json`` (config, commit,
+versions) and ``v3_hift_keys.tsv`` (full-size key/shape rows copied from the reference TSV).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -58,22 +59,40 @@ TINY = {
     "conv_pre_look_right": 4,
 }
 F0_TINY = {"num_class": 1, "in_channels": 80, "cond_channels": 32}
-NOISE_SEED = 1986  # = cosyml.models.hift_causal.DEFAULT_NOISE_SEED
+FAR_ROWS = (24000, 1_000_003, 7_199_999)  # table rows stored besides the first ones (last row included)
 T_MAIN, T_STREAM, T_BATCH = 20, 14, 10
 SAMPLES_PER_FRAME = 480
 
 
 def _import_upstream(root: Path):
-    sys.path[:0] = [str(root), str(root.parent / "paimon" / "third_party" / "Matcha-TTS")]
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _upstream_loader import import_upstream
+
+    cosyvoice = import_upstream(root)
     from cosyvoice.hifigan import f0_predictor, generator
 
-    return generator, f0_predictor
+    return cosyvoice, generator, f0_predictor
 
 
-def _build(generator, f0_module) -> torch.nn.Module:
+def load_upstream_hift(cosyvoice, kit: Path) -> torch.nn.Module:
+    """The vocoder of upstream's own ``CosyVoice3(kit)`` (its fixed noise tables as that loader draws them)."""
+    hift = cosyvoice.CosyVoice3(str(kit)).model.hift
+    assert isinstance(hift.m_source.l_sin_gen.sine_waves, torch.Tensor)
+    got = {k: tuple(v.shape) for k, v in hift.state_dict().items()}
+    f0 = hift.f0_predictor.condnet[0]
+    assert f0.weight.shape[0] == F0_TINY["cond_channels"] and hift.conv_pre.weight.shape[0] == TINY["base_channels"], (
+        f"the kit's vocoder sizes differ from the fixture's ({len(got)} keys)"
+    )
+    return hift.eval()
+
+
+def _build(generator, f0_module, tables_from: torch.nn.Module) -> torch.nn.Module:
+    """A second upstream module of the same sizes, with ``tables_from``'s fixed noise tables."""
     f0 = f0_module.CausalConvRNNF0Predictor(**F0_TINY)
-    torch.manual_seed(NOISE_SEED)  # the source's fixed tables are drawn first thing in the constructor
-    return generator.CausalHiFTGenerator(**TINY, f0_predictor=f0).eval()
+    model = generator.CausalHiFTGenerator(**TINY, f0_predictor=f0).eval()
+    model.m_source.l_sin_gen.rand_ini = tables_from.m_source.l_sin_gen.rand_ini
+    model.m_source.l_sin_gen.sine_waves = tables_from.m_source.l_sin_gen.sine_waves
+    return model
 
 
 @torch.no_grad()
@@ -108,14 +127,14 @@ def _center_f0(model: torch.nn.Module, mel: torch.Tensor) -> None:
     model.f0_predictor.classifier.bias.fill_(-raw.sort().values[4].item())
 
 
-def _legacy_copy(generator, f0_module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+def _legacy_copy(generator, f0_module, state: dict[str, torch.Tensor], tables_from) -> torch.nn.Module:
     """The same model built with torch's old weight norm (weight_g / weight_v parameters)."""
     old_wn = torch.nn.utils.weight_norm
     saved = (generator.weight_norm, f0_module.weight_norm)
     generator.weight_norm = old_wn
     f0_module.weight_norm = old_wn
     try:
-        model = _build(generator, f0_module)
+        model = _build(generator, f0_module, tables_from)
     finally:
         generator.weight_norm, f0_module.weight_norm = saved
     legacy = {}
@@ -133,21 +152,22 @@ def _legacy_copy(generator, f0_module, state: dict[str, torch.Tensor]) -> torch.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", type=Path, default=Path("/work/upstream/CosyVoice"))
+    parser.add_argument("--kit", type=Path, default=Path("/work/upstream/kits/v3"))
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/parity/hift_v3"))
     parser.add_argument("--tsv", type=Path, default=Path("/work/shared/reference/upstream-state-dicts.tsv"))
     args = parser.parse_args()
     torch.set_num_threads(1)
-    generator, f0_module = _import_upstream(args.upstream.resolve())
-    commit = subprocess.run(
-        ["git", "-C", str(args.upstream), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    cosyvoice, generator, f0_module = _import_upstream(args.upstream.resolve())
+    from _upstream_loader import upstream_commit
+
+    commit = upstream_commit(args.upstream)
 
     data = torch.Generator().manual_seed(1)
     mel = torch.randn(1, 80, T_MAIN, generator=data) * 1.5 - 5.0
     mel_batch = torch.randn(2, 80, T_BATCH, generator=data) * 1.5 - 5.0
     mel_stream = mel[:, :, :T_STREAM].clone()
 
-    model = _build(generator, f0_module)
+    model = load_upstream_hift(cosyvoice, args.kit)
     _randomize(model, seed=0)
     _center_f0(model, mel)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
@@ -155,6 +175,9 @@ def main() -> None:
     sine_gen = model.m_source.l_sin_gen
     initial_phase = sine_gen.rand_ini.clone()
     additive = sine_gen.sine_waves[:, : T_MAIN * SAMPLES_PER_FRAME].clone()
+    table = sine_gen.sine_waves.contiguous()
+    table_sha256 = hashlib.sha256(table.numpy().tobytes()).hexdigest()
+    far_rows = table[0, list(FAR_ROWS)].clone()
 
     with torch.inference_mode():
         wav, source = model.inference(speech_feat=mel, finalize=True)
@@ -167,7 +190,7 @@ def main() -> None:
     stream_vs_full = (wav_stream - wav[:, : wav_stream.shape[1]]).abs().max().item()
     print(f"upstream stream prefix vs full: {stream_vs_full:.3g} ({wav_stream.shape[1]} samples)")
 
-    legacy_model = _legacy_copy(generator, f0_module, state)
+    legacy_model = _legacy_copy(generator, f0_module, state, model)
     with torch.inference_mode():
         wav_legacy, _ = legacy_model.inference(speech_feat=mel, finalize=True)
     assert torch.equal(wav_legacy, wav), "old-API weight norm model disagrees with the new one"
@@ -189,6 +212,8 @@ def main() -> None:
             "f0": f0.clone(),
             "initial_phase": initial_phase,
             "additive_noise": additive,
+            "noise_table_rows": torch.tensor(FAR_ROWS),
+            "noise_table_far": far_rows,
             "wav": wav.clone(),
             "source": source.clone(),
             "mel_stream": mel_stream,
@@ -206,9 +231,11 @@ def main() -> None:
         "upstream_commit": commit,
         "torch": torch.__version__,
         "hift": {**TINY, "f0_predictor": F0_TINY},
-        "noise_seed": NOISE_SEED,
-        "randomness": "torch.manual_seed(noise_seed) right before constructing CausalHiFTGenerator; reproduce "
-        "with cosyml.models.hift_causal.fixed_source_noise(L, 9, noise_seed)",
+        "kit": "cosyml kit DIR --version cosyvoice3 --official-text-ids (hift weights replaced, see script)",
+        "randomness": "the fixed noise tables of upstream's CosyVoice3(kit) loader, nothing seeded by this "
+        "script; reproduce with cosyml.models.hift_causal.upstream_source_noise(L, config)",
+        "noise_table_shape": list(table.shape),
+        "noise_table_sha256": table_sha256,
         "upstream_stream_prefix_max_abs_diff": stream_vs_full,
         "voiced_fraction": voiced,
         "clipped_fraction": clipped,

@@ -12,8 +12,10 @@ Writes ``tests/fixtures/parity/synth_v3/``:
 - ``token2wav.pt``: upstream ``CosyVoice3Model.tts`` (its real token2wav, streaming schedule and silent
   token limiter) driven by a stand-in LLM that yields fixed tokens, with the tiny DiT flow of
   ``tests/fixtures/parity/flow_v3`` (hashed weights) and the tiny causal HiFT of
-  ``tests/fixtures/parity/hift_v3`` (its noise table pinned by ``torch.manual_seed(1986)`` before the
-  constructor), non-streaming and streaming;
+  ``tests/fixtures/parity/hift_v3`` loaded into the vocoder of upstream's own ``CosyVoice3(kit)`` loader
+  (so its fixed noise table is the one that loader draws), non-streaming and streaming;
+  every vocoder call of both runs is recorded too (its mel, ``finalize`` and waveform), so the vocoder
+  can be checked on upstream's own mel apart from the flow;
 - ``meta.json``: the upstream commit and versions.
 
 Upstream pins transformers 4.51.3; the decode must come from it (``--transformers-path``).
@@ -24,7 +26,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -55,7 +56,6 @@ SAMPLING = dict(top_p=0.8, top_k=25, win_size=10, tau_r=0.1)
 WEIGHT_SEED = 31
 SPEECH_LOGIT_SCALE = 2.0  # speech rows (and the sos row 120) x2: decodes run long enough to matter
 FLOW_TOKENS = 50  # the tiny flow's vocabulary
-HIFT_NOISE_SEED = 1986
 SCORE_STEPS = 30
 
 
@@ -187,6 +187,15 @@ def make_token2wav(model_module, flow, hift) -> dict:
             return _orig(token, *a, **kw)
 
         model.token2wav = recording
+        vocoder_calls: list[dict] = []
+        vocoder = hift.inference
+
+        def vocoding(speech_feat, finalize=True, _orig=vocoder, _calls=vocoder_calls):
+            speech, source = _orig(speech_feat=speech_feat, finalize=finalize)
+            _calls.append({"mel": speech_feat.clone(), "finalize": finalize, "wav": speech.clone()})
+            return speech, source
+
+        hift.inference = vocoding
         chunks = [
             o["tts_speech"].clone()
             for o in model.tts(
@@ -201,6 +210,8 @@ def make_token2wav(model_module, flow, hift) -> dict:
         key = "stream" if stream else "whole"
         out[f"{key}_chunks"] = [c[0] for c in chunks]
         out["kept_tokens"] = kept
+        out[f"{key}_vocoder_calls"] = vocoder_calls  # every hift.inference call: its mel, finalize, wav
+        hift.inference = vocoder
         print(f"token2wav {key}: {len(raw)} raw tokens, {kept.numel()} kept, chunks {[c.shape[1] for c in chunks]}")
     with torch.no_grad():
         out["whole_mel"] = flow.inference(
@@ -222,6 +233,7 @@ def main() -> None:
     parser.add_argument("--upstream", default="/work/upstream/CosyVoice")
     parser.add_argument("--matcha", default="/work/upstream/paimon/third_party/Matcha-TTS")
     parser.add_argument("--transformers-path", default="/work/upstream/tf4513")
+    parser.add_argument("--kit", default="/work/upstream/kits/v3", help="cosyml kit DIR --version cosyvoice3 --official-text-ids")
     parser.add_argument(
         "--part",
         choices=("llm", "token2wav"),
@@ -234,9 +246,10 @@ def main() -> None:
 
     import transformers
 
-    commit = subprocess.run(
-        ["git", "-C", args.upstream, "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from _upstream_loader import upstream_commit
+
+    commit = upstream_commit(Path(args.upstream))
     OUT.mkdir(parents=True, exist_ok=True)
     meta_path = OUT / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
@@ -254,6 +267,8 @@ def main() -> None:
         print("wrote", OUT / "llm_decode.pt")
         return
 
+    hift_script = _script("make_hift_v3_fixtures")
+    cosyvoice, _generator, _f0_module = hift_script._import_upstream(Path(args.upstream))  # stand-ins first
     import cosyvoice.cli.model as model_module
     from hyperpyyaml import load_hyperpyyaml
 
@@ -265,15 +280,15 @@ def main() -> None:
     inv_freq = torch.load(FLOW_DIR / "io.pt", weights_only=True)["inv_freq"]
     flow.load_state_dict({**flow_script.hashed_weights(shapes), inv_key: inv_freq}, strict=True)
 
-    hift_script = _script("make_hift_v3_fixtures")
-    generator, f0_module = hift_script._import_upstream(Path(args.upstream))
-    hift = hift_script._build(generator, f0_module)  # torch.manual_seed(1986) right before the constructor
+    # the vocoder upstream's own CosyVoice3(kit) loader builds: its fixed noise tables, as any user gets them
+    hift = hift_script.load_upstream_hift(cosyvoice, Path(args.kit))
     hift.load_state_dict(torch.load(HIFT_DIR / "hift_tiny.pt", weights_only=True), strict=True)
 
     torch.save(make_token2wav(model_module, flow, hift), OUT / "token2wav.pt")
     meta.update(
         flow="tests/fixtures/parity/flow_v3/tiny_flow_v3.yaml + make_flow_fixtures.hashed_weights",
-        hift="tests/fixtures/parity/hift_v3/hift_tiny.pt, noise table torch.manual_seed(1986)",
+        hift="tests/fixtures/parity/hift_v3/hift_tiny.pt in the vocoder of upstream's CosyVoice3(kit) loader "
+        "(its own fixed noise table)",
         token_hop_len=25,
     )
     meta_path.write_text(json.dumps(meta, indent=2) + "\n")
