@@ -90,7 +90,8 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 
 @contextmanager
 def mlflow_server(backend_store_uri: str, root: Path, artifacts_destination: str | None = None,
-                  server_env: dict[str, str] | None = None) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+                  server_env: dict[str, str] | None = None, timeout: float = 60,
+                  ) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """``mlflow server`` on ``backend_store_uri`` with artifacts in ``root/artifacts`` (or
     ``artifacts_destination``, served through the server: clients need no store credentials);
     ``server_env`` (e.g. :meth:`S3Store.server_env`) is added to the server's environment only.
@@ -103,7 +104,7 @@ def mlflow_server(backend_store_uri: str, root: Path, artifacts_destination: str
     env.pop("MLFLOW_TRACKING_URI", None)
     log = root / "server.log"
     with process(cmd, env, log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=60)
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=timeout)
         yield f"http://127.0.0.1:{port}", proc, log
 
 

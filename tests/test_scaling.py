@@ -27,7 +27,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from _servers import mlflow_server, pg_dump, postgres_server, s3_server
+from _servers import S3Store, mlflow_server, pg_dump, postgres_server, s3_server
 from test_tune import workdir  # noqa: F401  (the tiny kit and a one-utterance test set)
 
 from cosyml.cli import main
@@ -39,19 +39,33 @@ CLIENT_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOK
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
-    """SeaweedFS + PostgreSQL + `mlflow server --artifacts-destination s3://...`; a second database for Optuna."""
+def databases() -> Iterator[SimpleNamespace]:
+    """One PostgreSQL cluster: a database for MLflow's store, one for Optuna's studies."""
     import psycopg
 
-    root = tmp_path_factory.mktemp("scaling")
-    with s3_server() as store, postgres_server("mlflow") as database:
-        optuna_db = database.rsplit("/", 1)[0] + "/optuna"
-        with psycopg.connect(database, autocommit=True) as conn:
+    with postgres_server("mlflow") as mlflow_db:
+        optuna_db = mlflow_db.rsplit("/", 1)[0] + "/optuna"
+        with psycopg.connect(mlflow_db, autocommit=True) as conn:
             conn.execute("CREATE DATABASE optuna")
-        with mlflow_server(database, root, artifacts_destination=f"s3://{store.bucket}/mlflow",
-                           server_env=store.server_env()) as (uri, proc, log):
-            yield SimpleNamespace(store=store, database=database, optuna=optuna_db, uri=uri, proc=proc, log=log,
-                                  root=root, output=[], figures={})
+        yield SimpleNamespace(mlflow=mlflow_db, optuna=optuna_db)
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[S3Store]:
+    with s3_server() as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stack(store: S3Store, databases: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory,
+          ) -> Iterator[SimpleNamespace]:
+    """`mlflow server --backend-store-uri postgresql://... --artifacts-destination s3://...`, the S3
+    credentials in its environment only."""
+    root = tmp_path_factory.mktemp("scaling")
+    with mlflow_server(databases.mlflow, root, artifacts_destination=f"s3://{store.bucket}/mlflow",
+                       server_env=store.server_env(), timeout=180) as (uri, proc, log):
+        yield SimpleNamespace(store=store, database=databases.mlflow, optuna=databases.optuna, uri=uri, proc=proc,
+                              log=log, root=root, output=[])
 
 
 @pytest.fixture
@@ -84,11 +98,10 @@ def _stage_run(stack: SimpleNamespace, stage: str):
 # ---------------------------------------------------------------------------------------------- the store
 
 
-def test_the_s3_store_takes_only_its_own_credentials(stack: SimpleNamespace):
+def test_the_s3_store_takes_only_its_own_credentials(store: S3Store):
     import boto3
     import botocore.exceptions
 
-    store = stack.store
     store.client().put_object(Bucket=store.bucket, Key="probe/x.bin", Body=b"\0" * 1000)
     assert store.objects("probe/") == {"probe/x.bin": 1000}
     wrong = boto3.client("s3", endpoint_url=store.endpoint, aws_access_key_id=store.access_key,
@@ -134,7 +147,12 @@ def test_training_logs_checkpoints_and_wavs_to_s3_through_the_server(client_env,
     assert set(checkpoints) | set(wavs) | {"weights/llm.pt"} <= set(in_run)
     local = work / "exp" / "llm" / "checkpoints" / Path(checkpoints[0]).name
     assert in_run[checkpoints[0]] == local.stat().st_size
-    stack.figures["train run upload"] = (len(in_run), sum(in_run.values()))
+    _figure(f"training run upload: {len(in_run)} objects, {sum(in_run.values())} bytes")
+
+
+def _figure(line: str) -> None:
+    """Sizes and times for the README's scaling notes (shown with ``pytest -s``; never asserted)."""
+    print(f"[figure] {line}")
 
 
 def _count(objects: dict[str, int], suffix: str) -> int:
@@ -182,15 +200,15 @@ def test_register_promote_and_load_the_champion_from_a_fresh_cache(client_env, w
     for key in after:  # the model versions hold no weights, only references
         if "/models/" in key:
             assert not key.endswith((".pt", ".onnx", "cosyvoice2.yaml")), key
-    stack.figures["registry upload"] = (len(base_objects) + len(weight_objects),
-                                        sum(base_objects.values()) + sum(weight_objects.values()))
+    _figure(f"registry upload (base assets + fine-tuned weights, once): {len(base_objects) + len(weight_objects)} "
+            f"objects, {sum(base_objects.values()) + sum(weight_objects.values())} bytes")
 
     # a fresh machine: only the tracking URI, an empty cache
     fresh = tmp_path / "fresh_cache"
     monkeypatch.setenv("COSYML_CACHE_DIR", str(fresh))
     started = time.monotonic()
     voice = mlflow.pyfunc.load_model("models:/cosyml-toy@champion")
-    stack.figures["champion load from S3 (s)"] = round(time.monotonic() - started, 1)
+    _figure(f"champion load from a fresh cache: {time.monotonic() - started:.1f} s")
     out = voice.predict(pd.DataFrame([{"text": "Hello there.", "seed": 1, "max_tokens": 6}]))
     assert out["error"][0] is None and out["sample_rate"][0] == 24000 and out["duration_s"][0] > 0
     assert list(fresh.rglob("base_model/cosyvoice2.yaml"))  # fetched from the bucket through the server
@@ -231,10 +249,9 @@ def _tree_digest(root: Path) -> dict[str, str]:
             for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-def test_a_dvc_s3_remote_pushes_pulls_and_repro_has_nothing_to_do(stack: SimpleNamespace, tmp_path: Path):
+def test_a_dvc_s3_remote_pushes_pulls_and_repro_has_nothing_to_do(store: S3Store, tmp_path: Path):
     """A user's project with one `cosyml prepare` stage and an S3 remote; credentials from the environment."""
     pytest.importorskip("dvc_s3", reason="dvc-s3 not installed: pip install -e .[s3]")
-    store = stack.store
     ws = tmp_path / "project"
     shutil.copytree(TOY, ws / "corpus")
     (ws / "dvc.yaml").write_text(json.dumps({"stages": {"prepare": {
@@ -269,8 +286,8 @@ def test_a_dvc_s3_remote_pushes_pulls_and_repro_has_nothing_to_do(stack: SimpleN
     assert "Data and pipelines are up to date" in _dvc(["status"], ws, env)
     for path in [ws / "dvc.yaml", ws / "dvc.lock", *(ws / ".dvc").glob("config*")]:
         assert store.secret_key not in path.read_text()  # the credentials stayed in the environment
-    stack.figures["dvc push"] = (len(remote), sum(remote.values()), round(pushed_s, 1))
-    stack.figures["dvc pull (s)"] = round(pulled_s, 1)
+    _figure(f"dvc push: {len(remote)} objects, {sum(remote.values())} bytes in {pushed_s:.1f} s; "
+            f"dvc pull: {pulled_s:.1f} s")
 
 
 # ---------------------------------------------------------------------------------------------- tuning workers
@@ -321,11 +338,11 @@ print(" ".join(map(str, run_study(objective, parse_space({"top_p": [0.5, 0.9]}),
 """
 
 
-def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried(stack: SimpleNamespace, tmp_path: Path):
+def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried(databases: SimpleNamespace, tmp_path: Path):
     import optuna
 
     marker = tmp_path / "started"
-    doomed = subprocess.Popen([sys.executable, "-c", HANGING_WORKER, stack.optuna, str(marker), "hang", "1"],
+    doomed = subprocess.Popen([sys.executable, "-c", HANGING_WORKER, databases.optuna, str(marker), "hang", "1"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():
@@ -333,14 +350,14 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried(stack: 
         time.sleep(0.1)
     os.kill(doomed.pid, signal.SIGKILL)
     doomed.wait(timeout=30)
-    study = optuna.load_study(study_name="killed", storage=stack.optuna)
+    study = optuna.load_study(study_name="killed", storage=databases.optuna)
     (stuck,) = study.get_trials()
     assert stuck.state.name == "RUNNING"  # dead, but nobody knows yet
     time.sleep(3)  # past the grace period: the next worker to start a trial declares it failed
-    worker = subprocess.run([sys.executable, "-c", HANGING_WORKER, stack.optuna, str(marker), "run", "2"],
+    worker = subprocess.run([sys.executable, "-c", HANGING_WORKER, databases.optuna, str(marker), "run", "2"],
                             capture_output=True, text=True, timeout=180)
     assert worker.returncode == 0, worker.stderr[-3000:]
-    trials = optuna.load_study(study_name="killed", storage=stack.optuna).get_trials()
+    trials = optuna.load_study(study_name="killed", storage=databases.optuna).get_trials()
     states = {t.number: t.state.name for t in trials}
     assert states[stuck.number] == "FAIL" and "RUNNING" not in states.values()
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == stuck.number]
