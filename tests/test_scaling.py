@@ -115,12 +115,12 @@ def test_the_s3_store_takes_only_its_own_credentials(store: S3Store):
 
 
 @pytest.fixture(scope="module")
-def work(stack: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def work(stack: SimpleNamespace, kit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny kit and the toy speaker's shards (tracking off: these stages are not what is tested here)."""
     root = tmp_path_factory.mktemp("scaling_work")
+    (root / "kit").symlink_to(kit_dir, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COSYML_TRACKING", "off")
-        _run(["kit", str(root / "kit")])
         _run(["prepare", "--input", str(TOY), "--output", str(root / "data"), "--speaker", "toy",
               "--set", "prepare.transcribe=false"])
         _run(["extract", "--data", str(root / "data"), "--model-dir", str(root / "kit"), "--output", str(root / "feats")])
@@ -159,8 +159,8 @@ def _count(objects: dict[str, int], suffix: str) -> int:
     return sum(key.endswith(suffix) for key in objects)
 
 
-def test_register_promote_and_load_the_champion_from_a_fresh_cache(client_env, work: Path, tmp_path: Path, capfd,
-                                                                    monkeypatch):
+def test_register_promote_and_load_the_champion_from_a_fresh_cache(
+        client_env, work: Path, workdir: Path, tmp_path: Path, capfd, monkeypatch):  # noqa: F811  (test_tune's fixture)
     import mlflow
     import pandas as pd
 
@@ -170,7 +170,7 @@ def test_register_promote_and_load_the_champion_from_a_fresh_cache(client_env, w
     eval_dir = work / "eval"
     speakers = work / "feats" / "train" / "spk2embedding.pt"
     _run(["evaluate", "--model-dir", str(work / "kit"), "--data", str(work / "data"), "--out", str(eval_dir),
-          "--test-sets", str(REPO / "eval"), "--max-utts", "1", "--no-progress", "--speaker-file", str(speakers),
+          "--test-sets", str(workdir / "sets"), "--max-utts", "1", "--no-progress", "--speaker-file", str(speakers),  # 1 utt
           "--candidates", "llm=base,flow=base", "--candidates", f"llm={work / 'exp' / 'llm' / 'llm.pt'},flow=base",
           "--set", f"evaluate.whisper_model={work / 'kit' / 'whisper.pt'}", "--set", "prepare.speaker=toy"])
     promote = ["promote", "--register", "--candidates", str(eval_dir / "candidates.json"),
