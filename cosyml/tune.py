@@ -197,6 +197,10 @@ class StudySettings:
     n_trials: int
     seed: int = 1986
     direction: str = "maximize"
+    # a worker's trial counts as dead (FAIL, then re-run once with the same parameters) when it has not
+    # sent a heartbeat for grace_s seconds; the next trial any worker starts does that check
+    heartbeat_s: int = 60
+    grace_s: int = 180
 
     def check(self) -> None:
         if self.direction not in DIRECTIONS:
@@ -257,8 +261,12 @@ def _record(trial: Any) -> TrialRecord:
     )
 
 
-def _rdb_storage(url: str, attempts: int = 5) -> Any:
-    """Optuna's RDB storage at ``url`` (heartbeats on), or one line saying why it cannot be opened.
+def _rdb_storage(url: str, attempts: int = 5, heartbeat_s: int = 60, grace_s: int = 180) -> Any:
+    """Optuna's RDB storage at ``url``, or one line saying why it cannot be opened.
+
+    Heartbeats on: a trial whose worker died (killed, OOM, machine lost) stops beating; ``grace_s``
+    seconds later the next trial started on the study marks it FAIL and queues one retry with the same
+    parameters (``RetryFailedTrialCallback``), so no trial stays RUNNING forever.
 
     Workers started together on an empty database race to create the schema; the loser sees a
     unique-key error from the server and simply tries again once the winner is done.
@@ -274,7 +282,9 @@ def _rdb_storage(url: str, attempts: int = 5) -> Any:
         try:
             with warnings.catch_warnings():  # heartbeats are marked experimental in optuna 5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+                return optuna.storages.RDBStorage(
+                    url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
+                    failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
         except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
             missing_driver = url.startswith("postgresql") and "import" in str(exc).lower()
             raise fail(exc, "; install the driver: pip install -e .[postgres]" if missing_driver else "") from None
@@ -295,7 +305,7 @@ def open_study(settings: StudySettings) -> Any:
     settings.check()
     if settings.storage.startswith("sqlite:///"):
         Path(settings.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    storage = _rdb_storage(settings.storage)
+    storage = _rdb_storage(settings.storage, heartbeat_s=settings.heartbeat_s, grace_s=settings.grace_s)
     sampler = optuna.samplers.TPESampler(seed=settings.seed)
     study = optuna.create_study(storage=storage, study_name=settings.study_name, sampler=sampler,
                                 direction=settings.direction, load_if_exists=True)
