@@ -118,7 +118,6 @@ def train_part(
         sampler = None
         if info.is_main and cfg.sample_every_epochs > 0:
             sampler = _epoch_sampler(part, md, output, dev_list or train_list, cfg.sample_max_tokens)
-        best_cv = [float("inf")]
 
         def on_epoch_end(epoch: Any) -> None:
             fields = dataclasses.asdict(epoch)
@@ -128,10 +127,8 @@ def train_part(
                 for wav in sampler.render(epoch.checkpoint, epoch.epoch):
                     run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
 
-        def on_checkpoint(ckpt: Any) -> None:
-            is_best = ckpt.cv_loss is not None and ckpt.cv_loss < best_cv[0]
-            if is_best:
-                best_cv[0] = ckpt.cv_loss
+        def on_checkpoint(ckpt: Any, is_best: bool) -> None:
+            # is_best is the loop's rule (early_stop_min_delta, the best restored on resume): one rule
             if cfg.log_checkpoints == "all" or (cfg.log_checkpoints == "best" and is_best):
                 run.log_artifact(ckpt.path, "checkpoints")
 

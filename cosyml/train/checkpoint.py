@@ -21,6 +21,7 @@ and export); everything else is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,7 +30,7 @@ import random
 import tempfile
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,21 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a block without consuming this process's RNGs: their states are put back when it ends.
+
+    Side work during training (per-epoch audio samples load a synthesis engine, whose module init and
+    seeding draw on the global torch RNG) must not move the training's random stream, or a resumed run,
+    whose checkpoint captured the stream before that work, would draw other numbers than an uninterrupted one.
+    """
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 # ------------------------------------------------------------------------------------------ save / list / load

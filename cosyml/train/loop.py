@@ -22,8 +22,12 @@ Precision: fp32 on CPU; on GPU ``precision: auto`` is bf16 autocast where suppor
 ``fp16`` adds a GradScaler.
 
 Callbacks (rank 0 only): ``on_log(metrics, step)`` every ``log_every_steps`` steps and once with the data
-summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo)``. The loop knows
-nothing about MLflow.
+summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo, is_best)`` (``is_best``:
+the loop's own rule, ``early_stop_min_delta`` and the best CV loss restored on resume included). The loop
+knows nothing about MLflow. Callbacks run inside :func:`_rank0_block`: they may not call collectives
+(every rank computes what they log first) and whatever they draw from the python/numpy/torch RNGs (an
+audio sampler loading a synthesis engine does) is given back, so a run with callbacks and a resumed run
+draw the same random numbers as one without.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from cosyml.train.checkpoint import (
     apply_retention,
     capture_rng,
     config_hash,
+    isolated_rng,
     latest_resumable,
     load_checkpoint,
     restore_rng,
@@ -103,7 +108,7 @@ class EpochResult:
 class TrainCallbacks:
     on_log: Callable[[dict[str, float], int], None] | None = None
     on_epoch_end: Callable[[EpochResult], None] | None = None
-    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
+    on_checkpoint: Callable[[CheckpointInfo, bool], None] | None = None
 
 
 @dataclass
@@ -167,6 +172,13 @@ def loss_and_acc(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     if isinstance(output, Mapping):
         return output["loss"], output.get("acc")
     return output.loss, getattr(output, "acc", None)
+
+
+@contextlib.contextmanager
+def _rank0_block() -> Any:
+    """Rank-0-only work: no collectives inside (:func:`ddp.main_only`), the training RNG left untouched."""
+    with ddp.main_only(), isolated_rng():
+        yield
 
 
 def _seed_everything(seed: int) -> None:
@@ -287,29 +299,37 @@ def train(
         extra.update(state["extra"])
 
     net = ddp.wrap_model(model, info, cfg.find_unused_parameters)
+    summary = data_summary(train_set, cv_set, info)  # a collective: every rank, before the rank-0 block
     if emit and callbacks.on_log:
-        callbacks.on_log(data_summary(train_set, cv_set, info), step)
+        with _rank0_block():
+            callbacks.on_log(summary, step)
 
-    def checkpoint(name: str, kind: str, epoch: int, next_epoch: int, next_batch: int, cv: tuple[Any, ...] = ()) -> CheckpointInfo:
+    def checkpoint(
+        name: str, kind: str, epoch: int, next_epoch: int, next_batch: int, cv: tuple[Any, ...] = (), is_best: bool = False
+    ) -> CheckpointInfo:
         rngs = ddp.gather_objects(capture_rng(), info)  # collective: every rank calls it
         record = CheckpointInfo(
             name=name, kind=kind, epoch=epoch, step=step, next_epoch=next_epoch, next_batch=next_batch,
             config_hash=chash, cv_loss=cv[0] if cv else None, cv_acc=cv[1] if cv else None,
         )  # fmt: skip
         if emit:
-            payload = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rngs,
-                "extra": dict(extra),
-            }
-            save_checkpoint(checkpoint_dir, record, payload)
-            apply_retention(checkpoint_dir, cfg.keep_last, cfg.keep_best)
-            if callbacks.on_checkpoint:
-                callbacks.on_checkpoint(record)
+            with _rank0_block():
+                _save(record, rngs, is_best)
         ddp.barrier(info)
         return record
+
+    def _save(record: CheckpointInfo, rngs: list[Any], is_best: bool) -> None:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rngs,
+            "extra": dict(extra),
+        }
+        save_checkpoint(checkpoint_dir, record, payload)
+        apply_retention(checkpoint_dir, cfg.keep_last, cfg.keep_best)
+        if callbacks.on_checkpoint:
+            callbacks.on_checkpoint(record, is_best)
 
     history: list[EpochResult] = []
     stopped_early = False
@@ -399,7 +419,8 @@ def train(
                 if info.device.type == "cuda":
                     metrics["perf/gpu_mem_max_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
                     torch.cuda.reset_peak_memory_stats(info.device)
-                callbacks.on_log(metrics, step)
+                with _rank0_block():
+                    callbacks.on_log(metrics, step)
                 window.update(time=time.perf_counter(), utts=0.0, tokens=0.0, frames=0.0)
 
             reached_max = cfg.max_steps > 0 and step >= cfg.max_steps
@@ -420,7 +441,7 @@ def train(
             extra["best_cv"], extra["bad_epochs"] = cv_loss, 0
         elif cv_loss is not None:
             extra["bad_epochs"] += 1
-        record = checkpoint(f"epoch_{epoch}", "epoch", epoch, epoch + 1, 0, (cv_loss, cv_acc))
+        record = checkpoint(f"epoch_{epoch}", "epoch", epoch, epoch + 1, 0, (cv_loss, cv_acc), is_best)
         last_saved = record.name
         epochs_completed = epoch + 1
         result = EpochResult(
@@ -436,7 +457,8 @@ def train(
         )
         history.append(result)
         if emit and callbacks.on_epoch_end:
-            callbacks.on_epoch_end(result)
+            with _rank0_block():
+                callbacks.on_epoch_end(result)
         if cfg.early_stop_patience > 0 and extra["bad_epochs"] >= cfg.early_stop_patience:
             stopped_early = True
             break
