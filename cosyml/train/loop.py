@@ -241,6 +241,25 @@ def data_summary(train_set: UtteranceSet, cv_set: UtteranceSet | None, info: Dis
     return dict(zip(names, ddp.all_reduce_sum(values, info), strict=True))
 
 
+def completed_checkpoint(checkpoint_dir: str | Path, cfg: TrainConfig, model: torch.nn.Module) -> CheckpointInfo | None:
+    """The newest checkpoint of ``checkpoint_dir`` when that run already reached its end under ``cfg``
+    (``max_epochs`` done, ``max_steps`` reached, or early stopping triggered), else ``None``.
+
+    A checkpoint written under another training config (:func:`config_hash`) is never complete: resuming
+    it fails with the one-line refusal of :func:`train`.
+    """
+    latest = latest_resumable(checkpoint_dir)
+    if latest is None or latest.config_hash != config_hash(cfg, model):
+        return None
+    if (cfg.max_steps > 0 and latest.step >= cfg.max_steps) or latest.next_epoch >= cfg.max_epochs:
+        return latest
+    if cfg.early_stop_patience > 0 and latest.kind == "epoch":
+        extra = load_checkpoint(latest.path, mmap=True).get("extra", {})
+        if int(extra.get("bad_epochs", 0)) >= cfg.early_stop_patience:
+            return latest
+    return None
+
+
 def train(
     model: torch.nn.Module,
     train_set: UtteranceSet,
