@@ -111,3 +111,37 @@ def test_a_second_train_into_the_same_folder_stops_at_once_naming_the_holder(sha
             first.kill()
             first.wait()
     assert (out / "llm.pt").is_file()
+
+
+def test_flow_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_weights(shards, kit_dir, tmp_path):
+    """kill -9 during epoch 0's audio samples, rerun: the sampler's engine had drawn on the training RNG
+    after the checkpoint captured it, so 205/205 tensors differed."""
+    from cosyml.train.checkpoint import list_checkpoints, load_checkpoint
+
+    params = params_file(tmp_path, kit_dir, "flowkill", max_epochs=2, sample_every_epochs=1, sample_max_tokens=8)
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+
+    def cmd(out: Path) -> list[str]:
+        return [sys.executable, "-m", "cosyml", "train", "flow", "--data", str(shards), "--output", str(out), "--params", str(params)]
+
+    straight = tmp_path / "straight" / "flow"
+    subprocess.run(cmd(straight), env=env, check=True, capture_output=True, timeout=600)
+
+    killed = tmp_path / "killed" / "flow"
+    proc = subprocess.Popen(cmd(killed), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (killed / "checkpoints" / "epoch_0.json").is_file():
+        assert proc.poll() is None and time.monotonic() < deadline, "training ended before its first checkpoint"
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL, while epoch 0's samples render
+    proc.wait()
+    assert not (killed / "checkpoints" / "epoch_1.json").is_file(), "the kill came too late"
+    subprocess.run(cmd(killed), env=env, check=True, capture_output=True, timeout=600)  # --resume auto
+
+    def final(out: Path) -> dict:
+        return load_checkpoint(next(i for i in list_checkpoints(out / "checkpoints") if i.name == "epoch_1").path)["model"]
+
+    a, b = final(straight), final(killed)
+    differ = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not differ, f"{len(differ)}/{len(a)} tensors differ"
+    assert sorted((killed / "samples").glob("epoch_001/*.wav"))
