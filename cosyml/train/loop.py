@@ -37,7 +37,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +87,90 @@ class OptimSettings:
     schedule: LRSchedule
     grad_clip: float  # <= 0: no clipping (the norm is still measured)
     accum_grad: int
+
+
+@dataclass
+class Tally:
+    """Sums added up over ranks in one ``all_reduce``: the fields, in order, are the reduced vector."""
+
+    def vector(self) -> list[float]:
+        return [float(getattr(self, f.name)) for f in fields(self)]
+
+    def reduced(self, info: DistInfo) -> Any:
+        """The element-wise sum over all ranks (a collective: every rank calls it)."""
+        return type(self)(*ddp.all_reduce_sum(self.vector(), info))
+
+
+@dataclass
+class GroupTally(Tally):
+    """One optimiser step's batches (one accumulation group)."""
+
+    loss_sum: float = 0.0  # sum of the batches' mean losses (non-finite ones counted as 0)
+    batches: float = 0.0
+    acc_sum: float = 0.0
+    acc_batches: float = 0.0  # batches whose model reported an accuracy
+    nonfinite: float = 0.0  # batches whose loss was NaN or infinite
+    utts: float = 0.0
+    speech_tokens: float = 0.0
+    mel_frames: float = 0.0
+
+    def count(self, batch: Mapping[str, Any]) -> None:
+        """Add a batch's utterances, speech tokens and mel frames (for throughput)."""
+        utts, tokens, frames = _batch_counts(batch)
+        self.utts += utts
+        self.speech_tokens += tokens
+        self.mel_frames += frames
+
+
+@dataclass
+class EpochTally(Tally):
+    """The epoch so far, per optimiser step (stored in step checkpoints as ``extra["epoch_sums"]``)."""
+
+    loss_sum: float = 0.0
+    steps: float = 0.0
+    acc_sum: float = 0.0
+    acc_steps: float = 0.0
+
+    def add_step(self, loss: float, acc: float | None) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        if acc is not None:
+            self.acc_sum += acc
+            self.acc_steps += 1
+
+
+@dataclass
+class CvTally(Tally):
+    """Validation, weighted by utterances."""
+
+    loss_sum: float = 0.0  # sum of batch loss x utterances
+    acc_sum: float = 0.0  # sum of batch acc x utterances
+    acc_utts: float = 0.0
+    utts: float = 0.0
+
+
+@dataclass
+class Throughput:
+    """What was processed since the last logged step, for the ``perf/*`` rates."""
+
+    started: float = field(default_factory=time.perf_counter)
+    utts: float = 0.0
+    speech_tokens: float = 0.0
+    mel_frames: float = 0.0
+
+    def add(self, group: GroupTally) -> None:
+        self.utts += group.utts
+        self.speech_tokens += group.speech_tokens
+        self.mel_frames += group.mel_frames
+
+    def rates(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        out = {"perf/utts_per_s": self.utts / elapsed}
+        if self.speech_tokens:
+            out["perf/speech_tokens_per_s"] = self.speech_tokens / elapsed
+        if self.mel_frames:
+            out["perf/frames_per_s"] = self.mel_frames / elapsed
+        return out
 
 
 @dataclass
@@ -201,22 +285,22 @@ def evaluate(
     """Utterance-weighted CV loss and acc over all ranks' shares: sum(v x n_utts) / sum(n_utts)."""
     was_training = model.training
     model.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss x utts, acc x utts, utts with acc, utts
+    tally = CvTally()
     for indices in data.plan(seed=0, epoch=0, shuffle=False):
         batch = batch_to_device(data.batch(indices), info.device)
         with _autocast(info.device, autocast_dtype):
             loss, acc = loss_and_acc(model(batch))
         n = len(indices)
-        sums[0] += float(loss) * n
-        sums[3] += n
+        tally.loss_sum += float(loss) * n
+        tally.utts += n
         if acc is not None:
-            sums[1] += float(acc) * n
-            sums[2] += n
+            tally.acc_sum += float(acc) * n
+            tally.acc_utts += n
     model.train(was_training)
-    loss_sum, acc_sum, acc_n, n = ddp.all_reduce_sum(sums, info)
-    if n == 0:
+    total = tally.reduced(info)
+    if total.utts == 0:
         return None, None, 0
-    return loss_sum / n, (acc_sum / acc_n if acc_n else None), int(n)
+    return total.loss_sum / total.utts, (total.acc_sum / total.acc_utts if total.acc_utts else None), int(total.utts)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
@@ -354,7 +438,7 @@ def train(
     stopped_early = False
     epochs_completed = start_epoch
     last_saved = resume_path or "none"
-    window = {"time": time.perf_counter(), "utts": 0.0, "tokens": 0.0, "frames": 0.0}
+    window = Throughput()
 
     # ---- epochs
     for epoch in range(start_epoch, cfg.max_epochs):
@@ -362,13 +446,12 @@ def train(
         plan = plan[: ddp.equal_batch_count(len(plan), info)]  # uneven shares: all ranks run the same count
         net.train()
         done = skip_batches if epoch == start_epoch else 0
-        epoch_sums = extra.pop("epoch_sums", None) if epoch == start_epoch else None
-        epoch_sums = epoch_sums or [0.0, 0.0, 0.0, 0.0]  # loss x steps, steps, acc x steps, steps with acc
+        saved = extra.pop("epoch_sums", None) if epoch == start_epoch else None  # resumed mid-epoch
+        epoch_tally = EpochTally(*saved) if saved else EpochTally()
 
         while done < len(plan):
             group = plan[done : done + settings.accum_grad]
-            # per group: loss sum, batches, acc sum, batches with acc, non-finite losses, utts, tokens, frames
-            sums = [0.0] * 8
+            tally = GroupTally()
             bad_utts: list[str] = []
             for j, indices in enumerate(group):
                 batch = batch_to_device(train_set.batch(indices), info.device)
@@ -379,17 +462,17 @@ def train(
                     scaler.scale(loss.float() / len(group)).backward()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    sums[4] += 1
+                    tally.nonfinite += 1
                     bad_utts.extend(batch["utts"])
                     loss_value = 0.0
-                sums[0] += loss_value
-                sums[1] += 1
+                tally.loss_sum += loss_value
+                tally.batches += 1
                 if acc is not None:
-                    sums[2] += float(acc.detach())
-                    sums[3] += 1
-                sums[5:8] = [a + b for a, b in zip(sums[5:8], _batch_counts(batch), strict=True)]
-            sums = ddp.all_reduce_sum(sums, info)
-            if sums[4] > 0:
+                    tally.acc_sum += float(acc.detach())
+                    tally.acc_batches += 1
+                tally.count(batch)
+            tally = tally.reduced(info)
+            if tally.nonfinite > 0:
                 culprits = [u for utts in ddp.gather_objects(bad_utts, info) for u in utts]
                 raise TrainingDiverged(
                     f"train: loss is not finite at step {step + 1} (epoch {epoch}, batch {done}) on utterances "
@@ -409,42 +492,32 @@ def train(
             step += 1
             done += len(group)
 
-            step_loss = sums[0] / sums[1]
-            step_acc = sums[2] / sums[3] if sums[3] else None
-            epoch_sums[0] += step_loss
-            epoch_sums[1] += 1
-            if step_acc is not None:
-                epoch_sums[2] += step_acc
-                epoch_sums[3] += 1
-            for key, value in zip(("utts", "tokens", "frames"), sums[5:8], strict=True):
-                window[key] += value
+            step_loss = tally.loss_sum / tally.batches
+            step_acc = tally.acc_sum / tally.acc_batches if tally.acc_batches else None
+            epoch_tally.add_step(step_loss, step_acc)
+            window.add(tally)
 
             if emit and callbacks.on_log and step % max(1, cfg.log_every_steps) == 0:
-                elapsed = max(time.perf_counter() - window["time"], 1e-9)
                 metrics = {
                     "train/loss": step_loss,
                     "train/lr": lr,
                     "train/grad_norm": grad_norm,
                     "train/epoch": epoch + done / max(1, len(plan)),
                     "train/skipped_steps": float(extra["skipped_steps"]),
-                    "perf/utts_per_s": window["utts"] / elapsed,
+                    **window.rates(),
                 }
                 if step_acc is not None:
                     metrics["train/acc"] = step_acc
-                if window["tokens"]:
-                    metrics["perf/speech_tokens_per_s"] = window["tokens"] / elapsed
-                if window["frames"]:
-                    metrics["perf/frames_per_s"] = window["frames"] / elapsed
                 if info.device.type == "cuda":
                     metrics["perf/gpu_mem_max_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
                     torch.cuda.reset_peak_memory_stats(info.device)
                 with _rank0_block():
                     callbacks.on_log(metrics, step)
-                window.update(time=time.perf_counter(), utts=0.0, tokens=0.0, frames=0.0)
+                window = Throughput()
 
             reached_max = cfg.max_steps > 0 and step >= cfg.max_steps
             if reached_max or (cfg.save_every_steps > 0 and step % cfg.save_every_steps == 0):
-                extra["epoch_sums"] = list(epoch_sums)
+                extra["epoch_sums"] = epoch_tally.vector()
                 record = checkpoint(f"step_{step}", "step", epoch, epoch, done)
                 last_saved = record.name
                 extra.pop("epoch_sums")
@@ -466,8 +539,8 @@ def train(
         result = EpochResult(
             epoch=epoch,
             step=step,
-            train_loss=epoch_sums[0] / epoch_sums[1] if epoch_sums[1] else None,
-            train_acc=epoch_sums[2] / epoch_sums[3] if epoch_sums[3] else None,
+            train_loss=epoch_tally.loss_sum / epoch_tally.steps if epoch_tally.steps else None,
+            train_acc=epoch_tally.acc_sum / epoch_tally.acc_steps if epoch_tally.acc_steps else None,
             cv_loss=cv_loss,
             cv_acc=cv_acc,
             cv_utts=cv_utts,
