@@ -113,6 +113,7 @@ def test_a_second_train_into_the_same_folder_stops_at_once_naming_the_holder(sha
     assert (out / "llm.pt").is_file()
 
 
+@pytest.mark.slow
 def test_flow_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_weights(shards, kit_dir, tmp_path):
     """kill -9 during epoch 0's audio samples, rerun: the sampler's engine had drawn on the training RNG
     after the checkpoint captured it, so 205/205 tensors differed."""
