@@ -61,7 +61,8 @@ def test_a_finished_run_asked_again_says_so_and_rewrites_nothing(shards, kit_dir
     assert main(train_args(shards, out, params)) == 0
     weights = out / "llm.pt"
     md5, mtime = hashlib.md5(weights.read_bytes()).hexdigest(), weights.stat().st_mtime_ns
-    assert len(runs_of("done")) == 1
+    (trained,) = runs_of("done")
+    assert {"train/loss", "data/train_utts", "epoch/cv_loss"} <= set(trained.data.metrics)
     capsys.readouterr()
 
     assert main(train_args(shards, out, params)) == 0

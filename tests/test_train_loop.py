@@ -141,6 +141,25 @@ def test_a_collective_inside_a_rank0_only_block_fails_in_a_single_process():
     assert ddp.all_reduce_sum([1.0], ddp.DistInfo()) == [1.0]
 
 
+class _Logger:
+    """A MetricLogger, as tracking's StageRun is one."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int | None, dict]] = []
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+def test_a_metric_logger_hears_what_on_log_hears(data, tmp_path):
+    train_set, cv_set = data
+    logger, heard = _Logger(), []
+    callbacks = TrainCallbacks(logger=logger, on_log=lambda m, s: heard.append((s, dict(m))))
+    train(TinyLM(), train_set, cv_set, config(max_epochs=1), tmp_path, callbacks=callbacks)
+    assert [s for s, _ in logger.logged] == [s for s, _ in heard] and logger.logged[0][0] == 0
+    assert "data/train_utts" in logger.logged[0][1] and "train/loss" in logger.logged[-1][1]
+
+
 def test_checkpoint_from_another_config_is_refused(data, tmp_path):
     train_set, _ = data
     train(TinyLM(), train_set, None, config(max_steps=1), tmp_path, resume=None)

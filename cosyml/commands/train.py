@@ -171,7 +171,7 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
             dist=info,
             resume=None if resume == "none" else resume,
             callbacks=TrainCallbacks(
-                on_log=lambda metrics, step: run.log_metrics(metrics, step=step),
+                logger=run,  # tracking's StageRun is a MetricLogger
                 on_epoch_end=on_epoch_end,
                 on_checkpoint=on_checkpoint,
             ),

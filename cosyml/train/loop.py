@@ -21,8 +21,8 @@ line naming the step and the utterances; the last checkpoint written stays the n
 Precision: fp32 on CPU; on GPU ``precision: auto`` is bf16 autocast where supported (fp32 master weights),
 ``fp16`` adds a GradScaler.
 
-Callbacks (rank 0 only): ``on_log(metrics, step)`` every ``log_every_steps`` steps and once with the data
-summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo, is_best)`` (``is_best``:
+Callbacks (rank 0 only): a :class:`MetricLogger` and/or ``on_log(metrics, step)`` every ``log_every_steps``
+steps and once with the data summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo, is_best)`` (``is_best``:
 the loop's own rule, ``early_stop_min_delta`` and the best CV loss restored on resume included). The loop
 knows nothing about MLflow. Callbacks run inside :func:`_rank0_block`: they may not call collectives
 (every rank computes what they log first) and whatever they draw from the python/numpy/torch RNGs (an
@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -188,11 +188,30 @@ class EpochResult:
     is_best: bool
 
 
+class MetricLogger(Protocol):
+    """Where the loop's owner sends step metrics (:class:`cosyml.tracking.StageRun` is one)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+
 @dataclass
 class TrainCallbacks:
+    """What rank 0 hears from the loop; ``logger`` and ``on_log`` both receive the step metrics."""
+
     on_log: Callable[[dict[str, float], int], None] | None = None
     on_epoch_end: Callable[[EpochResult], None] | None = None
     on_checkpoint: Callable[[CheckpointInfo, bool], None] | None = None
+    logger: MetricLogger | None = None
+
+    @property
+    def logs(self) -> bool:
+        return self.on_log is not None or self.logger is not None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=step)
+        if self.on_log is not None:
+            self.on_log(metrics, step)
 
 
 @dataclass
@@ -403,9 +422,9 @@ def train(
 
     net = ddp.wrap_model(model, info, cfg.find_unused_parameters)
     summary = data_summary(train_set, cv_set, info)  # a collective: every rank, before the rank-0 block
-    if emit and callbacks.on_log:
+    if emit and callbacks.logs:
         with _rank0_block():
-            callbacks.on_log(summary, step)
+            callbacks.log(summary, step)
 
     def checkpoint(
         name: str, kind: str, epoch: int, next_epoch: int, next_batch: int, cv: tuple[Any, ...] = (), is_best: bool = False
@@ -497,7 +516,7 @@ def train(
             epoch_tally.add_step(step_loss, step_acc)
             window.add(tally)
 
-            if emit and callbacks.on_log and step % max(1, cfg.log_every_steps) == 0:
+            if emit and callbacks.logs and step % max(1, cfg.log_every_steps) == 0:
                 metrics = {
                     "train/loss": step_loss,
                     "train/lr": lr,
@@ -512,7 +531,7 @@ def train(
                     metrics["perf/gpu_mem_max_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
                     torch.cuda.reset_peak_memory_stats(info.device)
                 with _rank0_block():
-                    callbacks.on_log(metrics, step)
+                    callbacks.log(metrics, step)
                 window = Throughput()
 
             reached_max = cfg.max_steps > 0 and step >= cfg.max_steps
