@@ -344,6 +344,42 @@ def data_summary(train_set: UtteranceSet, cv_set: UtteranceSet | None, info: Dis
     return dict(zip(names, ddp.all_reduce_sum(values, info), strict=True))
 
 
+@dataclass
+class Progress:
+    """Where a run stands: a fresh start, or what a checkpoint restored."""
+
+    step: int = 0  # optimiser steps taken
+    next_epoch: int = 0
+    next_batch: int = 0  # batches of next_epoch already consumed
+    # loop counters kept in checkpoints: early stopping, skipped steps (and "epoch_sums" mid-epoch)
+    extra: dict[str, Any] = field(default_factory=lambda: {"best_cv": math.inf, "bad_epochs": 0, "skipped_steps": 0})
+
+
+def _resume_path(resume: str | Path | None, checkpoint_dir: Path, info: DistInfo) -> str | None:
+    """The checkpoint to resume from: rank 0 picks the newest full one for "auto" and tells the others."""
+    if resume == "auto":
+        latest = latest_resumable(checkpoint_dir) if info.is_main else None
+        return ddp.broadcast_object(latest.path if latest else None, info)
+    return None if resume is None else str(resume)
+
+
+def _restore(
+    path: str, chash: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, info: DistInfo
+) -> Progress:
+    """Load weights, optimiser, scaler and this rank's RNG states from a full checkpoint."""
+    state = load_checkpoint(path, chash)
+    if "optimizer" not in state:
+        raise ConfigError(f"{path}: weights-only checkpoint cannot be resumed; pick a full one")
+    model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    restore_rng(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+    progress = Progress(int(state["info"]["step"]), int(state["info"]["next_epoch"]), int(state["info"]["next_batch"]))
+    progress.extra.update(state["extra"])
+    return progress
+
+
 def completed_checkpoint(checkpoint_dir: str | Path, cfg: TrainConfig, model: torch.nn.Module) -> CheckpointInfo | None:
     """The newest checkpoint of ``checkpoint_dir`` when that run already reached its end under ``cfg``
     (``max_epochs`` done, ``max_steps`` reached, or early stopping triggered), else ``None``.
@@ -397,28 +433,12 @@ def train(
     autocast_dtype = resolve_precision(cfg.precision, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16)
 
-    step, start_epoch, skip_batches = 0, 0, 0
-    extra: dict[str, Any] = {"best_cv": math.inf, "bad_epochs": 0, "skipped_steps": 0}
-
     # ---- resume
-    resume_path: str | None = None
-    if resume == "auto":
-        latest = latest_resumable(checkpoint_dir) if emit else None
-        resume_path = ddp.broadcast_object(latest.path if latest else None, info)
-    elif resume is not None:
-        resume_path = str(resume)
+    resume_path = _resume_path(resume, checkpoint_dir, info)
+    progress = Progress()
     if resume_path is not None:
-        state = load_checkpoint(resume_path, chash)
-        if "optimizer" not in state:
-            raise ConfigError(f"{resume_path}: weights-only checkpoint cannot be resumed; pick a full one")
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        restore_rng(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
-        step = int(state["info"]["step"])
-        start_epoch, skip_batches = int(state["info"]["next_epoch"]), int(state["info"]["next_batch"])
-        extra.update(state["extra"])
+        progress = _restore(resume_path, chash, model, optimizer, scaler, info)
+    step, start_epoch, skip_batches, extra = progress.step, progress.next_epoch, progress.next_batch, progress.extra
 
     net = ddp.wrap_model(model, info, cfg.find_unused_parameters)
     summary = data_summary(train_set, cv_set, info)  # a collective: every rank, before the rank-0 block
