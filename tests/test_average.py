@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 import pytest
 import torch
 from train_helpers import TinyLM
@@ -49,3 +52,13 @@ def test_last_n(run_dir, tmp_path):
 def test_no_epoch_checkpoints_is_one_line(tmp_path):
     with pytest.raises(InputError, match="no epoch checkpoints to average"):
         average_checkpoints(tmp_path, tmp_path / "llm.pt")
+
+
+def test_two_averages_of_the_same_checkpoints_are_byte_identical_and_a_rerun_leaves_the_file(run_dir, tmp_path):
+    """DVC compares md5s: the file name (or the temp file's) must not end up inside the weight file."""
+    a = average_checkpoints(run_dir, tmp_path / "a" / "llm.pt", num=3).path
+    b = average_checkpoints(run_dir, tmp_path / "b" / "other_name.pt", num=3).path
+    assert hashlib.md5(a.read_bytes()).hexdigest() == hashlib.md5(b.read_bytes()).hexdigest()
+    os.utime(a, ns=(1, 1))
+    average_checkpoints(run_dir, a, num=3)
+    assert a.stat().st_mtime_ns == 1  # same bytes: not rewritten

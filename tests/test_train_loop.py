@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import random
 
+import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -102,6 +104,60 @@ def test_resume_is_bit_identical(data, tmp_path):
     assert out.step == total
     a, b = weights(straight), weights(second)
     assert all(torch.equal(a[k], b[k]) for k in a), "resumed run differs from the uninterrupted one"
+
+
+def _draw_randoms(*_args) -> None:
+    """What a per-epoch sampler does to the global RNGs: load a model (random init) and seed its synthesis."""
+    torch.randn(7)
+    torch.manual_seed(1234)
+    np.random.rand(3)
+    random.random()
+
+
+def test_callbacks_drawing_random_numbers_change_neither_training_nor_resume(data, tmp_path):
+    """The flow's resume was inexact: its per-epoch sampler drew on the torch RNG after the checkpoint captured it."""
+    train_set, cv_set = data
+    greedy = TrainCallbacks(on_log=_draw_randoms, on_epoch_end=_draw_randoms, on_checkpoint=_draw_randoms)
+    torch.manual_seed(0)
+    plain = TinyLM()
+    train(plain, train_set, cv_set, config(max_epochs=2), tmp_path / "plain", resume=None)
+
+    torch.manual_seed(0)
+    first = TinyLM()
+    train(first, train_set, cv_set, config(max_epochs=1), tmp_path / "cb", resume=None, callbacks=greedy)
+    torch.manual_seed(99)  # a new process
+    resumed = TinyLM()
+    train(resumed, train_set, cv_set, config(max_epochs=2), tmp_path / "cb", resume="auto", callbacks=greedy)
+    a, b = weights(plain), weights(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a), "callbacks moved the training RNG"
+
+
+def test_a_collective_inside_a_rank0_only_block_fails_in_a_single_process():
+    """Under torchrun such a collective desynchronises the ranks; here it must fail at once, not be a no-op."""
+    from cosyml.train import ddp
+
+    with pytest.raises(ddp.CollectiveInMainOnlyBlock), ddp.main_only():
+        ddp.all_reduce_sum([1.0], ddp.DistInfo())
+    assert ddp.all_reduce_sum([1.0], ddp.DistInfo()) == [1.0]
+
+
+class _Logger:
+    """A MetricLogger, as tracking's StageRun is one."""
+
+    def __init__(self) -> None:
+        self.logged: list[tuple[int | None, dict]] = []
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+def test_a_metric_logger_hears_what_on_log_hears(data, tmp_path):
+    train_set, cv_set = data
+    logger, heard = _Logger(), []
+    callbacks = TrainCallbacks(logger=logger, on_log=lambda m, s: heard.append((s, dict(m))))
+    train(TinyLM(), train_set, cv_set, config(max_epochs=1), tmp_path, callbacks=callbacks)
+    assert [s for s, _ in logger.logged] == [s for s, _ in heard] and logger.logged[0][0] == 0
+    assert "data/train_utts" in logger.logged[0][1] and "train/loss" in logger.logged[-1][1]
 
 
 def test_checkpoint_from_another_config_is_refused(data, tmp_path):

@@ -23,8 +23,12 @@ def encode_text(text: str) -> list[int]:
     return [1 + ord(c) % (VOCAB - 1) for c in text]
 
 
-def write_corpus(root: Path, num_utts: int, seed: int = 0, durations: list[float] | None = None, **shard_kwargs) -> Path:
-    """Write wavs, kaldi files, feature .pt files and parquet shards; return the data.list path."""
+def write_corpus(
+    root: Path, num_utts: int, seed: int = 0, durations: list[float] | None = None, shards_dir: Path | None = None, **shard_kwargs
+) -> Path:
+    """Write wavs, kaldi files, feature .pt files and parquet shards; return the data.list path.
+
+    Shards go to ``shards_dir`` (default ``<root>/shards``)."""
     rng = np.random.default_rng(seed)
     split = root / "split"
     (split / "wavs").mkdir(parents=True, exist_ok=True)
@@ -47,8 +51,17 @@ def write_corpus(root: Path, num_utts: int, seed: int = 0, durations: list[float
     torch.save(utt2emb, split / "utt2embedding.pt")
     torch.save({"spk": np.mean(list(utt2emb.values()), axis=0).tolist()}, split / "spk2embedding.pt")
     torch.save(utt2tok, split / "utt2speech_token.pt")
-    write_shards(split, out_dir=root / "shards", utts_per_shard=shard_kwargs.get("utts_per_shard", 5))
-    return root / "shards" / "data.list"
+    shards_dir = shards_dir or root / "shards"
+    write_shards(split, out_dir=shards_dir, utts_per_shard=shard_kwargs.get("utts_per_shard", 5))
+    return shards_dir / "data.list"
+
+
+def write_cli_shards(root: Path, num_train: int = 8, num_dev: int = 3, seed: int = 0) -> Path:
+    """``<root>/shards/{train,dev}/data.list`` as `cosyml shards` writes them (what `cosyml train --data` reads)."""
+    shards = root / "shards"
+    write_corpus(root / "train_src", num_train, seed=seed, shards_dir=shards / "train", durations=[1.0] * num_train)
+    write_corpus(root / "dev_src", num_dev, seed=seed + 1, shards_dir=shards / "dev", durations=[1.0] * num_dev)
+    return shards
 
 
 def tiny_featurizer() -> Featurizer:

@@ -43,7 +43,12 @@ def run(args: argparse.Namespace) -> int:
         result = train_part(args.part, params, Path(args.data), output, args.resume, info, average=not args.no_average)
     finally:
         ddp.shutdown()
-    if info.is_main:
+    if info.is_main and result.get("complete"):
+        print(
+            f"{args.part}: {output} is already trained ({result['checkpoint']}: {result['epochs']} epochs, "
+            f"{result['steps']} steps); nothing to do (raise train.max_epochs to train on, or --resume none)"
+        )
+    elif info.is_main:
         print(f"trained {args.part}: {result['epochs']} epochs, {result['steps']} steps -> {result['weights']}")
     return 0
 
@@ -87,14 +92,31 @@ def load_base_part(model_dir: Any, part: str) -> Any:
 def train_part(
     part: str, params: Params, data: Path, output: Path, resume: str, info: Any, average: bool = True
 ) -> dict[str, Any]:
-    """Train ``part``; with ``average``, write ``<output>/<part>.pt`` (the average of the best checkpoints)."""
+    """Train ``part``; with ``average``, write ``<output>/<part>.pt`` (the average of the best checkpoints).
+
+    Rank 0 holds ``output``'s lock (:func:`cosyml.fileio.output_lock`) throughout: a second `cosyml train`
+    into the same folder stops at once, naming the holder (only rank 0 writes files). A run that already
+    reached its end (``resume`` auto) trains nothing, opens no MLflow run and returns ``complete``; its
+    averaged weights are rewritten only if they would change.
+    """
+    import contextlib
+
+    from cosyml.fileio import output_lock
+
+    lock = output_lock(output, f"cosyml train {part}") if info.is_main else contextlib.nullcontext()
+    with lock:
+        return _train_part(part, params, data, output, resume, info, average)
+
+
+def _train_part(part: str, params: Params, data: Path, output: Path, resume: str, info: Any, average: bool) -> dict[str, Any]:
     from cosyml.features.mel import MelConfig
     from cosyml.models.modeldir import ModelDir
     from cosyml.text.tokenizer import TextTokenizer
     from cosyml.tracking import stage_run
+    from cosyml.train import ddp
     from cosyml.train.average import average_checkpoints
     from cosyml.train.batching import UtteranceSet, default_featurizer
-    from cosyml.train.loop import TrainCallbacks, train
+    from cosyml.train.loop import TrainCallbacks, completed_checkpoint, train
     from cosyml.versioning import data_version
 
     cfg = params.train
@@ -109,16 +131,22 @@ def train_part(
     cv_set = UtteranceSet.load(dev_list, featurizer, cfg.data, info.rank, info.world_size) if dev_list else None
     if len(train_set) == 0:
         raise InputError(f"{train_list}: every utterance was filtered out ({dict(train_set.dropped)}); check train.data limits")
+    average_by = cfg.average_by if cv_set is not None else "last"  # no dev split: no CV loss to rank by
     model = load_base_part(md, part)
     checkpoint_dir = output / "checkpoints"
     weights = output / f"{part}.pt"
+    done = completed_checkpoint(checkpoint_dir, cfg, model) if resume == "auto" and info.is_main else None
+    done = ddp.broadcast_object(done, info)  # every rank takes the same branch
+    if done is not None:
+        if info.is_main and average:
+            average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by)
+        return {"epochs": done.next_epoch, "steps": done.step, "weights": weights, "complete": True, "checkpoint": done.name}
     logged = {**as_flat_dict(cfg, "train."), "part": part, "model_dir": str(md.root), "data": str(data), "output": str(output)}
 
     def body(run: Any) -> dict[str, Any]:
         sampler = None
         if info.is_main and cfg.sample_every_epochs > 0:
             sampler = _epoch_sampler(part, md, output, dev_list or train_list, cfg.sample_max_tokens)
-        best_cv = [float("inf")]
 
         def on_epoch_end(epoch: Any) -> None:
             fields = dataclasses.asdict(epoch)
@@ -128,10 +156,8 @@ def train_part(
                 for wav in sampler.render(epoch.checkpoint, epoch.epoch):
                     run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
 
-        def on_checkpoint(ckpt: Any) -> None:
-            is_best = ckpt.cv_loss is not None and ckpt.cv_loss < best_cv[0]
-            if is_best:
-                best_cv[0] = ckpt.cv_loss
+        def on_checkpoint(ckpt: Any, is_best: bool) -> None:
+            # is_best is the loop's rule (early_stop_min_delta, the best restored on resume): one rule
             if cfg.log_checkpoints == "all" or (cfg.log_checkpoints == "best" and is_best):
                 run.log_artifact(ckpt.path, "checkpoints")
 
@@ -145,15 +171,14 @@ def train_part(
             dist=info,
             resume=None if resume == "none" else resume,
             callbacks=TrainCallbacks(
-                on_log=lambda metrics, step: run.log_metrics(metrics, step=step),
+                logger=run,  # tracking's StageRun is a MetricLogger
                 on_epoch_end=on_epoch_end,
                 on_checkpoint=on_checkpoint,
             ),
         )
         if not info.is_main or not average:
             return {"epochs": result.epochs_completed, "steps": result.step, "weights": checkpoint_dir}
-        by = cfg.average_by if cv_set is not None else "last"
-        averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=by)
+        averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by)
         run.set_tags({"cosyml.averaged_from": ",".join(averaged.sources), "cosyml.part": part})
         if cfg.log_checkpoints in ("all", "best", "final"):
             run.log_artifact(weights, "weights")

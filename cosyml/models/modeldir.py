@@ -13,9 +13,7 @@ official key set (tied tensors stored once) atomically.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -330,18 +328,26 @@ def _fp32_cpu(t: torch.Tensor) -> torch.Tensor:
     t = t.detach()
     if t.is_floating_point():
         t = t.to(dtype=torch.float32)
-    return t.to("cpu").contiguous()
+    t = t.to("cpu").contiguous()
+    # torch.save writes a tensor's whole storage: a view into a larger one (a slice, an averaging buffer)
+    # is copied so the file holds only its own values
+    if t.untyped_storage().nbytes() != t.numel() * t.element_size():
+        t = t.clone()
+    return t
 
 
-def export_state_dict(module: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
-    """``module.state_dict()`` as a plain fp32 CPU ``OrderedDict``, tensors that share storage kept shared.
+def official_state_dict(state: Mapping[str, Any]) -> OrderedDict[str, torch.Tensor]:
+    """``state`` as an official-format state dict: fp32 CPU tensors, no training keys (``epoch``/``step``),
+    tensors that shared storage still shared.
 
     Keys in :data:`keys.TIED_KEYS` are stored as the very same tensor object as their source when their
     values are equal, so ``torch.save`` writes them once.
     """
     converted: dict[tuple[int, int, tuple[int, ...], tuple[int, ...], torch.dtype], torch.Tensor] = {}
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, tensor in module.state_dict().items():
+    for key, tensor in state.items():
+        if key in keys.TRAINING_ONLY_KEYS or not isinstance(tensor, torch.Tensor):
+            continue
         ident = (
             tensor.untyped_storage().data_ptr(),
             tensor.storage_offset(),
@@ -360,25 +366,24 @@ def export_state_dict(module: torch.nn.Module) -> OrderedDict[str, torch.Tensor]
     return out
 
 
-def save_state_dict(module: torch.nn.Module, path: str | Path) -> Path:
-    """Write ``module``'s weights as an official-format file: plain fp32 CPU dict, atomically.
+def export_state_dict(module: torch.nn.Module) -> OrderedDict[str, torch.Tensor]:
+    """``module.state_dict()`` as :func:`official_state_dict`."""
+    return official_state_dict(module.state_dict())
 
-    Written to a temporary file in the same folder and renamed over ``path``, so an interrupted save
-    never leaves a truncated weight file behind.
+
+def save_state_dict(weights: torch.nn.Module | Mapping[str, Any], path: str | Path) -> Path:
+    """The one writer of official weight files (``llm.pt``/``flow.pt``/``hift.pt``, averages, assembled dirs).
+
+    ``weights``: a module or a state dict, written as :func:`official_state_dict` (loads with
+    ``strict=True``). Crash-safe (temp file, fsync, rename) and byte-stable: the same tensors give the same
+    bytes whatever the file is called, and a file that already holds those bytes is left untouched (its
+    mtime too), so DVC and make see no change where there is none.
     """
+    from cosyml.fileio import torch_bytes, write_if_changed
+
+    state = official_state_dict(weights.state_dict() if isinstance(weights, torch.nn.Module) else weights)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = export_state_dict(module)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.chmod(0o644)  # mkstemp creates 0600; weight files are shared read-only artifacts
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    write_if_changed(path, torch_bytes(state))
     return path
 
 

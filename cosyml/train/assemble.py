@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from cosyml.errors import InputError
+from cosyml.fileio import atomic_torch_save
 from cosyml.models.keys import SPK2INFO_NAME, WEIGHT_FILE, is_stale_export
 from cosyml.models.modeldir import ModelDir, describe_mismatch, load_state_dict_file
 from cosyml.train.checkpoint import save_plain_state_dict
@@ -88,7 +89,7 @@ def assemble(
         _check_same_layout(Path(source), state, reference)
         save_plain_state_dict(state, target)
     embedding = speaker_embedding(spk2embedding, speaker)
-    torch.save({speaker: {"embedding": embedding}}, out / SPK2INFO_NAME)
+    atomic_torch_save({speaker: {"embedding": embedding}}, out / SPK2INFO_NAME)
     ModelDir(out).check()
     return AssembleResult(out, str(llm or "base"), str(flow or "base"), [speaker])
 

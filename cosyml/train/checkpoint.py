@@ -21,15 +21,13 @@ and export); everything else is deleted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import random
-import tempfile
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +36,8 @@ import numpy as np
 import torch
 
 from cosyml.errors import ConfigError, InputError
-from cosyml.models import keys
+from cosyml.fileio import atomic_torch_save, atomic_write_json, remove_stale_temp_files
+from cosyml.models.modeldir import save_state_dict
 
 CHECKPOINT_FORMAT = "cosyml.train/1"
 
@@ -89,47 +88,6 @@ def config_hash(config: Any, model: torch.nn.Module | None = None) -> str:
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# ------------------------------------------------------------------------------------------ atomic files
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        tmp.chmod(0o644)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> Path:
-    """``torch.save`` to a temp file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    _atomic_write(path, lambda tmp: torch.save(obj, tmp))
-    return path
-
-
-def atomic_write_json(obj: Any, path: str | Path) -> Path:
-    path = Path(path)
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2, sort_keys=True), encoding="utf-8"))
-    return path
-
-
-def remove_stale_temp_files(folder: str | Path) -> list[Path]:
-    """Delete temp files left by a writer that was killed mid-save."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
 # ------------------------------------------------------------------------------------------ RNG state
 
 
@@ -154,6 +112,21 @@ def restore_rng(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@contextlib.contextmanager
+def isolated_rng() -> Iterator[None]:
+    """Run a block without consuming this process's RNGs: their states are put back when it ends.
+
+    Side work during training (per-epoch audio samples load a synthesis engine, whose module init and
+    seeding draw on the global torch RNG) must not move the training's random stream, or a resumed run,
+    whose checkpoint captured the stream before that work, would draw other numbers than an uninterrupted one.
+    """
+    state = capture_rng()
+    try:
+        yield
+    finally:
+        restore_rng(state)
 
 
 # ------------------------------------------------------------------------------------------ save / list / load
@@ -245,31 +218,9 @@ def apply_retention(folder: str | Path, keep_last: int, keep_best: int) -> None:
 # ------------------------------------------------------------------------------------------ export
 
 
-def plain_state_dict(state: Mapping[str, torch.Tensor]) -> OrderedDict[str, torch.Tensor]:
-    """An official-format state dict: fp32 CPU tensors, no training keys, tied tensors kept one tensor.
-
-    Keys that shared storage in ``state`` share it in the result, and the pairs in
-    :data:`cosyml.models.keys.TIED_KEYS` are made the same tensor when their values are equal.
-    """
-    converted: dict[tuple[Any, ...], torch.Tensor] = {}
-    out: OrderedDict[str, torch.Tensor] = OrderedDict()
-    for key, tensor in state.items():
-        if key in keys.TRAINING_ONLY_KEYS or not isinstance(tensor, torch.Tensor):
-            continue
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape), tensor.dtype)
-        if ident not in converted or tensor.numel() == 0:
-            t = tensor.detach().to("cpu")
-            converted[ident] = (t.float() if t.is_floating_point() else t).contiguous().clone()
-        out[key] = converted[ident]
-    for alias, source in keys.TIED_KEYS.items():
-        if alias in out and source in out and out[alias] is not out[source] and torch.equal(out[alias], out[source]):
-            out[alias] = out[source]
-    return out
-
-
 def save_plain_state_dict(state: Mapping[str, torch.Tensor], path: str | Path) -> Path:
-    """Atomically write :func:`plain_state_dict` of ``state`` (loadable with ``strict=True``)."""
-    return atomic_torch_save(plain_state_dict(state), path)
+    """Write ``state`` as an official weight file (:func:`cosyml.models.modeldir.save_state_dict`)."""
+    return save_state_dict(state, path)
 
 
 def export_model_state(checkpoint: str | Path, out_path: str | Path) -> Path:

@@ -10,12 +10,19 @@ counts. Instead of upstream's per-batch monitored barrier with a private timeout
 on newer PyTorch), every epoch starts with one ``all_reduce(MIN)`` of the batch counts and all ranks run
 exactly that many batches (:func:`equal_batch_count`). The few batches a larger rank drops differ from
 epoch to epoch because the batch plan is reshuffled every epoch.
+
+Rank-0-only work (logging, checkpoint files, audio samples) runs inside :func:`main_only`. A collective
+reached there would be entered by rank 0 alone while the other ranks wait at the next one (gloo then fails
+with "Received data size doesn't match expected size", nccl hangs), so every collective below refuses to
+run inside that block, in a single process too: the mistake fails in the first unit test, not on a cluster.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +82,32 @@ def current(device: torch.device | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
+_main_only_depth = 0
+
+
+class CollectiveInMainOnlyBlock(RuntimeError):
+    """A collective was called inside a rank-0-only block (a programming error, not a user one)."""
+
+
+@contextlib.contextmanager
+def main_only() -> Iterator[None]:
+    """Mark a block that only rank 0 runs: collectives inside it raise instead of desynchronising ranks."""
+    global _main_only_depth
+    _main_only_depth += 1
+    try:
+        yield
+    finally:
+        _main_only_depth -= 1
+
+
+def _collective(name: str) -> None:
+    if _main_only_depth:
+        raise CollectiveInMainOnlyBlock(
+            f"ddp.{name} called inside a rank-0-only block: the other ranks would wait at another collective; "
+            "compute it on every rank before the block"
+        )
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
@@ -82,11 +115,13 @@ def shutdown() -> None:
 
 def barrier(info: DistInfo) -> None:
     """Wait for every rank; nothing to wait for in a single process."""
+    _collective("barrier")
     if info.distributed:
         dist.barrier()
 
 
 def _reduce(values: list[float], info: DistInfo, op: str) -> list[float]:
+    _collective(f"all_reduce({op})")
     if not info.distributed:
         return values
     # nccl only reduces CUDA tensors; gloo only CPU ones
@@ -102,6 +137,7 @@ def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
 
 def equal_batch_count(num_batches: int, info: DistInfo) -> int:
     """The smallest batch count over ranks: every rank runs that many batches this epoch."""
+    _collective("equal_batch_count")
     if not info.distributed:
         return num_batches
     return int(_reduce([float(num_batches)], info, "MIN")[0])
@@ -109,6 +145,7 @@ def equal_batch_count(num_batches: int, info: DistInfo) -> int:
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (picklable objects)."""
+    _collective("gather_objects")
     if not info.distributed:
         return [obj]
     out: list[Any] = [None] * info.world_size
@@ -118,6 +155,7 @@ def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
 
 def broadcast_object(obj: Any, info: DistInfo) -> Any:
     """Rank 0's ``obj`` on every rank."""
+    _collective("broadcast_object")
     if not info.distributed:
         return obj
     box = [obj]

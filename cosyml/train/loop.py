@@ -21,9 +21,13 @@ line naming the step and the utterances; the last checkpoint written stays the n
 Precision: fp32 on CPU; on GPU ``precision: auto`` is bf16 autocast where supported (fp32 master weights),
 ``fp16`` adds a GradScaler.
 
-Callbacks (rank 0 only): ``on_log(metrics, step)`` every ``log_every_steps`` steps and once with the data
-summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo)``. The loop knows
-nothing about MLflow.
+Callbacks (rank 0 only): a :class:`MetricLogger` and/or ``on_log(metrics, step)`` every ``log_every_steps``
+steps and once with the data summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo, is_best)`` (``is_best``:
+the loop's own rule, ``early_stop_min_delta`` and the best CV loss restored on resume included). The loop
+knows nothing about MLflow. Callbacks run inside :func:`_rank0_block`: they may not call collectives
+(every rank computes what they log first) and whatever they draw from the python/numpy/torch RNGs (an
+audio sampler loading a synthesis engine does) is given back, so a run with callbacks and a resumed run
+draw the same random numbers as one without.
 """
 
 from __future__ import annotations
@@ -33,9 +37,9 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -49,6 +53,7 @@ from cosyml.train.checkpoint import (
     apply_retention,
     capture_rng,
     config_hash,
+    isolated_rng,
     latest_resumable,
     load_checkpoint,
     restore_rng,
@@ -85,6 +90,90 @@ class OptimSettings:
 
 
 @dataclass
+class Tally:
+    """Sums added up over ranks in one ``all_reduce``: the fields, in order, are the reduced vector."""
+
+    def vector(self) -> list[float]:
+        return [float(getattr(self, f.name)) for f in fields(self)]
+
+    def reduced(self, info: DistInfo) -> Any:
+        """The element-wise sum over all ranks (a collective: every rank calls it)."""
+        return type(self)(*ddp.all_reduce_sum(self.vector(), info))
+
+
+@dataclass
+class GroupTally(Tally):
+    """One optimiser step's batches (one accumulation group)."""
+
+    loss_sum: float = 0.0  # sum of the batches' mean losses (non-finite ones counted as 0)
+    batches: float = 0.0
+    acc_sum: float = 0.0
+    acc_batches: float = 0.0  # batches whose model reported an accuracy
+    nonfinite: float = 0.0  # batches whose loss was NaN or infinite
+    utts: float = 0.0
+    speech_tokens: float = 0.0
+    mel_frames: float = 0.0
+
+    def count(self, batch: Mapping[str, Any]) -> None:
+        """Add a batch's utterances, speech tokens and mel frames (for throughput)."""
+        utts, tokens, frames = _batch_counts(batch)
+        self.utts += utts
+        self.speech_tokens += tokens
+        self.mel_frames += frames
+
+
+@dataclass
+class EpochTally(Tally):
+    """The epoch so far, per optimiser step (stored in step checkpoints as ``extra["epoch_sums"]``)."""
+
+    loss_sum: float = 0.0
+    steps: float = 0.0
+    acc_sum: float = 0.0
+    acc_steps: float = 0.0
+
+    def add_step(self, loss: float, acc: float | None) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        if acc is not None:
+            self.acc_sum += acc
+            self.acc_steps += 1
+
+
+@dataclass
+class CvTally(Tally):
+    """Validation, weighted by utterances."""
+
+    loss_sum: float = 0.0  # sum of batch loss x utterances
+    acc_sum: float = 0.0  # sum of batch acc x utterances
+    acc_utts: float = 0.0
+    utts: float = 0.0
+
+
+@dataclass
+class Throughput:
+    """What was processed since the last logged step, for the ``perf/*`` rates."""
+
+    started: float = field(default_factory=time.perf_counter)
+    utts: float = 0.0
+    speech_tokens: float = 0.0
+    mel_frames: float = 0.0
+
+    def add(self, group: GroupTally) -> None:
+        self.utts += group.utts
+        self.speech_tokens += group.speech_tokens
+        self.mel_frames += group.mel_frames
+
+    def rates(self) -> dict[str, float]:
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        out = {"perf/utts_per_s": self.utts / elapsed}
+        if self.speech_tokens:
+            out["perf/speech_tokens_per_s"] = self.speech_tokens / elapsed
+        if self.mel_frames:
+            out["perf/frames_per_s"] = self.mel_frames / elapsed
+        return out
+
+
+@dataclass
 class EpochResult:
     """What one epoch produced (passed to ``on_epoch_end``)."""
 
@@ -99,11 +188,30 @@ class EpochResult:
     is_best: bool
 
 
+class MetricLogger(Protocol):
+    """Where the loop's owner sends step metrics (:class:`cosyml.tracking.StageRun` is one)."""
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None: ...
+
+
 @dataclass
 class TrainCallbacks:
+    """What rank 0 hears from the loop; ``logger`` and ``on_log`` both receive the step metrics."""
+
     on_log: Callable[[dict[str, float], int], None] | None = None
     on_epoch_end: Callable[[EpochResult], None] | None = None
-    on_checkpoint: Callable[[CheckpointInfo], None] | None = None
+    on_checkpoint: Callable[[CheckpointInfo, bool], None] | None = None
+    logger: MetricLogger | None = None
+
+    @property
+    def logs(self) -> bool:
+        return self.on_log is not None or self.logger is not None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        if self.logger is not None:
+            self.logger.log_metrics(metrics, step=step)
+        if self.on_log is not None:
+            self.on_log(metrics, step)
 
 
 @dataclass
@@ -169,6 +277,13 @@ def loss_and_acc(output: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
     return output.loss, getattr(output, "acc", None)
 
 
+@contextlib.contextmanager
+def _rank0_block() -> Any:
+    """Rank-0-only work: no collectives inside (:func:`ddp.main_only`), the training RNG left untouched."""
+    with ddp.main_only(), isolated_rng():
+        yield
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -189,22 +304,22 @@ def evaluate(
     """Utterance-weighted CV loss and acc over all ranks' shares: sum(v x n_utts) / sum(n_utts)."""
     was_training = model.training
     model.eval()
-    sums = [0.0, 0.0, 0.0, 0.0]  # loss x utts, acc x utts, utts with acc, utts
+    tally = CvTally()
     for indices in data.plan(seed=0, epoch=0, shuffle=False):
         batch = batch_to_device(data.batch(indices), info.device)
         with _autocast(info.device, autocast_dtype):
             loss, acc = loss_and_acc(model(batch))
         n = len(indices)
-        sums[0] += float(loss) * n
-        sums[3] += n
+        tally.loss_sum += float(loss) * n
+        tally.utts += n
         if acc is not None:
-            sums[1] += float(acc) * n
-            sums[2] += n
+            tally.acc_sum += float(acc) * n
+            tally.acc_utts += n
     model.train(was_training)
-    loss_sum, acc_sum, acc_n, n = ddp.all_reduce_sum(sums, info)
-    if n == 0:
+    total = tally.reduced(info)
+    if total.utts == 0:
         return None, None, 0
-    return loss_sum / n, (acc_sum / acc_n if acc_n else None), int(n)
+    return total.loss_sum / total.utts, (total.acc_sum / total.acc_utts if total.acc_utts else None), int(total.utts)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
@@ -227,6 +342,61 @@ def data_summary(train_set: UtteranceSet, cv_set: UtteranceSet | None, info: Dis
             names.append(f"data/{split}_dropped/{reason}")
             values.append(float(data.dropped.get(reason, 0)))
     return dict(zip(names, ddp.all_reduce_sum(values, info), strict=True))
+
+
+@dataclass
+class Progress:
+    """Where a run stands: a fresh start, or what a checkpoint restored."""
+
+    step: int = 0  # optimiser steps taken
+    next_epoch: int = 0
+    next_batch: int = 0  # batches of next_epoch already consumed
+    # loop counters kept in checkpoints: early stopping, skipped steps (and "epoch_sums" mid-epoch)
+    extra: dict[str, Any] = field(default_factory=lambda: {"best_cv": math.inf, "bad_epochs": 0, "skipped_steps": 0})
+
+
+def _resume_path(resume: str | Path | None, checkpoint_dir: Path, info: DistInfo) -> str | None:
+    """The checkpoint to resume from: rank 0 picks the newest full one for "auto" and tells the others."""
+    if resume == "auto":
+        latest = latest_resumable(checkpoint_dir) if info.is_main else None
+        return ddp.broadcast_object(latest.path if latest else None, info)
+    return None if resume is None else str(resume)
+
+
+def _restore(
+    path: str, chash: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, info: DistInfo
+) -> Progress:
+    """Load weights, optimiser, scaler and this rank's RNG states from a full checkpoint."""
+    state = load_checkpoint(path, chash)
+    if "optimizer" not in state:
+        raise ConfigError(f"{path}: weights-only checkpoint cannot be resumed; pick a full one")
+    model.load_state_dict(state["model"], strict=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    rngs = state["rng"]
+    restore_rng(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
+    progress = Progress(int(state["info"]["step"]), int(state["info"]["next_epoch"]), int(state["info"]["next_batch"]))
+    progress.extra.update(state["extra"])
+    return progress
+
+
+def completed_checkpoint(checkpoint_dir: str | Path, cfg: TrainConfig, model: torch.nn.Module) -> CheckpointInfo | None:
+    """The newest checkpoint of ``checkpoint_dir`` when that run already reached its end under ``cfg``
+    (``max_epochs`` done, ``max_steps`` reached, or early stopping triggered), else ``None``.
+
+    A checkpoint written under another training config (:func:`config_hash`) is never complete: resuming
+    it fails with the one-line refusal of :func:`train`.
+    """
+    latest = latest_resumable(checkpoint_dir)
+    if latest is None or latest.config_hash != config_hash(cfg, model):
+        return None
+    if (cfg.max_steps > 0 and latest.step >= cfg.max_steps) or latest.next_epoch >= cfg.max_epochs:
+        return latest
+    if cfg.early_stop_patience > 0 and latest.kind == "epoch":
+        extra = load_checkpoint(latest.path, mmap=True).get("extra", {})
+        if int(extra.get("bad_epochs", 0)) >= cfg.early_stop_patience:
+            return latest
+    return None
 
 
 def train(
@@ -263,59 +433,51 @@ def train(
     autocast_dtype = resolve_precision(cfg.precision, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=autocast_dtype == torch.float16)
 
-    step, start_epoch, skip_batches = 0, 0, 0
-    extra: dict[str, Any] = {"best_cv": math.inf, "bad_epochs": 0, "skipped_steps": 0}
-
     # ---- resume
-    resume_path: str | None = None
-    if resume == "auto":
-        latest = latest_resumable(checkpoint_dir) if emit else None
-        resume_path = ddp.broadcast_object(latest.path if latest else None, info)
-    elif resume is not None:
-        resume_path = str(resume)
+    resume_path = _resume_path(resume, checkpoint_dir, info)
+    progress = Progress()
     if resume_path is not None:
-        state = load_checkpoint(resume_path, chash)
-        if "optimizer" not in state:
-            raise ConfigError(f"{resume_path}: weights-only checkpoint cannot be resumed; pick a full one")
-        model.load_state_dict(state["model"], strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scaler.load_state_dict(state["scaler"])
-        rngs = state["rng"]
-        restore_rng(rngs[info.rank] if len(rngs) == info.world_size else rngs[0])
-        step = int(state["info"]["step"])
-        start_epoch, skip_batches = int(state["info"]["next_epoch"]), int(state["info"]["next_batch"])
-        extra.update(state["extra"])
+        progress = _restore(resume_path, chash, model, optimizer, scaler, info)
+    step, start_epoch, skip_batches, extra = progress.step, progress.next_epoch, progress.next_batch, progress.extra
 
     net = ddp.wrap_model(model, info, cfg.find_unused_parameters)
-    if emit and callbacks.on_log:
-        callbacks.on_log(data_summary(train_set, cv_set, info), step)
+    summary = data_summary(train_set, cv_set, info)  # a collective: every rank, before the rank-0 block
+    if emit and callbacks.logs:
+        with _rank0_block():
+            callbacks.log(summary, step)
 
-    def checkpoint(name: str, kind: str, epoch: int, next_epoch: int, next_batch: int, cv: tuple[Any, ...] = ()) -> CheckpointInfo:
+    def checkpoint(
+        name: str, kind: str, epoch: int, next_epoch: int, next_batch: int, cv: tuple[Any, ...] = (), is_best: bool = False
+    ) -> CheckpointInfo:
         rngs = ddp.gather_objects(capture_rng(), info)  # collective: every rank calls it
         record = CheckpointInfo(
             name=name, kind=kind, epoch=epoch, step=step, next_epoch=next_epoch, next_batch=next_batch,
             config_hash=chash, cv_loss=cv[0] if cv else None, cv_acc=cv[1] if cv else None,
         )  # fmt: skip
         if emit:
-            payload = {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict(),
-                "rng": rngs,
-                "extra": dict(extra),
-            }
-            save_checkpoint(checkpoint_dir, record, payload)
-            apply_retention(checkpoint_dir, cfg.keep_last, cfg.keep_best)
-            if callbacks.on_checkpoint:
-                callbacks.on_checkpoint(record)
+            with _rank0_block():
+                _save(record, rngs, is_best)
         ddp.barrier(info)
         return record
+
+    def _save(record: CheckpointInfo, rngs: list[Any], is_best: bool) -> None:
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rngs,
+            "extra": dict(extra),
+        }
+        save_checkpoint(checkpoint_dir, record, payload)
+        apply_retention(checkpoint_dir, cfg.keep_last, cfg.keep_best)
+        if callbacks.on_checkpoint:
+            callbacks.on_checkpoint(record, is_best)
 
     history: list[EpochResult] = []
     stopped_early = False
     epochs_completed = start_epoch
     last_saved = resume_path or "none"
-    window = {"time": time.perf_counter(), "utts": 0.0, "tokens": 0.0, "frames": 0.0}
+    window = Throughput()
 
     # ---- epochs
     for epoch in range(start_epoch, cfg.max_epochs):
@@ -323,13 +485,12 @@ def train(
         plan = plan[: ddp.equal_batch_count(len(plan), info)]  # uneven shares: all ranks run the same count
         net.train()
         done = skip_batches if epoch == start_epoch else 0
-        epoch_sums = extra.pop("epoch_sums", None) if epoch == start_epoch else None
-        epoch_sums = epoch_sums or [0.0, 0.0, 0.0, 0.0]  # loss x steps, steps, acc x steps, steps with acc
+        saved = extra.pop("epoch_sums", None) if epoch == start_epoch else None  # resumed mid-epoch
+        epoch_tally = EpochTally(*saved) if saved else EpochTally()
 
         while done < len(plan):
             group = plan[done : done + settings.accum_grad]
-            # per group: loss sum, batches, acc sum, batches with acc, non-finite losses, utts, tokens, frames
-            sums = [0.0] * 8
+            tally = GroupTally()
             bad_utts: list[str] = []
             for j, indices in enumerate(group):
                 batch = batch_to_device(train_set.batch(indices), info.device)
@@ -340,17 +501,17 @@ def train(
                     scaler.scale(loss.float() / len(group)).backward()
                 loss_value = float(loss.detach())
                 if not math.isfinite(loss_value):
-                    sums[4] += 1
+                    tally.nonfinite += 1
                     bad_utts.extend(batch["utts"])
                     loss_value = 0.0
-                sums[0] += loss_value
-                sums[1] += 1
+                tally.loss_sum += loss_value
+                tally.batches += 1
                 if acc is not None:
-                    sums[2] += float(acc.detach())
-                    sums[3] += 1
-                sums[5:8] = [a + b for a, b in zip(sums[5:8], _batch_counts(batch), strict=True)]
-            sums = ddp.all_reduce_sum(sums, info)
-            if sums[4] > 0:
+                    tally.acc_sum += float(acc.detach())
+                    tally.acc_batches += 1
+                tally.count(batch)
+            tally = tally.reduced(info)
+            if tally.nonfinite > 0:
                 culprits = [u for utts in ddp.gather_objects(bad_utts, info) for u in utts]
                 raise TrainingDiverged(
                     f"train: loss is not finite at step {step + 1} (epoch {epoch}, batch {done}) on utterances "
@@ -370,41 +531,32 @@ def train(
             step += 1
             done += len(group)
 
-            step_loss = sums[0] / sums[1]
-            step_acc = sums[2] / sums[3] if sums[3] else None
-            epoch_sums[0] += step_loss
-            epoch_sums[1] += 1
-            if step_acc is not None:
-                epoch_sums[2] += step_acc
-                epoch_sums[3] += 1
-            for key, value in zip(("utts", "tokens", "frames"), sums[5:8], strict=True):
-                window[key] += value
+            step_loss = tally.loss_sum / tally.batches
+            step_acc = tally.acc_sum / tally.acc_batches if tally.acc_batches else None
+            epoch_tally.add_step(step_loss, step_acc)
+            window.add(tally)
 
-            if emit and callbacks.on_log and step % max(1, cfg.log_every_steps) == 0:
-                elapsed = max(time.perf_counter() - window["time"], 1e-9)
+            if emit and callbacks.logs and step % max(1, cfg.log_every_steps) == 0:
                 metrics = {
                     "train/loss": step_loss,
                     "train/lr": lr,
                     "train/grad_norm": grad_norm,
                     "train/epoch": epoch + done / max(1, len(plan)),
                     "train/skipped_steps": float(extra["skipped_steps"]),
-                    "perf/utts_per_s": window["utts"] / elapsed,
+                    **window.rates(),
                 }
                 if step_acc is not None:
                     metrics["train/acc"] = step_acc
-                if window["tokens"]:
-                    metrics["perf/speech_tokens_per_s"] = window["tokens"] / elapsed
-                if window["frames"]:
-                    metrics["perf/frames_per_s"] = window["frames"] / elapsed
                 if info.device.type == "cuda":
                     metrics["perf/gpu_mem_max_gib"] = torch.cuda.max_memory_allocated(info.device) / 2**30
                     torch.cuda.reset_peak_memory_stats(info.device)
-                callbacks.on_log(metrics, step)
-                window.update(time=time.perf_counter(), utts=0.0, tokens=0.0, frames=0.0)
+                with _rank0_block():
+                    callbacks.log(metrics, step)
+                window = Throughput()
 
             reached_max = cfg.max_steps > 0 and step >= cfg.max_steps
             if reached_max or (cfg.save_every_steps > 0 and step % cfg.save_every_steps == 0):
-                extra["epoch_sums"] = list(epoch_sums)
+                extra["epoch_sums"] = epoch_tally.vector()
                 record = checkpoint(f"step_{step}", "step", epoch, epoch, done)
                 last_saved = record.name
                 extra.pop("epoch_sums")
@@ -420,14 +572,14 @@ def train(
             extra["best_cv"], extra["bad_epochs"] = cv_loss, 0
         elif cv_loss is not None:
             extra["bad_epochs"] += 1
-        record = checkpoint(f"epoch_{epoch}", "epoch", epoch, epoch + 1, 0, (cv_loss, cv_acc))
+        record = checkpoint(f"epoch_{epoch}", "epoch", epoch, epoch + 1, 0, (cv_loss, cv_acc), is_best)
         last_saved = record.name
         epochs_completed = epoch + 1
         result = EpochResult(
             epoch=epoch,
             step=step,
-            train_loss=epoch_sums[0] / epoch_sums[1] if epoch_sums[1] else None,
-            train_acc=epoch_sums[2] / epoch_sums[3] if epoch_sums[3] else None,
+            train_loss=epoch_tally.loss_sum / epoch_tally.steps if epoch_tally.steps else None,
+            train_acc=epoch_tally.acc_sum / epoch_tally.acc_steps if epoch_tally.acc_steps else None,
             cv_loss=cv_loss,
             cv_acc=cv_acc,
             cv_utts=cv_utts,
@@ -436,7 +588,8 @@ def train(
         )
         history.append(result)
         if emit and callbacks.on_epoch_end:
-            callbacks.on_epoch_end(result)
+            with _rank0_block():
+                callbacks.on_epoch_end(result)
         if cfg.early_stop_patience > 0 and extra["bad_epochs"] >= cfg.early_stop_patience:
             stopped_early = True
             break
