@@ -66,3 +66,18 @@ def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
     # the holder died: the lock went with it
     with output_lock(out):
         pass
+
+
+def test_streamed_save_equals_the_in_memory_bytes_and_keeps_an_unchanged_file(tmp_path):
+    from cosyml.fileio import torch_bytes
+
+    state = {"w": torch.randn(4, 5, generator=torch.Generator().manual_seed(0))}
+    path = atomic_torch_save(state, tmp_path / "flow.pt")
+    assert path.read_bytes() == torch_bytes(state)
+    mtime = path.stat().st_mtime_ns
+    time.sleep(0.01)
+    atomic_torch_save({"w": state["w"].clone()}, path, keep_unchanged=True)
+    assert path.stat().st_mtime_ns == mtime
+    atomic_torch_save({"w": state["w"] + 1}, path, keep_unchanged=True)
+    assert path.stat().st_mtime_ns != mtime
+    assert not list(tmp_path.glob(".*.tmp"))

@@ -379,12 +379,10 @@ def save_state_dict(weights: torch.nn.Module | Mapping[str, Any], path: str | Pa
     bytes whatever the file is called, and a file that already holds those bytes is left untouched (its
     mtime too), so DVC and make see no change where there is none.
     """
-    from cosyml.fileio import torch_bytes, write_if_changed
+    from cosyml.fileio import atomic_torch_save
 
     state = official_state_dict(weights.state_dict() if isinstance(weights, torch.nn.Module) else weights)
-    path = Path(path)
-    write_if_changed(path, torch_bytes(state))
-    return path
+    return atomic_torch_save(state, path, keep_unchanged=True)
 
 
 def remove_stale_exports(model_dir: str | Path) -> list[Path]:
