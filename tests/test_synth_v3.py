@@ -24,10 +24,10 @@ from cosyml.errors import CosymlError
 from cosyml.kit.build import build_kit
 from cosyml.models.flow import DiTFlow, build_flow
 from cosyml.models.generation import DecodeRow, SamplingParams, decode_batch, decode_one
-from cosyml.models.hift import build_hift
 from cosyml.models.hift_causal import CausalHiFT
 from cosyml.models.llm import LLMConfig, Qwen2LM, build_llm
 from cosyml.models.modeldir import ModelDir, save_state_dict
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import Tagged, read_model_yaml
 from cosyml.synth import v3
 from cosyml.synth.engine import SynthEngine

@@ -48,10 +48,11 @@ from cosyml.errors import CosymlError, ModelDirError
 from cosyml.features.mel import MelConfig
 from cosyml.models.flow import FlowModel, build_flow
 from cosyml.models.generation import DecodeRow, SamplingParams, decode_batch, decode_one
-from cosyml.models.hift import HiFT, build_hift
+from cosyml.models.hift import HiFT
 from cosyml.models.hift_causal import CausalHiFT
 from cosyml.models.llm import Qwen2LM, load_llm
 from cosyml.models.modeldir import ModelDir, load_strict
+from cosyml.models.vocoder import build_hift
 from cosyml.synth.errors import NoSpeechError, SynthInputError, SynthParamError, UnknownSpeakerError
 from cosyml.synth.frontend import (
     PromptFeatures,
