@@ -12,10 +12,10 @@ from cosyml.models.hift import (
     HiFT,
     HiFTConfig,
     SourceNoise,
-    build_hift,
     hift_config_from_yaml,
 )
 from cosyml.models.modeldir import load_strict
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import read_model_yaml
 
 KEYS_TSV = Path(__file__).parent / "fixtures" / "parity" / "hift" / "v2_hift_keys.tsv"

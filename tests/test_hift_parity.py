@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosyml.models.hift import HiFT, SourceNoise, build_hift
+from cosyml.models.hift import HiFT, SourceNoise
 from cosyml.models.modeldir import load_strict
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import Tagged
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "hift"

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cosyml.models.hift import HiFT, build_hift
+from cosyml.models.hift import HiFT
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import Tagged
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "hift_stream"

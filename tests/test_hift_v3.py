@@ -18,10 +18,11 @@ import pytest
 import torch
 
 from cosyml.errors import ModelDirError
-from cosyml.models.hift import CausalHiFTConfig, HiFT, build_hift, hift_config_from_yaml
+from cosyml.models.hift import CausalHiFTConfig, HiFT, hift_config_from_yaml
 from cosyml.models.hift_causal import UPSTREAM_NOISE_SAMPLES, CausalHiFT, upstream_source_noise
 from cosyml.models.hift_parts import SourceNoise
 from cosyml.models.modeldir import load_strict
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import Tagged, read_model_yaml
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "hift_v3"

@@ -9,9 +9,9 @@ import torch
 from cosyml.cli import main
 from cosyml.kit.build import build_kit
 from cosyml.models.flow import build_flow
-from cosyml.models.hift import build_hift
 from cosyml.models.llm import load_llm
 from cosyml.models.modeldir import ModelDir, load_state_dict_file, load_strict
+from cosyml.models.vocoder import build_hift
 
 OFFICIAL_FILES = {
     "cosyvoice2.yaml",

@@ -27,10 +27,10 @@ from cosyml.kit.model_yaml import (
 from cosyml.kit.tokenizer import CORPUS
 from cosyml.models import keys
 from cosyml.models.flow import DiTFlow, build_flow
-from cosyml.models.hift import build_hift
 from cosyml.models.hift_causal import CausalHiFT
 from cosyml.models.llm import build_llm, load_llm
 from cosyml.models.modeldir import ModelDir, load_state_dict_file, load_strict
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import read_model_yaml
 from cosyml.text.tokenizer import COSYVOICE3_SPECIALS, QWEN_SPECIALS, TextTokenizer
 

@@ -203,7 +203,7 @@ def _full_size_part(part: str):
         from cosyml.models.flow.flow import build_flow
 
         return build_flow(config)
-    from cosyml.models.hift import build_hift
+    from cosyml.models.vocoder import build_hift
 
     return build_hift(config)
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from transformers import Qwen2Config
 
+from cosyml.models.generation import SamplingParams
 from cosyml.models.llm import LLMConfig, Qwen2LM, label_smoothing_loss, token_accuracy
 from cosyml.models.modeldir import load_strict
-from cosyml.synth.sampling import SamplingParams
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity" / "llm"
 META = json.loads((FIXTURES / "meta.json").read_text())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cosyml.synth.sampling import SamplingParams, full_sample, nucleus_sample, ras_sample
+from cosyml.models.generation import SamplingParams, full_sample, nucleus_sample, ras_sample
 
 
 def log_probs(probs: list[float]) -> torch.Tensor:

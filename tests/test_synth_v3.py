@@ -23,17 +23,16 @@ from cosyml.audio import write_wav
 from cosyml.errors import CosymlError
 from cosyml.kit.build import build_kit
 from cosyml.models.flow import DiTFlow, build_flow
-from cosyml.models.hift import build_hift
+from cosyml.models.generation import DecodeRow, SamplingParams, decode_batch, decode_one
 from cosyml.models.hift_causal import CausalHiFT
 from cosyml.models.llm import LLMConfig, Qwen2LM, build_llm
 from cosyml.models.modeldir import ModelDir, save_state_dict
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import Tagged, read_model_yaml
 from cosyml.synth import v3
-from cosyml.synth.batch_decode import DecodeRow, decode_batch, decode_one
 from cosyml.synth.engine import SynthEngine
 from cosyml.synth.errors import UnknownSpeakerError
 from cosyml.synth.request import SynthRequest
-from cosyml.synth.sampling import SamplingParams
 from cosyml.synth.token2wav import FlowPrompt, Token2Wav
 
 ROOT = Path(__file__).resolve().parents[1]

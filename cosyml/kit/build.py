@@ -26,9 +26,9 @@ from cosyml.kit.model_yaml import (
 from cosyml.kit.tokenizer import qwen_vocab_size
 from cosyml.models import keys
 from cosyml.models.flow import build_flow
-from cosyml.models.hift import build_hift
 from cosyml.models.llm import build_llm
 from cosyml.models.modeldir import ModelDir
+from cosyml.models.vocoder import build_hift
 from cosyml.text.tokenizer import ENDOFTEXT, TextTokenizer
 
 #: Kit versions, named like the tokenizer versions in the official yamls.

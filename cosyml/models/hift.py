@@ -12,7 +12,8 @@ norm as ``parametrizations.weight.original0/1``). Load ``hift.pt`` with
 prefix and the old ``weight_g``/``weight_v`` spelling. Shapes: ``B`` batch, ``T`` mel frames, ``L = 480 T`` samples.
 
 CosyVoice3's causal variant lives in :mod:`cosyml.models.hift_causal`; this module reads both yaml
-classes (:func:`hift_config_from_yaml`) and :func:`build_hift` returns the matching vocoder.
+classes (:func:`hift_config_from_yaml`) and :func:`cosyml.models.vocoder.build_hift` returns the matching
+vocoder (a module of its own, so that ``hift_causal`` can import the configs here without a cycle).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -36,15 +37,11 @@ from cosyml.models.hift_parts import (
 )
 from cosyml.models.yaml_io import Tagged
 
-if TYPE_CHECKING:
-    from cosyml.models.hift_causal import CausalHiFT
-
 __all__ = [
     "CausalHiFTConfig",
     "HiFT",
     "HiFTConfig",
     "SourceNoise",
-    "build_hift",
     "fold_weight_norm",
     "hift_config_from_yaml",
 ]
@@ -331,20 +328,3 @@ class HiFT(SpectralStages, nn.Module):
         """Fold weight norm into plain weights for faster inference (output unchanged); returns self."""
         fold_weight_norm(self)
         return self
-
-
-def build_hift(
-    config: Mapping[str, Any] | Tagged | HiFTConfig, path: str | Path = "model yaml"
-) -> HiFT | CausalHiFT:
-    """Construct a randomly initialised vocoder from a parsed model yaml (or a config).
-
-    The yaml's class picks it: ``HiFTGenerator`` -> :class:`HiFT` (CosyVoice2), ``CausalHiFTGenerator``
-    -> :class:`cosyml.models.hift_causal.CausalHiFT` (CosyVoice3). Load ``hift.pt`` afterwards with
-    ``cosyml.models.modeldir.load_strict(model, path, part="hift")``.
-    """
-    from cosyml.models.hift_causal import CausalHiFT  # imports this module; keep the cycle lazy
-
-    cfg = config if isinstance(config, HiFTConfig) else hift_config_from_yaml(config, path)
-    if isinstance(cfg, CausalHiFTConfig):
-        return CausalHiFT(cfg)
-    return HiFT(cfg)

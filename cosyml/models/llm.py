@@ -39,10 +39,10 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from cosyml.errors import InputError, ModelDirError
 from cosyml.models import keys
+from cosyml.models.generation import DecodeRow, SamplingParams, decode_one
 from cosyml.models.keys import Version
 from cosyml.models.modeldir import ModelDir, load_strict
 from cosyml.models.yaml_io import Tagged, require_tagged
-from cosyml.synth.sampling import SamplingParams, ras_sample
 
 IGNORE_ID = -1
 StreamMode = Literal["mixed", "unistream", "bistream"]
@@ -141,11 +141,6 @@ class QwenBackbone(nn.Module):
         mask = positions.unsqueeze(0) < lengths.to(embeds.device).unsqueeze(1)
         # The inner model skips lm_head: the 151936-wide text logits are never needed.
         return self.model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-
-    def step(self, embeds: torch.Tensor, cache: Any) -> tuple[torch.Tensor, Any]:
-        """(1, T, D) new inputs after the cached ones -> ((1, D) last hidden state, updated KV cache)."""
-        out = self.model.model(inputs_embeds=embeds, past_key_values=cache, use_cache=True)
-        return out.last_hidden_state[:, -1], out.past_key_values
 
     def tie_weights(self) -> None:
         self.model.lm_head.weight = self.model.model.embed_tokens.weight
@@ -344,7 +339,6 @@ class Qwen2LM(nn.Module):
             parts.append(self.speech_embedding(prompt_speech_token.reshape(-1).to(device)))
         return torch.cat(parts, dim=0).unsqueeze(0)
 
-    @torch.inference_mode()
     def inference(
         self,
         text: torch.Tensor,
@@ -366,38 +360,14 @@ class Qwen2LM(nn.Module):
         id instead, so early stops remain possible; kept for parity). Draws use ``generator`` (a CPU
         ``torch.Generator``; the global RNG when None). ``scores_out`` collects each step's (R,)
         log-probabilities as seen by the sampler. ``max_tokens`` caps the tokens further (serving limits).
+        The loop is :func:`cosyml.models.generation.decode_one`.
         """
-        params = sampling or self.config.sampling
-        min_len, max_len = decode_length_limits(text.numel(), min_token_text_ratio, max_token_text_ratio, max_tokens)
-        stop = set(self.layout.stop_ids)
-        step_input = self.prompt_embeddings(text, prompt_text, prompt_speech_token)
-        cache: Any = None
-        decoded: list[int] = []
-        for i in range(max_len):
-            hidden, cache = self.llm.step(step_input, cache)
-            scores = self.llm_decoder(hidden)[0].float().log_softmax(dim=-1).cpu()
-            if i < min_len:
-                scores[self.layout.min_len_mask_id] = -float("inf")
-            if scores_out is not None:
-                scores_out.append(scores.clone())
-            token = ras_sample(scores, decoded, params, generator)
-            if token in stop:
-                break
-            yield token
-            decoded.append(token)
-            step_input = self.speech_embedding.weight[token].view(1, 1, -1)
-
-
-def decode_length_limits(
-    text_tokens: int, min_token_text_ratio: float, max_token_text_ratio: float, max_tokens: int | None = None
-) -> tuple[int, int]:
-    """(min, max) speech tokens to decode for ``text_tokens`` text tokens; ``max_tokens`` caps the max.
-
-    Same float32 arithmetic as upstream (an int32 length times a Python float), so the limits agree.
-    """
-    n_text = torch.tensor(text_tokens, dtype=torch.int32)
-    min_len, max_len = int(n_text * min_token_text_ratio), int(n_text * max_token_text_ratio)
-    return min_len, max_len if max_tokens is None else min(max_len, max_tokens)
+        row = DecodeRow(
+            text=text, prompt_text=prompt_text, prompt_speech=prompt_speech_token,
+            sampling=sampling or self.config.sampling, min_token_text_ratio=min_token_text_ratio,
+            max_token_text_ratio=max_token_text_ratio, max_tokens=max_tokens, generator=generator,
+        )
+        return decode_one(self, row, scores_out)
 
 
 CosyVoice3LM = Qwen2LM  # one class; the version lives in LLMConfig

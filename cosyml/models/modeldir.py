@@ -26,9 +26,9 @@ import torch
 from cosyml.errors import ModelDirError
 from cosyml.features.mel import MelConfig
 from cosyml.models import keys
+from cosyml.models.generation import SamplingParams
 from cosyml.models.keys import Part, Version
 from cosyml.models.yaml_io import Tagged, read_model_yaml, require_tagged
-from cosyml.synth.sampling import SamplingParams
 
 StateDict = dict[str, torch.Tensor]
 

@@ -17,7 +17,7 @@ speech]`` and :class:`~cosyml.synth.token2wav.Token2Wav` renders them. What each
 and flow prompts is described in :mod:`cosyml.synth.request`.
 
 CosyVoice3 directories (``cosyvoice3.yaml``) differ in four places, all handled here: the LLM ids (sos /
-task_id are ``speech_embedding`` rows, 200 stop ids; :mod:`cosyml.synth.batch_decode`), the
+task_id are ``speech_embedding`` rows, 200 stop ids; :mod:`cosyml.models.generation`), the
 ``<|endofprompt|>`` prefixes a plain text, transcript or instruction gets (:mod:`cosyml.synth.v3`, the
 default system prompt is :data:`cosyml.synth.v3.SYSTEM_PROMPT`), runs of more than 5 silent tokens
 dropped before the flow (as upstream), and the DiT flow + causal HiFT render
@@ -47,11 +47,12 @@ import torch
 from cosyml.errors import CosymlError, ModelDirError
 from cosyml.features.mel import MelConfig
 from cosyml.models.flow import FlowModel, build_flow
-from cosyml.models.hift import HiFT, build_hift
+from cosyml.models.generation import DecodeRow, SamplingParams, decode_batch, decode_one
+from cosyml.models.hift import HiFT
 from cosyml.models.hift_causal import CausalHiFT
 from cosyml.models.llm import Qwen2LM, load_llm
 from cosyml.models.modeldir import ModelDir, load_strict
-from cosyml.synth.batch_decode import DecodeRow, decode_batch, decode_one
+from cosyml.models.vocoder import build_hift
 from cosyml.synth.errors import NoSpeechError, SynthInputError, SynthParamError, UnknownSpeakerError
 from cosyml.synth.frontend import (
     PromptFeatures,
@@ -62,7 +63,6 @@ from cosyml.synth.frontend import (
     pick_speaker,
 )
 from cosyml.synth.request import StreamChunk, SynthRequest, SynthResult, Timings
-from cosyml.synth.sampling import SamplingParams
 from cosyml.synth.token2wav import FlowPrompt, StageTimes, Token2Wav
 from cosyml.synth.v3 import SYSTEM_PROMPT, SYSTEM_PROMPT_PREFIX, KeepAll, SilenceLimiter
 from cosyml.synth.weights import BASE, WeightSlot
@@ -236,7 +236,7 @@ class SynthEngine:
         """Synthesise many requests; a bad request yields its :class:`CosymlError` and the rest go on.
 
         Up to ``batch_size`` consecutive one-segment requests using the same weights share one batched
-        LLM decode (:mod:`cosyml.synth.batch_decode`: each keeps its own sampling and
+        LLM decode (:mod:`cosyml.models.generation`: each keeps its own sampling and
         seed). The flow and HiFT then render each request alone: padding would change their output
         (their non-causal convolutions see it). Other requests run one by one, in order. Prompt features
         of a prompt wav shared by several requests are computed once.
