@@ -47,7 +47,7 @@ The LLM is only used through its attributes (``layout``, ``device``, ``prompt_em
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -229,7 +229,7 @@ def decode_steps(
         hidden = out.last_hidden_state[:, -1]
 
 
-def decode_one(llm: Qwen2LM, row: DecodeRow, scores_out: list[torch.Tensor] | None = None) -> Iterator[int]:
+def decode_one(llm: Qwen2LM, row: DecodeRow, scores_out: list[torch.Tensor] | None = None) -> Generator[int, None, None]:
     """Yield the speech tokens of one row as they are decoded (stop id not yielded), unpadded."""
     for _, token in decode_steps(llm, [row], None if scores_out is None else [scores_out]):
         yield token

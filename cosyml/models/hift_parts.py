@@ -219,7 +219,7 @@ class CausalF0Predictor(nn.Module):
         else:
             split = x.shape[2] - self.look_ahead
             x = _call_in_dtype(self.condnet[0], compute_dtype, x[:, :, :split], x[:, :, split:])
-        for layer in self.condnet[1:]:
+        for layer in list(self.condnet)[1:]:
             x = _call_in_dtype(layer, compute_dtype, x)
         logits = _call_in_dtype(self.classifier, compute_dtype, x.transpose(1, 2))  # (B, T', 1)
         return logits.squeeze(-1).abs()

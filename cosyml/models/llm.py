@@ -443,6 +443,7 @@ def build_llm(
     """
     if isinstance(source, str | Path):
         source = ModelDir(source)
+    config: Mapping[str, Any]
     if isinstance(source, ModelDir):
         config, yaml_path, qwen_dir = source.config, source.yaml_path, source.qwen_dir
     else:

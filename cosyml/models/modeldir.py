@@ -350,7 +350,7 @@ def official_state_dict(state: Mapping[str, Any]) -> OrderedDict[str, torch.Tens
             continue
         ident = (
             tensor.untyped_storage().data_ptr(),
-            tensor.storage_offset(),
+            int(tensor.storage_offset()),
             tuple(tensor.shape),
             tuple(tensor.stride()),
             tensor.dtype,

@@ -278,7 +278,8 @@ class CausalStreamSession(StreamSession):
         mel = t2w.mel(token_tensor, self.prompt, streaming=not finalize, finalize=finalize, times=self.times)
         mel = mel[:, :, self.schedule.offset * t2w.token_mel_ratio :]
         self._mel = mel if self._mel is None else torch.cat([self._mel, mel], dim=2)
-        if not finalize and self._mel.shape[2] <= self.t2w.hift.withheld_frames:  # type: ignore[union-attr]
+        hift = self.t2w.hift
+        if not finalize and isinstance(hift, CausalHiFT) and self._mel.shape[2] <= hift.withheld_frames:
             return torch.zeros(0)  # too short for any audio yet (only with a very small chunk_size)
         wav, _ = t2w.vocode(self._mel, None, self.times, finalize=finalize)
         new = wav[:, self._emitted :]

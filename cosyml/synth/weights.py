@@ -44,7 +44,7 @@ def _cpu_copy(state: StateDict) -> StateDict:
     copies: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
     out: StateDict = {}
     for key, value in state.items():
-        ident = (value.untyped_storage().data_ptr(), value.storage_offset(), tuple(value.shape), tuple(value.stride()))
+        ident = (value.untyped_storage().data_ptr(), int(value.storage_offset()), tuple(value.shape), tuple(value.stride()))
         if ident not in copies or value.numel() == 0:
             copies[ident] = value.detach().to("cpu", copy=True)
         out[key] = copies[ident]

@@ -96,10 +96,13 @@ class TextTokenizer:
         return list(self.hf(text)["input_ids"])
 
     def decode(self, ids: list[int]) -> str:
-        return self.hf.decode(list(ids), skip_special_tokens=self.skip_special_tokens)
+        return str(self.hf.decode(list(ids), skip_special_tokens=self.skip_special_tokens))
 
     def token_id(self, token: str) -> int:
-        return int(self.hf.convert_tokens_to_ids(token))
+        token_id = self.hf.convert_tokens_to_ids(token)
+        if not isinstance(token_id, int):  # a list comes back only for a list of tokens
+            raise TypeError(f"{token!r}: expected one token")
+        return token_id
 
 
 @functools.lru_cache(maxsize=8)

@@ -19,7 +19,7 @@ import torch
 
 from cosyml.errors import InputError
 from cosyml.fileio import atomic_torch_save
-from cosyml.models.keys import SPK2INFO_NAME, WEIGHT_FILE, is_stale_export
+from cosyml.models.keys import SPK2INFO_NAME, WEIGHT_FILE, Part, is_stale_export
 from cosyml.models.modeldir import ModelDir, describe_mismatch, load_state_dict_file
 from cosyml.train.checkpoint import save_plain_state_dict
 
@@ -73,7 +73,7 @@ def assemble(
     for stale in out.iterdir():  # a rerun starts from a clean directory
         stale.unlink() if stale.is_symlink() or stale.is_file() else shutil.rmtree(stale)
 
-    chosen = {"llm": llm, "flow": flow}
+    chosen: dict[Part, str | Path | None] = {"llm": llm, "flow": flow}
     for entry in base.root.iterdir():
         # chosen weights and spk2info.pt are written below; exports of the old weights must not follow
         if entry.name in (WEIGHT_FILE["llm"], WEIGHT_FILE["flow"], SPK2INFO_NAME) or is_stale_export(entry.name):

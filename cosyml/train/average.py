@@ -59,7 +59,7 @@ def _alias_groups(state: Mapping[str, torch.Tensor]) -> dict[str, str]:
     for key, tensor in state.items():
         if not isinstance(tensor, torch.Tensor) or tensor.numel() == 0:
             continue
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        ident = (tensor.untyped_storage().data_ptr(), int(tensor.storage_offset()), tuple(tensor.shape))
         if ident in first:
             aliases[key] = first[ident]
         else:

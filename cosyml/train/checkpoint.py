@@ -80,7 +80,8 @@ class CheckpointInfo:
 def config_hash(config: Any, model: torch.nn.Module | None = None) -> str:
     """Hash of the config fields that affect training (not :data:`RUN_CONTROL_FIELDS`) and, when given, the
     model's parameter names, shapes and dtypes."""
-    fields = dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
+    is_instance = dataclasses.is_dataclass(config) and not isinstance(config, type)
+    fields = dataclasses.asdict(config) if is_instance else dict(config)
     fields = {k: v for k, v in fields.items() if k not in RUN_CONTROL_FIELDS}
     blob: dict[str, Any] = {"config": fields}
     if model is not None:

@@ -12,6 +12,7 @@ Shapes: B batch, C channels, T mel frames; masks are (B, 1, T) floats with 1 on 
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -184,6 +185,17 @@ class _Upsample(nn.Module):
         return self.conv(x)
 
 
+def _levels(blocks: nn.ModuleList) -> list[Level]:
+    """The U-Net levels of ``blocks`` with their type (nn.ModuleList iterates as plain Modules)."""
+    return cast("list[Level]", list(blocks))
+
+
+def _resample(level: Level, h: torch.Tensor) -> torch.Tensor:
+    if level.resample is None:
+        raise ValueError("a down/up level has a resample conv (index 2)")
+    return level.resample(h)
+
+
 class Level(nn.ModuleList):
     """One U-Net level: [resnet, transformer blocks, resample conv] (indices 0, 1, 2 in the state dict)."""
 
@@ -219,7 +231,7 @@ class CausalConditionalDecoder(nn.Module):
         width = c.in_channels
         for i, out_width in enumerate(c.channels):
             last = i == len(c.channels) - 1
-            resample = CausalConv1d(out_width, out_width, 3) if last else _Downsample(out_width)
+            resample: nn.Module = CausalConv1d(out_width, out_width, 3) if last else _Downsample(out_width)
             self.down_blocks.append(Level([CausalResnetBlock(width, out_width, time_dim), transformers(out_width), resample]))
             width = out_width
         self.mid_blocks = nn.ModuleList(
@@ -285,19 +297,19 @@ class CausalConditionalDecoder(nn.Module):
 
         skips: list[torch.Tensor] = []
         masks = [mask]
-        for level in self.down_blocks:
+        for level in _levels(self.down_blocks):
             h = self._run_level(level, h, masks[-1], time_emb, streaming)
             skips.append(h)
-            h = level.resample(h * masks[-1])
+            h = _resample(level, h * masks[-1])
             masks.append(masks[-1][:, :, ::2])
         masks.pop()
-        for level in self.mid_blocks:
+        for level in _levels(self.mid_blocks):
             h = self._run_level(level, h, masks[-1], time_emb, streaming)
-        for level in self.up_blocks:
+        for level in _levels(self.up_blocks):
             level_mask = masks.pop()
             skip = skips.pop()
             h = torch.cat([h[:, :, : skip.shape[-1]], skip], dim=1)
             h = self._run_level(level, h, level_mask, time_emb, streaming)
-            h = level.resample(h * level_mask)
+            h = _resample(level, h * level_mask)
         h = self.final_block(h, level_mask)
         return self.final_proj(h * level_mask) * mask
