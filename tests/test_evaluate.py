@@ -281,3 +281,45 @@ def test_bad_candidate_specs_stop_with_one_line(argv, needle, capsys):
     assert main(["evaluate", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and needle in err, err
+
+
+def test_model_fingerprint_covers_every_file_synthesis_reads(tmp_path: Path):
+    """A v3 yaml, the ONNX front ends and the tokenizer are part of the synthesis cache key (issue 12)."""
+    from cosyml.evaluation.suite import model_fingerprint
+
+    model = tmp_path / "model"
+    files = ["cosyvoice3.yaml", "hift.pt", "campplus.onnx", "speech_tokenizer_v3.onnx",
+             "speech_tokenizer_v3.batch.onnx", "spk2info.pt", "CosyVoice-BlankEN/tokenizer_config.json",
+             "CosyVoice-BlankEN/vocab.json"]
+    for name in files:
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_text(f"{name} v1", encoding="utf-8")
+    (model / "llm.pt").write_text("per-candidate weights", encoding="utf-8")
+    before = model_fingerprint(model)
+    assert set(before) == set(files)
+    for name in files:
+        (model / name).write_text(f"{name} v2", encoding="utf-8")
+        after = model_fingerprint(model)
+        assert after[name] != before[name], name
+        before = after
+    (model / "CosyVoice-BlankEN" / "added_tokens.json").write_text("{}", encoding="utf-8")
+    assert "CosyVoice-BlankEN/added_tokens.json" in model_fingerprint(model)
+
+
+def test_editing_the_tokenizer_invalidates_cached_audio(setup: Setup, kit_dir: Path, tmp_path: Path):
+    """Stale wavs must not be scored after a model-directory file the engine reads changes (issue 12)."""
+    kit = tmp_path / "kit"
+    shutil.copytree(kit_dir, kit)
+    cfg = dataclasses.replace(setup.params.evaluate, eval_dir=str(tmp_path / "eval"))
+    params = dataclasses.replace(setup.params, model_dir=str(kit), evaluate=cfg)
+    candidates = select_candidates(["llm=base,flow=base"], [], [], [], cfg.exp_dir)
+
+    def synthesized() -> int:
+        result = run_suite(params, candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
+        return result.candidates[0].synthesized
+
+    assert synthesized() == 2
+    assert synthesized() == 0
+    config = kit / "CosyVoice-BlankEN" / "tokenizer_config.json"  # same tokens, other bytes
+    config.write_text(json.dumps(json.loads(config.read_text(encoding="utf-8")), indent=3), encoding="utf-8")
+    assert synthesized() == 2
