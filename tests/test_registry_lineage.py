@@ -1,0 +1,60 @@
+"""Lineage from a registered part back to the run that wrote its weights (issue 12), on a real sqlite
+MLflow store holding runs tagged the way `cosyml train` and `cosyml average` tag theirs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+SPEAKER = "lineage"
+
+
+@pytest.fixture()
+def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.chdir(tmp_path)
+    mlc = MlflowClient(tracking_uri=uri)
+    exp = mlc.create_experiment(f"cosyml/{SPEAKER}", artifact_location=(tmp_path / "mlruns").as_uri())
+    clock = iter(range(1_700_000_000_000, 1_800_000_000_000, 1000))  # ms: distinct, increasing start times
+
+    def run(stage: str, params: dict[str, str], tags: dict[str, str] | None = None) -> str:
+        run_id = mlc.create_run(exp, start_time=next(clock), tags={"cosyml.stage": stage, **(tags or {})}).info.run_id
+        for key, value in params.items():
+            mlc.log_param(run_id, key, value)
+        mlc.set_terminated(run_id)
+        return run_id
+
+    return mlc, run
+
+
+def test_the_run_that_wrote_the_weights_is_found_and_no_other(store) -> None:
+    from cosyml.registry import _producer_run
+
+    mlc, run = store
+    names = {"cosyml.averaged_from": "epoch_1_whole.pt,epoch_2_whole.pt", "cosyml.part": "llm"}
+    trained = run("train_llm", {"output": "exp/llm", "part": "llm"}, names)
+    run("train_llm", {"output": "exp/other_llm", "part": "llm"})  # did not average: wrote no llm.pt
+    averaged = run("average_llm", {"out": "exp/avg/llm.pt", "checkpoints": "exp/llm/checkpoints"},
+                   {"cosyml.averaged_from": "epoch_2_whole.pt"})
+    assert _producer_run(mlc, SPEAKER, "llm", "exp/llm/llm.pt") == trained
+    assert _producer_run(mlc, SPEAKER, "llm", str(Path("exp/llm/llm.pt").resolve())) == trained
+    assert _producer_run(mlc, SPEAKER, "llm", "exp/avg/llm.pt") == averaged
+    # an unrelated file beside the checkpoint names, or beside a produced file, is nobody's output
+    assert _producer_run(mlc, SPEAKER, "llm", "my_llm.pt") is None
+    assert _producer_run(mlc, SPEAKER, "llm", "exp/llm/my_llm.pt") is None
+    assert _producer_run(mlc, SPEAKER, "llm", "exp/other_llm/llm.pt") is None
+    assert _producer_run(mlc, SPEAKER, "flow", "exp/llm/llm.pt") is None  # another part's stage
+    assert _producer_run(mlc, SPEAKER, "llm", "base") is None
+
+
+def test_the_newest_writer_of_a_file_wins(store) -> None:
+    from cosyml.registry import _producer_run
+
+    mlc, run = store
+    run("average_flow", {"out": "exp/flow/flow.pt"})
+    newer = run("average_flow", {"out": "exp/flow/flow.pt"})
+    assert _producer_run(mlc, SPEAKER, "flow", "exp/flow/flow.pt") == newer
