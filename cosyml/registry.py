@@ -430,22 +430,41 @@ def _sanitize(text: str) -> str:
     return f"{safe[:51]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}".lstrip("-")
 
 
+def _written_weights(run: Any, part: str) -> Path | None:
+    """The weight file a finished ``average_<part>`` or ``train_<part>`` run wrote, resolved, or None.
+
+    ``average`` logs the file as its ``out`` param; ``train`` writes ``<output>/<part>.pt`` only when it
+    averaged its checkpoints (then it sets ``cosyml.averaged_from``, which holds checkpoint *names*, not
+    paths, and so says nothing about where the result went).
+    """
+    tags, params = run.data.tags, run.data.params
+    stage = tags.get("cosyml.stage", "")
+    if stage == f"average_{part}" and params.get("out"):
+        return Path(params["out"]).expanduser().resolve()
+    if stage == f"train_{part}" and params.get("output") and "cosyml.averaged_from" in tags:
+        return (Path(params["output"]).expanduser() / f"{part}.pt").resolve()
+    return None
+
+
 def _producer_run(mlc: Any, speaker: str, part: str, source: str) -> str | None:
-    """The run that wrote ``source`` (an averaging or training run of the speaker's experiment), if any."""
+    """The newest finished run of the speaker's experiment that wrote exactly ``source``, if any.
+
+    Relative paths in the runs' params are read against the working directory, as ``cosyml`` wrote them.
+    """
     if source == BASE:
         return None
     exp = mlc.get_experiment_by_name(f"cosyml/{speaker}")
     if exp is None:
         return None
-    target = Path(source).resolve()
-    runs = mlc.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=500)
-    for run in runs:  # newest first
-        stage = run.data.tags.get("cosyml.stage", "")
-        if stage not in (f"average_{part}", f"train_{part}"):
-            continue
-        paths = [run.data.params.get("out", ""), *run.data.tags.get("cosyml.averaged_from", "").split(",")]
-        resolved = {Path(p).resolve() for p in paths if p}
-        if target in resolved or any(p.parent == target.parent for p in resolved):
+    target = Path(source).expanduser().resolve()
+    runs = mlc.search_runs(
+        [exp.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    for run in runs:  # newest first: the file's last writer
+        if _written_weights(run, part) == target:
             return run.info.run_id
     return None
 
