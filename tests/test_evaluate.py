@@ -163,10 +163,19 @@ def test_candidates_json_has_the_agreed_shape(first: SuiteResult):
     assert rows[0].startswith("candidate,subset,utt") and len(rows) == 5
 
 
+def _file_stats(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_rerun_uses_the_cache_and_redoes_only_what_changed(first: SuiteResult, setup: Setup):
     before = json.loads((first.eval_dir / "candidates.json").read_text(encoding="utf-8"))
+    stats = _file_stats(first.eval_dir)
     again = _run(setup)
     assert not again.engine_loaded  # nothing to synthesise: no model was even loaded
+    # served from the cache: no output is rewritten (report.html, summary.json, caches, plots keep their
+    # inode and mtime, so DVC and make see nothing new)
+    assert _file_stats(first.eval_dir) == stats
     for c in again.scored:
         assert (c.synthesized, c.reused, c.asr_computed) == (0, 2, 0)
     after = json.loads((first.eval_dir / "candidates.json").read_text(encoding="utf-8"))

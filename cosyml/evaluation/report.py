@@ -29,13 +29,12 @@ from __future__ import annotations
 import csv
 import dataclasses
 import html
+import io
 import json
 import math
 import os
-import shutil
 from collections import Counter
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -43,6 +42,7 @@ from urllib.parse import quote
 from cosyml.evaluation.candidates import slugify
 from cosyml.evaluation.score import ROW_FIELDS, UtteranceScore, summary_dict
 from cosyml.evaluation.suite import CandidateResult, MetricSummary, SuiteResult
+from cosyml.fileio import write_if_changed
 
 KIT_NOTICE = (
     "These numbers come from the tiny model kit: random weights. They prove that the plumbing works "
@@ -74,14 +74,22 @@ def write_outputs(result: SuiteResult, report_max_utts: int = 4) -> OutputFiles:
     utterances = write_all_rows(out / "utterances.csv", result.scored)
     summary = _write_json(out / "summary.json", suite_summary_dict(result))
     report = out / "report.html"
-    report.write_text(render_html(result, report_max_utts), encoding="utf-8")
+    write_if_changed(report, render_html(result, report_max_utts).encode("utf-8"))
     return OutputFiles(candidates, metrics, plots, utterances, summary, report)
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    """Atomic, and untouched when the content is the same (a rerun served from the cache rewrites nothing)."""
+    write_if_changed(path, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return path
+
+
+def _csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- json
@@ -143,23 +151,17 @@ def metrics_dict(result: SuiteResult) -> dict[str, Any]:
 
 def write_plots(result: SuiteResult, folder: Path) -> tuple[Path, Path]:
     """``candidates.csv`` (candidate, cer, cer_lo, cer_hi, ss, ss_lo, ss_hi) and ``subsets.csv``."""
-    folder.mkdir(parents=True, exist_ok=True)
     by_candidate = folder / "candidates.csv"
     by_subset = folder / "subsets.csv"
-    with by_candidate.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["candidate", "cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi", "n", "missing"])
-        for c in result.scored:
-            assert c.summary is not None
-            d = _flat(c.summary)
-            writer.writerow([c.candidate.slug, *(_num(d[k]) for k in ("cer", "cer_lo", "cer_hi", "ss", "ss_lo",
-                                                                      "ss_hi")), d["n"], d["missing"]])
-    with by_subset.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["candidate", "subset", "cer", "ss", "n", "missing"])
-        for c in result.scored:
-            for name, s in c.subsets.items():
-                writer.writerow([c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing])
+    flat = [(c.candidate.slug, _flat(c.summary)) for c in result.scored if c.summary is not None]
+    write_if_changed(by_candidate, _csv_bytes(
+        ["candidate", "cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi", "n", "missing"],
+        ([slug, *(_num(d[k]) for k in ("cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi")), d["n"], d["missing"]]
+         for slug, d in flat)))
+    write_if_changed(by_subset, _csv_bytes(
+        ["candidate", "subset", "cer", "ss", "n", "missing"],
+        ([c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing]
+         for c in result.scored for name, s in c.subsets.items())))
     return by_candidate, by_subset
 
 
@@ -169,12 +171,10 @@ def _num(value: float | None) -> str:
 
 def write_all_rows(path: Path, candidates: Sequence[CandidateResult]) -> Path:
     """Every utterance row of every scored candidate, ``candidate`` (slug) first, flags joined with ';'."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["candidate", *ROW_FIELDS])
-        for c in candidates:
-            for row in c.report.rows if c.report else []:
-                writer.writerow([c.candidate.slug, *(_cell(getattr(row, name)) for name in ROW_FIELDS)])
+    write_if_changed(path, _csv_bytes(
+        ["candidate", *ROW_FIELDS],
+        ([c.candidate.slug, *(_cell(getattr(row, name)) for name in ROW_FIELDS)]
+         for c in candidates for row in (c.report.rows if c.report else []))))
     return path
 
 
@@ -187,6 +187,8 @@ def _cell(value: Any) -> Any:
 
 
 def suite_summary_dict(result: SuiteResult) -> dict[str, Any]:
+    """``summary.json``: what was evaluated and its results; nothing about this execution (cache counts,
+    time), so a rerun served from the cache leaves the file as it was."""
     return {
         "speaker": result.speaker,
         "model_dir": str(result.model_dir),
@@ -196,9 +198,7 @@ def suite_summary_dict(result: SuiteResult) -> dict[str, Any]:
         "candidates": [
             {
                 "name": c.candidate.name, "slug": c.candidate.slug, "llm": c.candidate.llm, "flow": c.candidate.flow,
-                "error": c.error, "synthesized": c.synthesized, "reused": c.reused,
-                "asr_computed": c.asr_computed, "asr_reused": c.asr_reused,
-                "synth_failures": [dataclasses.asdict(f) for f in c.synth_failures],
+                "error": c.error, "synth_failures": [dataclasses.asdict(f) for f in c.synth_failures],
                 "scores": summary_dict(c.report) if c.report else None,
             }
             for c in result.candidates
@@ -303,20 +303,18 @@ def _candidate_table(result: SuiteResult) -> str:
             f"<td><code>{_e(c.candidate.flow)}</code></td>"
             f'<td class="num">{_pct(s.cer, digits=2)} {_ci(s.cer_ci)}</td>'
             f'<td class="num">{_pct(s.ss)} {_ci(s.ss_ci)}</td><td class="num">{s.n}</td>'
-            f'<td class="num">{s.missing}</td><td class="num">{_pct(s.over_50, digits=0)}</td>'
-            f'<td class="num">{c.synthesized}/{c.reused}</td></tr>'
+            f'<td class="num">{s.missing}</td><td class="num">{_pct(s.over_50, digits=0)}</td></tr>'
         )
     for c in result.candidates:
         if not c.ok:
             rows.append(f'<tr><td>{_e(c.candidate.name)}</td><td><code>{_e(c.candidate.llm)}</code></td>'
-                        f'<td><code>{_e(c.candidate.flow)}</code></td><td colspan="6" class="bad">not evaluated: '
+                        f'<td><code>{_e(c.candidate.flow)}</code></td><td colspan="5" class="bad">not evaluated: '
                         f'{_e(c.error)}</td></tr>')
     level = round(100 * float(result.settings.get("ci_level", 0.95)))
     return (
         '<table id="candidates"><thead><tr><th>candidate</th><th>llm</th><th>flow</th>'
         f'<th>CER/WER % <span class="ci">[{level}% CI]</span></th><th>SS ×100 <span class="ci">[{level}% CI]</span></th>'
-        '<th>n</th><th>missing</th><th>&gt;50% err</th><th title="synthesised in this run / reused from the cache">'
-        'synth/cached</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
+        '<th>n</th><th>missing</th><th>&gt;50% err</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
     )
 
 
@@ -368,9 +366,7 @@ def _skipped_section(result: SuiteResult) -> str:
 def _copy_reference(src: Path, eval_dir: Path, subset: str, utt: str) -> Path:
     """Copy a reference/prompt wav to ``references/<subset>/<utt><ext>`` (so the report folder stands alone)."""
     target = eval_dir / "references" / slugify(subset) / f"{utt}{src.suffix}"
-    if not target.is_file() or target.stat().st_size != src.stat().st_size:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
+    write_if_changed(target, src.read_bytes())
     return target
 
 
@@ -432,9 +428,8 @@ def render_html(result: SuiteResult, max_utts: int = 4) -> str:
                   f'</div><div class="chart" id="chart-ss"><h3>SS_campplus ×100 (higher is better)</h3>{ss_svg}</div></div>')
     notice = f'<div class="notice" id="kit-notice">{_e(KIT_NOTICE)}</div>' if result.tiny_kit else ""
     s = result.settings
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = (f"model dir <code>{_e(result.model_dir)}</code> · {len(result.candidates)} candidates · "
-            f"{sum(len(x.items) for x in result.subsets)} utterances in {len(result.subsets)} subsets · {when}<br>"
+            f"{sum(len(x.items) for x in result.subsets)} utterances in {len(result.subsets)} subsets<br>"
             f"ASR: Whisper <code>{_e(s.get('whisper_model'))}</code> ({_e(s.get('asr'))}); text: {_e(s.get('normalisation'))}"
             f"<br>SS: {_e(s.get('ss_name'))} (<code>{_e(s.get('ss_model'))}</code>), cosine to the prompt wav, or to "
             "the speaker's mean embedding for the sft set; CAM++ is the embedding CosyVoice conditions on, so SS "

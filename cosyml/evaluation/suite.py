@@ -31,9 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
-import os
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -49,6 +49,7 @@ from cosyml.evaluation.candidates import BASE, PARTS, Candidate, weight_file
 from cosyml.evaluation.metrics import bootstrap_mean_ci, share_above
 from cosyml.evaluation.score import EvalReport, Transcriber, UtteranceScore, score_test_set, write_report
 from cosyml.evaluation.testset import ItemProblem, TestItem, TestSubset
+from cosyml.fileio import write_if_changed
 from cosyml.models import keys
 
 CACHE_VERSION = 1
@@ -327,11 +328,13 @@ class CachedEmbedder:
         self.settings_key = settings_key
         self.path = path
         self.entries: dict[str, np.ndarray] = {}
+        self.changed = True  # until the file is read back: the cache on disk is missing or stale
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as data:
                     if str(data["__settings__"]) == settings_key:
                         self.entries = {k: data[k] for k in data.files if k != "__settings__"}
+                        self.changed = False
             except (OSError, KeyError, ValueError):
                 self.entries = {}
 
@@ -342,23 +345,22 @@ class CachedEmbedder:
             vectors = self.load()([waveforms[i] for _, i in todo])
             for (k, _), v in zip(todo, vectors, strict=True):
                 self.entries[k] = np.asarray(v, dtype=np.float32)
+            self.changed = True
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self.entries[k] for k in keys])
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.tmp.npz")
-        np.savez(tmp, __settings__=np.array(self.settings_key), **self.entries)
-        os.replace(tmp, self.path)
+        if not self.changed:  # a zip holds write times: rewriting equal entries would change the bytes
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, __settings__=np.array(self.settings_key), **dict(sorted(self.entries.items())))
+        write_if_changed(self.path, buffer.getvalue())
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (a killed run leaves the previous file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomic JSON write (a killed run leaves the previous file); equal content leaves the file untouched."""
+    write_if_changed(path, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
 
 
 class _Lazy:
