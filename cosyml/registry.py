@@ -864,11 +864,20 @@ def rollback(speaker: str, config: RegistryConfig) -> tuple[str, str]:
 
 def describe_versions(speaker: str, config: RegistryConfig) -> Iterator[str]:
     """One line per version: number, aliases, candidate, scores (for `cosyml promote --list`)."""
+    from mlflow.exceptions import MlflowException
+
     mlc = client()
     name = model_name(config, speaker)
+    try:  # search_model_versions leaves aliases empty; the registered model holds them
+        by_alias = dict(mlc.get_registered_model(name).aliases or {})
+    except MlflowException:
+        raise InputError(f"no registered model '{name}'; run `cosyml register` (or check MLFLOW_TRACKING_URI)") from None
+    aliases_of: dict[str, list[str]] = {}
+    for alias, number in sorted(by_alias.items()):
+        aliases_of.setdefault(str(number), []).append(alias)
     for version in sorted(mlc.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
         item = _version_score(version)
-        aliases = ",".join(getattr(version, "aliases", []) or [])
+        aliases = ",".join(aliases_of.get(str(version.version), []))
         s = item.scores
         score = f"CER {s.cer:.4f} {_fmt(s.cer_ci)} SS {s.ss:.4f} {_fmt(s.ss_ci)} n={s.n}" if s else "no scores"
         yield f"v{item.version:<4} {aliases or '-':<20} {item.candidate:<24} {score}"

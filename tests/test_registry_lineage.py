@@ -58,3 +58,29 @@ def test_the_newest_writer_of_a_file_wins(store) -> None:
     run("average_flow", {"out": "exp/flow/flow.pt"})
     newer = run("average_flow", {"out": "exp/flow/flow.pt"})
     assert _producer_run(mlc, SPEAKER, "flow", "exp/flow/flow.pt") == newer
+
+
+def test_promote_list_shows_the_champion_and_previous_aliases(store, capsys) -> None:
+    """`cosyml promote --list` reads aliases from the registered model (issue 15.7)."""
+    from cosyml.cli import main
+
+    mlc, _ = store
+    name = f"cosyml-{SPEAKER}"
+    mlc.create_registered_model(name)
+    for candidate in ("base", "llm_sft", "both_sft"):
+        mlc.create_model_version(name, source=(Path.cwd() / "model").as_uri(), tags={"cosyml.candidate": candidate})
+    mlc.set_registered_model_alias(name, "champion", "2")
+    mlc.set_registered_model_alias(name, "previous", "1")
+    assert main(["promote", "--list", "--speaker", SPEAKER]) == 0
+    lines = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
+    assert lines["v1"][1:3] == ["previous", "base"]
+    assert lines["v2"][1:3] == ["champion", "llm_sft"]
+    assert lines["v3"][1:3] == ["-", "both_sft"]
+
+
+def test_promote_list_of_an_unknown_model_is_one_line(store, capsys) -> None:
+    from cosyml.cli import main
+
+    assert main(["promote", "--list", "--speaker", "nobody"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "no registered model 'cosyml-nobody'" in err, err
