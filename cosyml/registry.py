@@ -228,7 +228,30 @@ def client() -> Any:
         raise ConfigError("COSYML_TRACKING=off: the model registry needs MLflow; unset COSYML_TRACKING")
     uri = default_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    with store_creation_lock(uri):
+        mlc = MlflowClient(tracking_uri=uri)
+        # Open (and on a fresh sqlite file create and migrate) the tracking and registry tables now,
+        # under the lock: two processes migrating one new database at once crash one of them.
+        mlc.search_experiments(max_results=1)
+        mlc.search_registered_models(max_results=1)
+    return mlc
+
+
+@contextlib.contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """For a ``sqlite:///`` store: hold (waiting for it) an exclusive lock on ``.<db name>.lock`` beside
+    the database while the block creates or migrates it; other stores need no lock (a server migrates
+    its own database once, at start)."""
+    import fcntl
+
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _experiment_id(mlc: Any, name: str) -> str:

@@ -84,3 +84,33 @@ def test_promote_list_of_an_unknown_model_is_one_line(store, capsys) -> None:
     assert main(["promote", "--list", "--speaker", "nobody"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "no registered model 'cosyml-nobody'" in err, err
+
+
+RACE = """
+import sys, time
+from cosyml import registry
+start = float(sys.argv[1])
+while time.time() < start:
+    time.sleep(0.001)
+registry.client().search_registered_models(max_results=1)
+print("store ready")
+"""
+
+
+def test_two_processes_opening_a_fresh_sqlite_store_at_once_both_work(tmp_path: Path) -> None:
+    """Issue 17.8: two `cosyml register` on a fresh sqlite store crashed one with a migration traceback."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    for attempt in range(2):
+        db = tmp_path / f"fresh{attempt}" / "mlflow.db"
+        env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "COSYML_TRACKING": "on"}
+        start = str(time.time() + 6.0)  # both processes past their imports, then released together
+        procs = [subprocess.Popen([sys.executable, "-c", RACE, start], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert [p.returncode for p in procs] == [0, 0], [err[-600:] for _, err in outs]
+        assert all("store ready" in out for out, _ in outs)
+        assert (db.parent / ".mlflow.db.lock").is_file()
