@@ -90,7 +90,11 @@ class Scores:
                 raise InputError(f"{where}.{key}: expected [low, high], got {value!r}")
             return (float(value[0]), float(value[1]))
 
-        return cls(
+        def within(key: str, value: float, low: float, high: float, what: str) -> None:
+            if not low <= value <= high:
+                raise InputError(f"{where}.{key}: {value!r} is not {what}; rerun `cosyml evaluate`")
+
+        scores = cls(
             cer=number("cer"),
             cer_ci=interval("cer_ci"),
             ss=number("ss"),
@@ -99,6 +103,19 @@ class Scores:
             missing=int(number("missing")),
             over_50=number("over_50"),
         )
+        # CER/WER is an error rate (>= 0; insertions can take it above 1), SS a cosine
+        within("cer", scores.cer, 0.0, math.inf, "an error rate (>= 0)")
+        within("cer_ci", scores.cer_ci[0], 0.0, math.inf, "an interval of error rates (>= 0)")
+        within("ss", scores.ss, -1.0, 1.0, "a cosine similarity (-1 to 1)")
+        for bound in scores.ss_ci:
+            within("ss_ci", bound, -1.0, 1.0, "an interval of cosine similarities (-1 to 1)")
+        within("n", data["n"], 0, math.inf, "a count (a whole number >= 0)")
+        within("missing", data["missing"], 0, scores.n, f"a count between 0 and n ({scores.n})")
+        within("over_50", scores.over_50, 0.0, 1.0, "a share (0 to 1)")
+        for key in ("n", "missing"):
+            if float(data[key]) != int(data[key]):
+                raise InputError(f"{where}.{key}: {data[key]!r} is not a whole number; rerun `cosyml evaluate`")
+        return scores
 
     def tags(self, prefix: str) -> dict[str, str]:
         return {
