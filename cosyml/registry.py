@@ -13,14 +13,13 @@ a written policy moves the ``champion`` alias.
 - :func:`decide` is the promotion policy (pure, no MLflow); :func:`promote` applies it to the registry
   and moves the aliases (``previous`` keeps the old champion for :func:`rollback`).
 
-Version tags (all strings): ``cosyml.candidate``, ``cosyml.speaker``, ``cosyml.is_base``,
-``cosyml.version_key``, ``cosyml.weights_hash``, ``cosyml.base_hash``, ``cosyml.base_uri``, ``cosyml.llm`` /
-``cosyml.flow`` (source path or ``base``), ``cosyml.llm_sha256`` / ``cosyml.flow_sha256``, ``cosyml.llm_uri`` /
-``cosyml.flow_uri`` (where a fine-tuned part is stored),
-``cosyml.llm_run_id`` / ``cosyml.flow_run_id`` (when the producing run is known),
-``cosyml.data_version``, ``cosyml.eval_file``, ``cosyml.eval_sha``, ``score.cer``, ``score.cer_ci_lo``,
-``score.cer_ci_hi``, ``score.ss``, ``score.ss_ci_lo``, ``score.ss_ci_hi``, ``score.n``, ``score.missing``,
-``score.over_50`` and ``subset.<name>.<key>`` for each evaluated subset.
+Version tags (a few headlines, all strings): ``cosyml.candidate``, ``cosyml.speaker``, ``cosyml.is_base``,
+``cosyml.llm`` / ``cosyml.flow`` (source path or ``base``), ``cosyml.llm_run_id`` / ``cosyml.flow_run_id``
+(the run that wrote the weights, when known), ``cosyml.data_version``, ``cosyml.version_key`` (identity),
+``cosyml.eval_sha`` (the candidates.json it was scored in), ``score.cer``, ``score.ss``, ``score.n``.
+Every score (summary with CIs, missing, over_50, and ``<subset>/<key>`` per subset) is a metric of the
+version's logged model (MLflow's model metrics; promotion reads them) and is in its artifact
+``scores.json``; hashes and storage URIs are in ``artifacts/voice.json``.
 """
 
 from __future__ import annotations
@@ -130,9 +129,13 @@ class Scores:
             f"{prefix}over_50": repr(self.over_50),
         }
 
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """The numbers as MLflow metrics (the model metrics of a version): same keys as :meth:`tags`."""
+        return {key: float(value) for key, value in self.tags(prefix).items()}
+
     @classmethod
-    def from_tags(cls, tags: Mapping[str, str], prefix: str = "score.") -> Scores | None:
-        """Scores stored by :meth:`tags`, or None when a tag is missing or unreadable."""
+    def from_tags(cls, tags: Mapping[str, str | float], prefix: str = "score.") -> Scores | None:
+        """Scores stored by :meth:`tags` (or :meth:`metrics`), or None when a key is missing or unreadable."""
         try:
             return cls(
                 cer=float(tags[f"{prefix}cer"]),
@@ -561,30 +564,32 @@ def register_candidates(
             weights_hash = hashlib.sha256(f"{base.hash}|{parts['llm'].sha256}|{parts['flow'].sha256}".encode()).hexdigest()
             identity = json.dumps([weights_hash, speaker_hash, sorted(sampling.items()), config.max_tokens])
             key = hashlib.sha256(identity.encode()).hexdigest()
+            # A few headline tags; every score is a model metric and in scores.json, the storage
+            # lineage (hashes, URIs) is in voice.json.
             tags = {
                 "cosyml.candidate": cand.name,
                 "cosyml.speaker": candidates.speaker,
                 "cosyml.is_base": str(cand.base).lower(),
                 "cosyml.version_key": key,
-                "cosyml.weights_hash": weights_hash,
-                "cosyml.base_hash": base.hash,
-                "cosyml.base_uri": base.uri,
-                "cosyml.eval_file": str(candidates.path),
                 "cosyml.eval_sha": candidates.sha256,
-                **cand.summary.tags("score."),
+                "score.cer": repr(cand.summary.cer),
+                "score.ss": repr(cand.summary.ss),
+                "score.n": str(cand.summary.n),
             }
-            for sub, scores in cand.subsets.items():
-                tags.update(scores.tags(f"subset.{sub}."))
             for part, weights in parts.items():
                 tags[f"cosyml.{part}"] = weights.source
-                tags[f"cosyml.{part}_sha256"] = weights.sha256
                 producer = cand.runs.get(part) or _producer_run(mlc, candidates.speaker, part, weights.source)
                 if producer:
                     tags[f"cosyml.{part}_run_id"] = producer
             if data_version:
                 tags["cosyml.data_version"] = data_version
-            if run.run_id:
-                tags["cosyml.register_run_id"] = run.run_id
+            metrics = score_metrics(cand)
+            scores_doc = {
+                "candidate": cand.name, "llm": cand.llm, "flow": cand.flow, "eval_file": str(candidates.path),
+                "eval_sha": candidates.sha256, "register_run_id": run.run_id or None,
+                "summary": dataclasses.asdict(cand.summary),
+                "subsets": {k: dataclasses.asdict(v) for k, v in cand.subsets.items()},
+            }
             description = (
                 f"candidate {cand.name}: llm={cand.llm} flow={cand.flow}; CER {cand.summary.cer:.4f} "
                 f"[{cand.summary.cer_ci[0]:.4f}, {cand.summary.cer_ci[1]:.4f}], SS {cand.summary.ss:.4f} "
@@ -595,6 +600,11 @@ def register_candidates(
                 for tag, value in tags.items():
                     if version.tags.get(tag) != value:
                         mlc.set_model_version_tag(name, version.version, tag, value)
+                for tag in version.tags:  # a version registered by an older cosyml carried every score as a tag
+                    if tag not in tags and (tag.startswith(("score.", "subset.")) or tag in _RETIRED_TAGS):
+                        mlc.delete_model_version_tag(name, version.version, tag)
+                if (model_id := _logged_model_id(version)) is not None:
+                    _log_scores(model_id, run.run_id, metrics, scores_doc, Path(tmp) / f"rescore-{key[:12]}")
                 mlc.update_model_version(name, version.version, description=description)
                 out.append(RegisteredVersion(name, str(version.version), cand.name, key, created=False))
                 continue
@@ -617,8 +627,8 @@ def register_candidates(
             (stage / "voice.json").write_text(spec.to_json(), encoding="utf-8")
             torch.save(speakers, stage / "spk2info.pt")
             artifacts = {"voice": str(stage / "voice.json"), "spk2info": str(stage / "spk2info.pt")}
-            tags.update({f"cosyml.{p}_uri": w.uri for p, w in shared.items()})
             model_uri = _log_voice(stage, artifacts, candidates.speaker, cand.name, run.run_id)
+            _log_scores(model_uri.removeprefix("models:/"), run.run_id, metrics, scores_doc, stage / "scores")
             version = mlflow.register_model(model_uri, name, tags=tags)
             first = _first_with_key(mlc, name, key) or version
             if str(first.version) != str(version.version):  # another process registered it meanwhile
@@ -631,6 +641,35 @@ def register_candidates(
             out.append(RegisteredVersion(name, str(version.version), cand.name, key, created=True))
         run.set_tags({"cosyml.registered": ",".join(f"{r.candidate}=v{r.version}" for r in out if not r.skipped)})
     return out
+
+
+#: Version tags older releases wrote that now live in voice.json / scores.json; removed on re-registration.
+_RETIRED_TAGS = frozenset({
+    "cosyml.weights_hash", "cosyml.base_hash", "cosyml.base_uri", "cosyml.eval_file", "cosyml.register_run_id",
+    "cosyml.llm_sha256", "cosyml.flow_sha256", "cosyml.llm_uri", "cosyml.flow_uri",
+})
+
+
+def score_metrics(cand: Candidate) -> dict[str, float]:
+    """Every number of a candidate as model metrics: ``cer``, ``cer_ci_lo`` ... and ``<subset>/cer`` ..."""
+    assert cand.summary is not None
+    out = cand.summary.metrics()
+    for sub, scores in cand.subsets.items():
+        out.update(scores.metrics(f"{re.sub(r'[^A-Za-z0-9_./ -]+', '_', sub)}/"))
+    return out
+
+
+def _log_scores(model_id: str, run_id: str | None, metrics: Mapping[str, float], doc: Mapping[str, Any],
+                folder: Path) -> None:
+    """The scores as metrics of the logged model (its "Metrics" in the MLflow UI; the latest value wins on
+    a refresh) and as its artifact ``scores.json``."""
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics), model_id=model_id, run_id=run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scores.json").write_text(json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+                                        encoding="utf-8")
+    mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
 
 
 def _first_with_key(mlc: Any, name: str, key: str) -> Any | None:
@@ -812,12 +851,40 @@ def decide(pool: list[ScoredVersion], champion: ScoredVersion | None, config: Re
 # ---------------------------------------------------------------------------------------------- promote
 
 
-def _version_score(version: Any) -> ScoredVersion:
+def _logged_model_id(version: Any) -> str | None:
+    """The logged model behind a version (MLflow 3 leaves ``model_id`` empty in listings; the source
+    ``models:/<model_id>`` names it)."""
+    model_id = getattr(version, "model_id", None)
+    source = str(getattr(version, "source", "") or "")
+    if not model_id and source.startswith("models:/m-"):
+        model_id = source.removeprefix("models:/").strip("/")
+    return model_id or None
+
+
+def _model_metrics(mlc: Any, version: Any) -> dict[str, float]:
+    """The latest value of each metric of the version's logged model ({} when there is none)."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = _logged_model_id(version)
+    if not model_id:
+        return {}
+    try:
+        metrics = mlc.get_logged_model(model_id).metrics or []
+    except MlflowException:
+        return {}
+    latest: dict[str, float] = {}
+    for metric in sorted(metrics, key=lambda m: (m.timestamp, m.step)):
+        latest[metric.key] = metric.value
+    return latest
+
+
+def _version_score(mlc: Any, version: Any) -> ScoredVersion:
+    """A version's scores: its model metrics, or the score tags of a version registered by an older cosyml."""
     tags = version.tags or {}
     return ScoredVersion(
         version=str(version.version),
         candidate=tags.get("cosyml.candidate", f"v{version.version}"),
-        scores=Scores.from_tags(tags),
+        scores=Scores.from_tags(_model_metrics(mlc, version), prefix="") or Scores.from_tags(tags),
         is_base=tags.get("cosyml.is_base") == "true",
     )
 
@@ -856,13 +923,13 @@ def promote(candidates: CandidateSet, config: RegistryConfig, dry_run: bool = Fa
         versions = mlc.search_model_versions(f"name='{name}'")
     except Exception as exc:  # pragma: no cover - network trouble
         raise CosymlError(f"model registry: cannot list versions of '{name}' ({exc}); check MLFLOW_TRACKING_URI") from None
-    pool = [_version_score(v) for v in versions if (v.tags or {}).get("cosyml.eval_sha") == candidates.sha256]
+    pool = [_version_score(mlc, v) for v in versions if (v.tags or {}).get("cosyml.eval_sha") == candidates.sha256]
     if not pool:
         raise InputError(
             f"{candidates.path}: its candidates are not registered in '{name}'; run `cosyml register` first (or promote --register)"
         )
     champ_version = _alias_version(mlc, name, config.alias)
-    champion = _version_score(champ_version) if champ_version is not None else None
+    champion = _version_score(mlc, champ_version) if champ_version is not None else None
     decision = decide(pool, champion, config)
     policy = as_flat_dict(config, "registry.")
     moved = False
@@ -916,7 +983,7 @@ def describe_versions(speaker: str, config: RegistryConfig) -> Iterator[str]:
     for alias, number in sorted(by_alias.items()):
         aliases_of.setdefault(str(number), []).append(alias)
     for version in sorted(mlc.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
-        item = _version_score(version)
+        item = _version_score(mlc, version)
         aliases = ",".join(aliases_of.get(str(version.version), []))
         s = item.scores
         score = f"CER {s.cer:.4f} {_fmt(s.cer_ci)} SS {s.ss:.4f} {_fmt(s.ss_ci)} n={s.n}" if s else "no scores"
