@@ -18,6 +18,7 @@ import struct
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -209,6 +210,13 @@ def test_cli_logs_one_mlflow_run_with_metrics_and_artifacts(first: SuiteResult, 
     assert "metrics.cer/llm-ft/zero_shot/en" in run
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"report.html", "candidates.json", "metrics.json"} <= artifacts
+    # the logged report plays: every audio file it links was logged beside it, under the same path
+    logged = Path(mlflow.artifacts.download_artifacts(run_id=run["run_id"], dst_path=str(tmp_path / "logged")))
+    page = (logged / "report.html").read_text(encoding="utf-8")
+    sources = [unquote(s) for s in re.findall(r'<audio [^>]*src="([^"]+)"', page)]
+    assert len(sources) == 6  # 2 texts x (reference + 2 candidates)
+    for src in sources:
+        assert (logged / src).is_file(), src
 
 
 def _chromium() -> str | None:

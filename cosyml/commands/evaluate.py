@@ -94,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         tracked.set_tags({"cosyml.tiny_kit": result.tiny_kit, "cosyml.candidates": len(result.candidates)})
         for path in (files.report, files.candidates, files.metrics, files.summary, files.utterances, *files.plots):
             tracked.log_artifact(path, "plots" if path.parent.name == "plots" else None)
+        for rel in files.media:  # beside report.html under the same relative paths, so its players play
+            parent = Path(rel).parent.as_posix()
+            tracked.log_artifact(result.eval_dir / rel, None if parent == "." else parent)
     print(format_table(result))
     print(f"report: {files.report}   candidates: {files.candidates}")
     if not result.scored:

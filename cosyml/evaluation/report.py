@@ -33,11 +33,12 @@ import io
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from cosyml.evaluation.candidates import slugify
 from cosyml.evaluation.score import ROW_FIELDS, UtteranceScore, summary_dict
@@ -62,6 +63,7 @@ class OutputFiles:
     utterances: Path
     summary: Path
     report: Path
+    media: tuple[str, ...] = ()  # audio the report links, relative to the eval folder (posix)
 
 
 def write_outputs(result: SuiteResult, report_max_utts: int = 4) -> OutputFiles:
@@ -74,8 +76,16 @@ def write_outputs(result: SuiteResult, report_max_utts: int = 4) -> OutputFiles:
     utterances = write_all_rows(out / "utterances.csv", result.scored)
     summary = _write_json(out / "summary.json", suite_summary_dict(result))
     report = out / "report.html"
-    write_if_changed(report, render_html(result, report_max_utts).encode("utf-8"))
-    return OutputFiles(candidates, metrics, plots, utterances, summary, report)
+    page = render_html(result, report_max_utts)
+    write_if_changed(report, page.encode("utf-8"))
+    return OutputFiles(candidates, metrics, plots, utterances, summary, report, linked_media(page))
+
+
+def linked_media(page: str) -> tuple[str, ...]:
+    """The relative paths of every audio file ``page`` plays, in page order (what must be stored next to
+    the page, under the same relative paths, for its players to work elsewhere, e.g. in MLflow)."""
+    found = (unquote(m) for m in re.findall(r'<audio [^>]*src="([^"]+)"', page))
+    return tuple(dict.fromkeys(found))
 
 
 def _write_json(path: Path, data: Any) -> Path:
