@@ -30,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -550,6 +551,7 @@ def register_candidates(
         **{f"sampling.{k}": v for k, v in sampling.items()},
     }
     out: list[RegisteredVersion] = []
+    wheel: Path | None = None
     with stage_run("register", candidates.speaker, logged, data_version=data_version) as run, tempfile.TemporaryDirectory(
         prefix="cosyml-register-"
     ) as tmp:
@@ -627,7 +629,9 @@ def register_candidates(
             (stage / "voice.json").write_text(spec.to_json(), encoding="utf-8")
             torch.save(speakers, stage / "spk2info.pt")
             artifacts = {"voice": str(stage / "voice.json"), "spk2info": str(stage / "spk2info.pt")}
-            model_uri = _log_voice(stage, artifacts, candidates.speaker, cand.name, run.run_id)
+            if wheel is None:  # built once per call, carried by every version it registers
+                wheel = build_cosyml_wheel(Path(tmp) / "wheels")
+            model_uri = _log_voice(stage, artifacts, candidates.speaker, cand.name, run.run_id, wheel)
             _log_scores(model_uri.removeprefix("models:/"), run.run_id, metrics, scores_doc, stage / "scores")
             version = mlflow.register_model(model_uri, name, tags=tags)
             first = _first_with_key(mlc, name, key) or version
@@ -682,7 +686,8 @@ def _first_with_key(mlc: Any, name: str, key: str) -> Any | None:
     return min(same, key=lambda v: int(v.version)) if same else None
 
 
-def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: str, run_id: str | None) -> str:
+def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: str, run_id: str | None,
+               wheel: Path) -> str:
     """Log one voice as an MLflow logged model; returns its ``models:/<model_id>`` URI.
 
     ``mlflow.pyfunc.log_model`` would load the model and synthesise the input example to validate it
@@ -706,10 +711,12 @@ def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: 
             artifacts=artifacts,
             signature=signature(),
             input_example=input_example(speaker),
-            pip_requirements=_requirements(),
+            pip_requirements=requirements(f"{WHEELS_DIR}/{wheel.name}"),
             model_config={"device": "auto", "cache_dir": "", "batch_size": 8},
             mlflow_model=Model(artifact_path=logged.artifact_location, run_id=run_id, model_id=logged.model_id),
         )
+        (local / WHEELS_DIR).mkdir()
+        shutil.copyfile(wheel, local / WHEELS_DIR / wheel.name)  # requirements.txt names it by this path
         mlflow.MlflowClient().log_model_artifacts(logged.model_id, str(local))
     except BaseException:
         mlflow.finalize_logged_model(logged.model_id, "FAILED")
@@ -718,15 +725,51 @@ def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: 
     return f"models:/{logged.model_id}"
 
 
-def _requirements() -> list[str]:
+#: Folder of a logged voice that holds the cosyml wheel its requirements.txt installs.
+WHEELS_DIR = "wheels"
+
+
+def requirements(cosyml_wheel: str) -> list[str]:
+    """The pip requirements of a voice: the installed versions of what the pyfunc imports, as public
+    versions (``torch==2.13.0``, not the ``+cpu`` local build, which no index serves), and cosyml itself
+    as the wheel carried in the model (``cosyml_wheel``: its path relative to the model folder)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
     for dist in ("mlflow", "torch", "numpy", "pandas", "soundfile", *ORT_DISTRIBUTIONS, "transformers", "wetext",
                  "PyYAML"):  # the onnxruntime build installed here (cpu or gpu)
         with contextlib.suppress(PackageNotFoundError):
-            out.append(f"{dist}=={version(dist)}")
-    return [*out, "cosyml"]
+            out.append(f"{dist}=={version(dist).split('+', 1)[0]}")
+    return [*out, cosyml_wheel]
+
+
+def build_cosyml_wheel(out_dir: Path) -> Path:
+    """A wheel of the cosyml source this process runs (``pip wheel --no-deps --no-build-isolation``: offline,
+    with the setuptools already installed); one line when it cannot be built."""
+    import subprocess
+    import sys
+
+    source = Path(__file__).resolve().parents[1]
+    if not (source / "pyproject.toml").is_file():
+        raise CosymlError(
+            f"{source}: no pyproject.toml beside the cosyml package; register from a cosyml checkout "
+            "(pip install -e .) so the voice can carry cosyml as a wheel"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cosyml-wheel-") as tmp:  # pip builds in place: not in the checkout
+        tree = Path(tmp) / "src"
+        shutil.copytree(source / "cosyml", tree / "cosyml", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (source / name).is_file():
+                shutil.copyfile(source / name, tree / name)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+             str(out_dir), str(tree)], capture_output=True, text=True, check=False)
+    wheels = sorted(out_dir.glob("cosyml-*.whl"))
+    if done.returncode != 0 or not wheels:
+        reason = (done.stderr.strip().splitlines() or ["no wheel written"])[-1][:200]
+        raise CosymlError(f"{source}: cannot build the cosyml wheel a voice carries ({reason})")
+    return wheels[-1]
 
 
 # ---------------------------------------------------------------------------------------------- policy

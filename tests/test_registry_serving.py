@@ -30,3 +30,44 @@ def test_prompt_features_are_cached_by_content_and_the_cache_is_bounded(kit_dir:
         write_wav(other, (0.3 * np.sin(2 * np.pi * (100 + 7 * i) * t)).astype(np.float32), 16000)
         frontend.features(other)
     assert len(frontend._cache) == PROMPT_CACHE_SIZE
+
+
+def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 15.11: requirements named ``torch==2.13.0+cpu`` and a bare ``cosyml`` (no index serves either).
+    Now cosyml travels as a wheel inside the model and every pin is a public version; pip resolves the
+    requirements file offline (``--no-index``) against the model's wheel and this environment."""
+    import json
+    import subprocess
+    import sys
+
+    import mlflow
+    import torch
+
+    from cosyml.config import RegistryConfig
+    from cosyml.registry import read_candidates, register_candidates
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("COSYML_TRACKING", "on")
+    monkeypatch.chdir(tmp_path)
+    speakers = tmp_path / "spk2embedding.pt"
+    torch.save({"toy": torch.randn(192, generator=torch.Generator().manual_seed(1)).tolist()}, speakers)
+    scores = {"cer": 0.1, "cer_ci": [0.05, 0.15], "ss": 0.5, "ss_ci": [0.4, 0.6], "n": 10, "missing": 0,
+              "over_50": 0.0}
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps({"speaker": "toy", "model_dir": str(kit_dir), "candidates": [
+        {"name": "base", "llm": "base", "flow": "base", "summary": scores, "base": True}]}), encoding="utf-8")
+    (version,) = register_candidates(read_candidates(candidates), RegistryConfig(speakers=str(speakers)))
+    model = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}",
+                                                     dst_path=str(tmp_path / "model")))
+    lines = (model / "requirements.txt").read_text(encoding="utf-8").split()
+    assert not [line for line in lines if "+" in line], lines  # no local builds (2.13.0+cpu)
+    assert any(line.startswith("torch==") for line in lines)
+    (wheel,) = [line for line in lines if line.endswith(".whl")]
+    assert wheel.startswith("wheels/cosyml-") and (model / wheel).is_file()
+    assert "cosyml" not in lines  # no bare name that no index serves
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(model / "wheels")]
+    done = subprocess.run([*pip, "-r", "requirements.txt"], cwd=model, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = subprocess.run([*pip, "--no-deps", "--ignore-installed", "--target", str(tmp_path / "t"), wheel],
+                           cwd=model, capture_output=True, text=True)
+    assert fresh.returncode == 0 and "Would install cosyml" in fresh.stdout, fresh.stdout + fresh.stderr
