@@ -71,3 +71,24 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
     fresh = subprocess.run([*pip, "--no-deps", "--ignore-installed", "--target", str(tmp_path / "t"), wheel],
                            cwd=model, capture_output=True, text=True)
     assert fresh.returncode == 0 and "Would install cosyml" in fresh.stdout, fresh.stdout + fresh.stderr
+
+
+def test_error_replies_name_no_server_paths(kit_dir: Path, tmp_path: Path) -> None:
+    """Issue 17.10: a served reply said where the server keeps its temporary files."""
+    import base64
+
+    from cosyml.pyfunc import VoiceModel, VoiceSpec
+    from cosyml.synth.engine import SynthEngine
+
+    voice = VoiceModel()
+    voice.spec = VoiceSpec(speaker="toy", candidate="base", base_uri="runs:/x/base_model", base_hash="h")
+    voice.engine = SynthEngine.load(kit_dir, device="cpu")
+    voice.batch_size = 4
+    voice._lock = __import__("threading").Lock()
+    short = tmp_path / "short.wav"
+    write_wav(short, np.zeros(80, dtype=np.float32), 16000)  # 5 ms: too short for one speech token
+    frame = __import__("pandas").DataFrame([{"text": "Hello.", "mode": "zero_shot", "prompt_text": "Hi.",
+                                             "prompt_wav": base64.b64encode(short.read_bytes()).decode()}])
+    error = voice.predict(None, frame)["error"][0]
+    assert error.startswith("prompt_wav: prompt wav is") and "too short" in error, error
+    assert "/" not in error.split("prompt wav is", 1)[0] and "/tmp" not in error and "cosyml-voice" not in error
