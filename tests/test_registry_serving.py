@@ -92,3 +92,12 @@ def test_error_replies_name_no_server_paths(kit_dir: Path, tmp_path: Path) -> No
     error = voice.predict(None, frame)["error"][0]
     assert error.startswith("prompt_wav: prompt wav is") and "too short" in error, error
     assert "/" not in error.split("prompt wav is", 1)[0] and "/tmp" not in error and "cosyml-voice" not in error
+
+
+def test_an_environment_manager_that_cannot_work_here_is_one_line(monkeypatch, capsys) -> None:
+    from cosyml.cli import main
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["serve", "--env-manager", "conda", "--model-uri", "runs:/x/model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--env-manager conda: `conda` is not on PATH" in err, err
