@@ -340,3 +340,44 @@ def test_editing_the_tokenizer_invalidates_cached_audio(setup: Setup, kit_dir: P
     config = kit / "CosyVoice-BlankEN" / "tokenizer_config.json"  # same tokens, other bytes
     config.write_text(json.dumps(json.loads(config.read_text(encoding="utf-8")), indent=3), encoding="utf-8")
     assert synthesized() == 2
+
+
+def test_dvc_plots_and_metrics_declared_in_dvc_yaml_are_readable(first: SuiteResult, tmp_path: Path):
+    """Issue 15.12: bars had x/y swapped, the page was blank offline (vega from a CDN) and `dvc metrics
+    show` printed one 88-column row. The project's own dvc.yaml declarations, on the real dvc CLI."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["evaluate"]
+    repo = tmp_path / "repo"
+    (repo / "exp").mkdir(parents=True)
+    shutil.copytree(first.eval_dir / "plots", repo / "exp" / "eval" / "plots")
+    shutil.copyfile(first.eval_dir / "metrics.json", repo / "exp" / "eval" / "metrics.json")
+
+    def top_level(entries: list) -> list:  # a stage's outputs declared as top-level plots/metrics
+        out = []
+        for entry in entries:
+            (path, options), = entry.items()
+            options = {k: v for k, v in (options or {}).items() if k != "cache"}
+            out.append({path: options} if options else path)
+        return out
+
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": top_level(stage["metrics"]),
+                                                   "plots": top_level(stage["plots"])}), encoding="utf-8")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo, check=True, env=env)
+    metrics = json.loads(subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, check=True, env=env,
+                                        capture_output=True, text=True).stdout)
+    data = next(iter(metrics.values()))["data"]["exp/eval/metrics.json"]["data"]
+    flat = {f"{k}.{kk}" for k, v in data.items() if isinstance(v, dict) for kk in v} | {
+        k for k, v in data.items() if not isinstance(v, dict)}
+    assert len(flat) == 2 * len(first.scored) + 2, sorted(flat)  # cer and ss per candidate + two counts
+    plots = json.loads(subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, check=True, env=env,
+                                      capture_output=True, text=True).stdout)["data"]
+    images = {p for p, renders in plots.items() if any(r.get("type") == "image" for r in renders)}
+    assert images == {"exp/eval/plots/cer.svg", "exp/eval/plots/ss.svg"}
+    for name in ("cer", "ss"):  # standalone SVG: renders in an <img>, no script, nothing fetched
+        svg = (repo / "exp" / "eval" / "plots" / f"{name}.svg").read_text(encoding="utf-8")
+        assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and "<script" not in svg
+        assert "<rect" in svg
+    for path, label in (("candidates.csv", "candidate"), ("subsets.csv", "label")):  # bars: value on x
+        encoding = plots[f"exp/eval/plots/{path}"][0]["content"]["encoding"]
+        assert (encoding["x"]["field"], encoding["x"]["type"]) == ("cer", "quantitative"), encoding
+        assert (encoding["y"]["field"], encoding["y"]["type"]) == (label, "nominal"), encoding

@@ -14,8 +14,8 @@ In ``<eval_dir>``:
   ``cer`` is the mean per-utterance error (CER for zh/ja/ko/yue, WER otherwise), a fraction; ``ss`` the
   mean SS_campplus; null where nothing was scored;
 - ``metrics.json``: flat numbers per candidate slug for ``dvc metrics diff``;
-- ``plots/candidates.csv`` (one line per candidate) and ``plots/subsets.csv`` (candidate x subset) for
-  ``dvc plots``;
+- ``plots/candidates.csv`` (one line per candidate), ``plots/subsets.csv`` (candidate x subset) and
+  ``plots/cer.svg`` / ``plots/ss.svg`` (bar charts that render offline) for ``dvc plots``;
 - ``utterances.csv``: every scored row of every candidate (``candidate`` column first); ``summary.json``:
   settings, full per-subset summaries, synthesis failures and cache counts per candidate;
 - ``report.html``: one self-contained page (inline CSS and SVG, nothing fetched): the candidate table with
@@ -147,32 +147,54 @@ def _flat(summary: MetricSummary) -> dict[str, Any]:
 
 
 def metrics_dict(result: SuiteResult) -> dict[str, Any]:
-    """``metrics.json``: ``{slug: {cer, ss, cer_lo, cer_hi, ss_lo, ss_hi, n, missing, over_50, subsets}}``."""
+    """``metrics.json``, the headline numbers ``dvc metrics show/diff`` prints: ``{slug: {cer, ss}}``,
+    ``skipped_items`` and ``failed_candidates`` (two columns per candidate; CIs, counts and subsets are in
+    ``candidates.json`` and ``plots/``)."""
     out: dict[str, Any] = {}
     for c in result.scored:
         assert c.summary is not None
-        entry = _flat(c.summary)
-        entry["subsets"] = {name: {"cer": s.as_dict()["cer"], "ss": s.as_dict()["ss"]} for name, s in c.subsets.items()}
-        out[c.candidate.slug] = entry
+        out[c.candidate.slug] = {"cer": c.summary.cer, "ss": c.summary.ss}
     out["skipped_items"] = len(result.skipped)
     out["failed_candidates"] = sum(not c.ok for c in result.candidates)
     return out
 
 
-def write_plots(result: SuiteResult, folder: Path) -> tuple[Path, Path]:
-    """``candidates.csv`` (candidate, cer, cer_lo, cer_hi, ss, ss_lo, ss_hi) and ``subsets.csv``."""
+def write_plots(result: SuiteResult, folder: Path) -> tuple[Path, ...]:
+    """``candidates.csv`` (candidate, cer, cer_lo, cer_hi, ss, ss_lo, ss_hi, n, missing), ``subsets.csv``
+    (label = candidate/subset first) for DVC's vega templates, and ``cer.svg`` / ``ss.svg``: the report's
+    bar charts as standalone images, which ``dvc plots show`` embeds and any browser renders offline (its
+    vega plots load vega from a CDN)."""
     by_candidate = folder / "candidates.csv"
     by_subset = folder / "subsets.csv"
+    charts = _charts(result)
+    images = []
+    for name, svg in charts.items():
+        images.append(folder / f"{name}.svg")
+        write_if_changed(images[-1], svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).encode())
     flat = [(c.candidate.slug, _flat(c.summary)) for c in result.scored if c.summary is not None]
     write_if_changed(by_candidate, _csv_bytes(
         ["candidate", "cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi", "n", "missing"],
         ([slug, *(_num(d[k]) for k in ("cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi")), d["n"], d["missing"]]
          for slug, d in flat)))
     write_if_changed(by_subset, _csv_bytes(
-        ["candidate", "subset", "cer", "ss", "n", "missing"],
-        ([c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing]
+        ["label", "candidate", "subset", "cer", "ss", "n", "missing"],
+        ([f"{c.candidate.slug}/{name}", c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing]
          for c in result.scored for name, s in c.subsets.items())))
-    return by_candidate, by_subset
+    return (by_candidate, by_subset, *images)
+
+
+def _charts(result: SuiteResult) -> dict[str, str]:
+    """``{"cer": svg, "ss": svg}``: the candidates' bar charts with CI whiskers ({} when none was scored)."""
+    scored = result.scored
+    if not scored:
+        return {}
+    names = [c.candidate.name for c in scored]
+    return {
+        "cer": bar_chart_svg("CER/WER per candidate", names, [c.summary.cer if c.summary else None for c in scored],
+                             [c.summary.cer_ci if c.summary else None for c in scored], unit="%"),
+        "ss": bar_chart_svg("SS per candidate", names, [c.summary.ss if c.summary else None for c in scored],
+                            [c.summary.ss_ci if c.summary else None for c in scored], lower_is_better=False),
+    }
 
 
 def _num(value: float | None) -> str:
@@ -427,15 +449,11 @@ def _listen_section(result: SuiteResult, max_utts: int) -> str:
 def render_html(result: SuiteResult, max_utts: int = 4) -> str:
     """The whole ``report.html`` page as a string (copies the reference audio it links to)."""
     scored = result.scored
-    names = [c.candidate.name for c in scored]
     charts = ""
     if scored:
-        cer_svg = bar_chart_svg("CER/WER per candidate", names, [c.summary.cer if c.summary else None for c in scored],
-                                [c.summary.cer_ci if c.summary else None for c in scored], unit="%")
-        ss_svg = bar_chart_svg("SS per candidate", names, [c.summary.ss if c.summary else None for c in scored],
-                               [c.summary.ss_ci if c.summary else None for c in scored], lower_is_better=False)
-        charts = (f'<div class="charts"><div class="chart" id="chart-cer"><h3>CER/WER % (lower is better)</h3>{cer_svg}'
-                  f'</div><div class="chart" id="chart-ss"><h3>SS_campplus ×100 (higher is better)</h3>{ss_svg}</div></div>')
+        svg = _charts(result)
+        charts = (f'<div class="charts"><div class="chart" id="chart-cer"><h3>CER/WER % (lower is better)</h3>{svg["cer"]}'
+                  f'</div><div class="chart" id="chart-ss"><h3>SS_campplus ×100 (higher is better)</h3>{svg["ss"]}</div></div>')
     notice = f'<div class="notice" id="kit-notice">{_e(KIT_NOTICE)}</div>' if result.tiny_kit else ""
     s = result.settings
     meta = (f"model dir <code>{_e(result.model_dir)}</code> · {len(result.candidates)} candidates · "
