@@ -11,6 +11,7 @@ Command-line flags and ``mlflow run -P`` values override the file through :func:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -360,3 +361,78 @@ def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
         else:
             out[f"{prefix}{f.name}"] = value
     return out
+
+
+# ---------------------------------------------------------------------------------------------- value ranges
+# (evaluate, registry, tune; the data sections have their own checks)
+
+_SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are unsigned 32-bit
+
+
+def _check_range(section: Any, prefix: str, name: str, low: float | None = None, high: float | None = None,
+                 low_open: bool = False, hint: str = "") -> None:
+    """One-line :class:`ConfigError` unless ``low <= value <= high`` (``low < value`` when ``low_open``) and
+    finite; ``None`` (meaning "the model's value") passes."""
+    value = getattr(section, name)
+    if value is None:
+        return
+    key = f"{prefix}.{name}"
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {value!r} is not a finite number; set a number{hint}")
+    too_low = low is not None and (value <= low if low_open else value < low)
+    too_high = high is not None and value > high
+    if too_low or too_high:
+        lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
+        hi = "" if high is None else f"<= {high:g}"
+        raise ConfigError(f"{key}: {value!r} is out of range; it must be {' and '.join(x for x in (lo, hi) if x)}{hint}")
+
+
+def check_evaluation_params(params: Params) -> None:
+    """Check the value ranges of ``evaluate``, ``registry`` and ``tune`` (types are checked on load).
+
+    Raises one :class:`ConfigError` line naming the key, the value and the allowed range.
+    """
+    ev, reg, tune = params.evaluate, params.registry, params.tune
+    for name in ("batch_size", "synth_batch_size", "bootstrap_resamples"):
+        _check_range(ev, "evaluate", name, 1)
+    for name in ("max_tokens", "max_utts", "synth_max_tokens", "report_max_utts", "min_token_text_ratio",
+                 "min_duration_ratio"):
+        _check_range(ev, "evaluate", name, 0)
+    for name in ("max_silence_ratio", "max_clipped_ratio", "max_no_speech_prob"):
+        _check_range(ev, "evaluate", name, 0, 1)
+    for name in ("seed", "synth_seed"):
+        _check_range(ev, "evaluate", name, 0, _SEED_MAX)
+    _check_range(ev, "evaluate", "ci_level", 0, 1, low_open=True)
+    if ev.ci_level >= 1:
+        raise ConfigError(f"evaluate.ci_level: {ev.ci_level!r} is out of range; it must be > 0 and < 1 (e.g. 0.95)")
+    _check_range(ev, "evaluate", "silence_dbfs", None, 0, hint=" (dBFS: 0 is full scale)")
+    _check_range(ev, "evaluate", "clip_threshold", 0, 1, low_open=True)
+    _check_range(ev, "evaluate", "max_compression_ratio", 0, low_open=True)
+    _check_range(ev, "evaluate", "max_duration_ratio", ev.min_duration_ratio, low_open=True,
+                 hint=" (above evaluate.min_duration_ratio)")
+    _check_range(ev, "evaluate", "max_token_text_ratio", ev.min_token_text_ratio, low_open=True,
+                 hint=" (above evaluate.min_token_text_ratio)")
+    _check_range(ev, "evaluate", "top_p", 0, 1, low_open=True)
+    _check_range(ev, "evaluate", "top_k", 1)
+    _check_range(ev, "evaluate", "win_size", 1)
+    _check_range(ev, "evaluate", "tau_r", 0)
+    if ev.device not in ("auto", "cpu", "cuda") and not ev.device.startswith("cuda:"):
+        raise ConfigError(f"evaluate.device: {ev.device!r} is not auto, cpu, cuda or cuda:N")
+
+    for name in ("max_tokens", "cer_weight", "ss_weight", "max_cer_regression"):
+        _check_range(reg, "registry", name, 0)
+    _check_range(reg, "registry", "max_missing_ratio", 0, 1)
+    if reg.cer_weight == 0 and reg.ss_weight == 0:
+        raise ConfigError("registry.cer_weight, registry.ss_weight: both 0 leave nothing to rank by; set one above 0")
+    for name in ("alias", "previous_alias"):
+        if not getattr(reg, name).strip():
+            raise ConfigError(f"registry.{name}: empty; name the alias (default: champion / previous)")
+    if reg.alias == reg.previous_alias:
+        raise ConfigError(f"registry.previous_alias: '{reg.previous_alias}' is also registry.alias; use another name")
+
+    _check_range(tune, "tune", "n_trials", 1)
+    _check_range(tune, "tune", "seed", 0, _SEED_MAX)
+    for name in ("max_utts", "synth_max_tokens"):
+        _check_range(tune, "tune", name, 0)
+    if tune.direction not in ("maximize", "minimize"):
+        raise ConfigError(f"tune.direction: {tune.direction!r} is not maximize or minimize")

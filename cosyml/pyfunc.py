@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -377,7 +378,7 @@ class VoiceModel(mlflow.pyfunc.PythonModel):
                 request = SynthRequest.from_dict(fields, where=f"row {i}")
                 request.validate()
             except CosymlError as exc:
-                rows[i] = _failed(str(exc))
+                rows[i] = _failed(_public(str(exc), scratch))
                 continue
             todo.append((i, request))
         if not todo:
@@ -389,7 +390,8 @@ class VoiceModel(mlflow.pyfunc.PythonModel):
             results = [self._one(request) for _, request in todo]
         for (i, _), result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
-                rows[i] = _failed(str(result) if isinstance(result, CosymlError) else _internal(result))
+                rows[i] = _failed(_public(str(result) if isinstance(result, CosymlError) else _internal(result),
+                                          scratch))
                 continue
             rows[i] = {
                 "audio": wav_to_base64(result.wav, result.sample_rate, scratch),
@@ -408,6 +410,16 @@ class VoiceModel(mlflow.pyfunc.PythonModel):
         except Exception as exc:
             traceback.print_exc(file=sys.stderr)
             return exc
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s:;,'\"()\[\]]+/)*[^\s:;,'\"()\[\]]+")
+
+
+def _public(message: str, scratch: Path) -> str:
+    """An error reply without server paths: the request's own temporary prompt file becomes ``prompt_wav``,
+    any other absolute path becomes its last component (the server log keeps the full text)."""
+    message = re.sub(re.escape(str(scratch)) + r"/prompt-\d+\.bin", "prompt_wav", message)
+    return _ABSOLUTE_PATH.sub(lambda m: Path(m.group(0)).name or "<path>", message)
 
 
 def _internal(exc: BaseException) -> str:

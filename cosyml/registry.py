@@ -13,14 +13,13 @@ a written policy moves the ``champion`` alias.
 - :func:`decide` is the promotion policy (pure, no MLflow); :func:`promote` applies it to the registry
   and moves the aliases (``previous`` keeps the old champion for :func:`rollback`).
 
-Version tags (all strings): ``cosyml.candidate``, ``cosyml.speaker``, ``cosyml.is_base``,
-``cosyml.version_key``, ``cosyml.weights_hash``, ``cosyml.base_hash``, ``cosyml.base_uri``, ``cosyml.llm`` /
-``cosyml.flow`` (source path or ``base``), ``cosyml.llm_sha256`` / ``cosyml.flow_sha256``, ``cosyml.llm_uri`` /
-``cosyml.flow_uri`` (where a fine-tuned part is stored),
-``cosyml.llm_run_id`` / ``cosyml.flow_run_id`` (when the producing run is known),
-``cosyml.data_version``, ``cosyml.eval_file``, ``cosyml.eval_sha``, ``score.cer``, ``score.cer_ci_lo``,
-``score.cer_ci_hi``, ``score.ss``, ``score.ss_ci_lo``, ``score.ss_ci_hi``, ``score.n``, ``score.missing``,
-``score.over_50`` and ``subset.<name>.<key>`` for each evaluated subset.
+Version tags (a few headlines, all strings): ``cosyml.candidate``, ``cosyml.speaker``, ``cosyml.is_base``,
+``cosyml.llm`` / ``cosyml.flow`` (source path or ``base``), ``cosyml.llm_run_id`` / ``cosyml.flow_run_id``
+(the run that wrote the weights, when known), ``cosyml.data_version``, ``cosyml.version_key`` (identity),
+``cosyml.eval_sha`` (the candidates.json it was scored in), ``score.cer``, ``score.ss``, ``score.n``.
+Every score (summary with CIs, missing, over_50, and ``<subset>/<key>`` per subset) is a metric of the
+version's logged model (MLflow's model metrics; promotion reads them) and is in its artifact
+``scores.json``; hashes and storage URIs are in ``artifacts/voice.json``.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -90,7 +90,11 @@ class Scores:
                 raise InputError(f"{where}.{key}: expected [low, high], got {value!r}")
             return (float(value[0]), float(value[1]))
 
-        return cls(
+        def within(key: str, value: float, low: float, high: float, what: str) -> None:
+            if not low <= value <= high:
+                raise InputError(f"{where}.{key}: {value!r} is not {what}; rerun `cosyml evaluate`")
+
+        scores = cls(
             cer=number("cer"),
             cer_ci=interval("cer_ci"),
             ss=number("ss"),
@@ -99,6 +103,19 @@ class Scores:
             missing=int(number("missing")),
             over_50=number("over_50"),
         )
+        # CER/WER is an error rate (>= 0; insertions can take it above 1), SS a cosine
+        within("cer", scores.cer, 0.0, math.inf, "an error rate (>= 0)")
+        within("cer_ci", scores.cer_ci[0], 0.0, math.inf, "an interval of error rates (>= 0)")
+        within("ss", scores.ss, -1.0, 1.0, "a cosine similarity (-1 to 1)")
+        for bound in scores.ss_ci:
+            within("ss_ci", bound, -1.0, 1.0, "an interval of cosine similarities (-1 to 1)")
+        within("n", data["n"], 0, math.inf, "a count (a whole number >= 0)")
+        within("missing", data["missing"], 0, scores.n, f"a count between 0 and n ({scores.n})")
+        within("over_50", scores.over_50, 0.0, 1.0, "a share (0 to 1)")
+        for key in ("n", "missing"):
+            if float(data[key]) != int(data[key]):
+                raise InputError(f"{where}.{key}: {data[key]!r} is not a whole number; rerun `cosyml evaluate`")
+        return scores
 
     def tags(self, prefix: str) -> dict[str, str]:
         return {
@@ -113,9 +130,13 @@ class Scores:
             f"{prefix}over_50": repr(self.over_50),
         }
 
+    def metrics(self, prefix: str = "") -> dict[str, float]:
+        """The numbers as MLflow metrics (the model metrics of a version): same keys as :meth:`tags`."""
+        return {key: float(value) for key, value in self.tags(prefix).items()}
+
     @classmethod
-    def from_tags(cls, tags: Mapping[str, str], prefix: str = "score.") -> Scores | None:
-        """Scores stored by :meth:`tags`, or None when a tag is missing or unreadable."""
+    def from_tags(cls, tags: Mapping[str, str | float], prefix: str = "score.") -> Scores | None:
+        """Scores stored by :meth:`tags` (or :meth:`metrics`), or None when a key is missing or unreadable."""
         try:
             return cls(
                 cer=float(tags[f"{prefix}cer"]),
@@ -228,7 +249,30 @@ def client() -> Any:
         raise ConfigError("COSYML_TRACKING=off: the model registry needs MLflow; unset COSYML_TRACKING")
     uri = default_tracking_uri()
     mlflow.set_tracking_uri(uri)
-    return MlflowClient(tracking_uri=uri)
+    with store_creation_lock(uri):
+        mlc = MlflowClient(tracking_uri=uri)
+        # Open (and on a fresh sqlite file create and migrate) the tracking and registry tables now,
+        # under the lock: two processes migrating one new database at once crash one of them.
+        mlc.search_experiments(max_results=1)
+        mlc.search_registered_models(max_results=1)
+    return mlc
+
+
+@contextlib.contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """For a ``sqlite:///`` store: hold (waiting for it) an exclusive lock on ``.<db name>.lock`` beside
+    the database while the block creates or migrates it; other stores need no lock (a server migrates
+    its own database once, at start)."""
+    import fcntl
+
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
 
 
 def _experiment_id(mlc: Any, name: str) -> str:
@@ -430,22 +474,41 @@ def _sanitize(text: str) -> str:
     return f"{safe[:51]}-{hashlib.sha1(text.encode('utf-8')).hexdigest()[:8]}".lstrip("-")
 
 
+def _written_weights(run: Any, part: str) -> Path | None:
+    """The weight file a finished ``average_<part>`` or ``train_<part>`` run wrote, resolved, or None.
+
+    ``average`` logs the file as its ``out`` param; ``train`` writes ``<output>/<part>.pt`` only when it
+    averaged its checkpoints (then it sets ``cosyml.averaged_from``, which holds checkpoint *names*, not
+    paths, and so says nothing about where the result went).
+    """
+    tags, params = run.data.tags, run.data.params
+    stage = tags.get("cosyml.stage", "")
+    if stage == f"average_{part}" and params.get("out"):
+        return Path(params["out"]).expanduser().resolve()
+    if stage == f"train_{part}" and params.get("output") and "cosyml.averaged_from" in tags:
+        return (Path(params["output"]).expanduser() / f"{part}.pt").resolve()
+    return None
+
+
 def _producer_run(mlc: Any, speaker: str, part: str, source: str) -> str | None:
-    """The run that wrote ``source`` (an averaging or training run of the speaker's experiment), if any."""
+    """The newest finished run of the speaker's experiment that wrote exactly ``source``, if any.
+
+    Relative paths in the runs' params are read against the working directory, as ``cosyml`` wrote them.
+    """
     if source == BASE:
         return None
     exp = mlc.get_experiment_by_name(f"cosyml/{speaker}")
     if exp is None:
         return None
-    target = Path(source).resolve()
-    runs = mlc.search_runs([exp.experiment_id], filter_string="attributes.status = 'FINISHED'", max_results=500)
-    for run in runs:  # newest first
-        stage = run.data.tags.get("cosyml.stage", "")
-        if stage not in (f"average_{part}", f"train_{part}"):
-            continue
-        paths = [run.data.params.get("out", ""), *run.data.tags.get("cosyml.averaged_from", "").split(",")]
-        resolved = {Path(p).resolve() for p in paths if p}
-        if target in resolved or any(p.parent == target.parent for p in resolved):
+    target = Path(source).expanduser().resolve()
+    runs = mlc.search_runs(
+        [exp.experiment_id],
+        filter_string="attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1000,
+    )
+    for run in runs:  # newest first: the file's last writer
+        if _written_weights(run, part) == target:
             return run.info.run_id
     return None
 
@@ -488,6 +551,7 @@ def register_candidates(
         **{f"sampling.{k}": v for k, v in sampling.items()},
     }
     out: list[RegisteredVersion] = []
+    wheel: Path | None = None
     with stage_run("register", candidates.speaker, logged, data_version=data_version) as run, tempfile.TemporaryDirectory(
         prefix="cosyml-register-"
     ) as tmp:
@@ -502,30 +566,32 @@ def register_candidates(
             weights_hash = hashlib.sha256(f"{base.hash}|{parts['llm'].sha256}|{parts['flow'].sha256}".encode()).hexdigest()
             identity = json.dumps([weights_hash, speaker_hash, sorted(sampling.items()), config.max_tokens])
             key = hashlib.sha256(identity.encode()).hexdigest()
+            # A few headline tags; every score is a model metric and in scores.json, the storage
+            # lineage (hashes, URIs) is in voice.json.
             tags = {
                 "cosyml.candidate": cand.name,
                 "cosyml.speaker": candidates.speaker,
                 "cosyml.is_base": str(cand.base).lower(),
                 "cosyml.version_key": key,
-                "cosyml.weights_hash": weights_hash,
-                "cosyml.base_hash": base.hash,
-                "cosyml.base_uri": base.uri,
-                "cosyml.eval_file": str(candidates.path),
                 "cosyml.eval_sha": candidates.sha256,
-                **cand.summary.tags("score."),
+                "score.cer": repr(cand.summary.cer),
+                "score.ss": repr(cand.summary.ss),
+                "score.n": str(cand.summary.n),
             }
-            for sub, scores in cand.subsets.items():
-                tags.update(scores.tags(f"subset.{sub}."))
             for part, weights in parts.items():
                 tags[f"cosyml.{part}"] = weights.source
-                tags[f"cosyml.{part}_sha256"] = weights.sha256
                 producer = cand.runs.get(part) or _producer_run(mlc, candidates.speaker, part, weights.source)
                 if producer:
                     tags[f"cosyml.{part}_run_id"] = producer
             if data_version:
                 tags["cosyml.data_version"] = data_version
-            if run.run_id:
-                tags["cosyml.register_run_id"] = run.run_id
+            metrics = score_metrics(cand)
+            scores_doc = {
+                "candidate": cand.name, "llm": cand.llm, "flow": cand.flow, "eval_file": str(candidates.path),
+                "eval_sha": candidates.sha256, "register_run_id": run.run_id or None,
+                "summary": dataclasses.asdict(cand.summary),
+                "subsets": {k: dataclasses.asdict(v) for k, v in cand.subsets.items()},
+            }
             description = (
                 f"candidate {cand.name}: llm={cand.llm} flow={cand.flow}; CER {cand.summary.cer:.4f} "
                 f"[{cand.summary.cer_ci[0]:.4f}, {cand.summary.cer_ci[1]:.4f}], SS {cand.summary.ss:.4f} "
@@ -536,6 +602,11 @@ def register_candidates(
                 for tag, value in tags.items():
                     if version.tags.get(tag) != value:
                         mlc.set_model_version_tag(name, version.version, tag, value)
+                for tag in version.tags:  # a version registered by an older cosyml carried every score as a tag
+                    if tag not in tags and (tag.startswith(("score.", "subset.")) or tag in _RETIRED_TAGS):
+                        mlc.delete_model_version_tag(name, version.version, tag)
+                if (model_id := _logged_model_id(version)) is not None:
+                    _log_scores(model_id, run.run_id, metrics, scores_doc, Path(tmp) / f"rescore-{key[:12]}")
                 mlc.update_model_version(name, version.version, description=description)
                 out.append(RegisteredVersion(name, str(version.version), cand.name, key, created=False))
                 continue
@@ -558,8 +629,10 @@ def register_candidates(
             (stage / "voice.json").write_text(spec.to_json(), encoding="utf-8")
             torch.save(speakers, stage / "spk2info.pt")
             artifacts = {"voice": str(stage / "voice.json"), "spk2info": str(stage / "spk2info.pt")}
-            tags.update({f"cosyml.{p}_uri": w.uri for p, w in shared.items()})
-            model_uri = _log_voice(stage, artifacts, candidates.speaker, cand.name, run.run_id)
+            if wheel is None:  # built once per call, carried by every version it registers
+                wheel = build_cosyml_wheel(Path(tmp) / "wheels")
+            model_uri = _log_voice(stage, artifacts, candidates.speaker, cand.name, run.run_id, wheel)
+            _log_scores(model_uri.removeprefix("models:/"), run.run_id, metrics, scores_doc, stage / "scores")
             version = mlflow.register_model(model_uri, name, tags=tags)
             first = _first_with_key(mlc, name, key) or version
             if str(first.version) != str(version.version):  # another process registered it meanwhile
@@ -574,6 +647,35 @@ def register_candidates(
     return out
 
 
+#: Version tags older releases wrote that now live in voice.json / scores.json; removed on re-registration.
+_RETIRED_TAGS = frozenset({
+    "cosyml.weights_hash", "cosyml.base_hash", "cosyml.base_uri", "cosyml.eval_file", "cosyml.register_run_id",
+    "cosyml.llm_sha256", "cosyml.flow_sha256", "cosyml.llm_uri", "cosyml.flow_uri",
+})
+
+
+def score_metrics(cand: Candidate) -> dict[str, float]:
+    """Every number of a candidate as model metrics: ``cer``, ``cer_ci_lo`` ... and ``<subset>/cer`` ..."""
+    assert cand.summary is not None
+    out = cand.summary.metrics()
+    for sub, scores in cand.subsets.items():
+        out.update(scores.metrics(f"{re.sub(r'[^A-Za-z0-9_./ -]+', '_', sub)}/"))
+    return out
+
+
+def _log_scores(model_id: str, run_id: str | None, metrics: Mapping[str, float], doc: Mapping[str, Any],
+                folder: Path) -> None:
+    """The scores as metrics of the logged model (its "Metrics" in the MLflow UI; the latest value wins on
+    a refresh) and as its artifact ``scores.json``."""
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics), model_id=model_id, run_id=run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "scores.json").write_text(json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
+                                        encoding="utf-8")
+    mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
+
+
 def _first_with_key(mlc: Any, name: str, key: str) -> Any | None:
     """The lowest-numbered version of ``name`` tagged with ``key``.
 
@@ -584,7 +686,8 @@ def _first_with_key(mlc: Any, name: str, key: str) -> Any | None:
     return min(same, key=lambda v: int(v.version)) if same else None
 
 
-def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: str, run_id: str | None) -> str:
+def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: str, run_id: str | None,
+               wheel: Path) -> str:
     """Log one voice as an MLflow logged model; returns its ``models:/<model_id>`` URI.
 
     ``mlflow.pyfunc.log_model`` would load the model and synthesise the input example to validate it
@@ -608,10 +711,12 @@ def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: 
             artifacts=artifacts,
             signature=signature(),
             input_example=input_example(speaker),
-            pip_requirements=_requirements(),
+            pip_requirements=requirements(f"{WHEELS_DIR}/{wheel.name}"),
             model_config={"device": "auto", "cache_dir": "", "batch_size": 8},
             mlflow_model=Model(artifact_path=logged.artifact_location, run_id=run_id, model_id=logged.model_id),
         )
+        (local / WHEELS_DIR).mkdir()
+        shutil.copyfile(wheel, local / WHEELS_DIR / wheel.name)  # requirements.txt names it by this path
         mlflow.MlflowClient().log_model_artifacts(logged.model_id, str(local))
     except BaseException:
         mlflow.finalize_logged_model(logged.model_id, "FAILED")
@@ -620,15 +725,51 @@ def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: 
     return f"models:/{logged.model_id}"
 
 
-def _requirements() -> list[str]:
+#: Folder of a logged voice that holds the cosyml wheel its requirements.txt installs.
+WHEELS_DIR = "wheels"
+
+
+def requirements(cosyml_wheel: str) -> list[str]:
+    """The pip requirements of a voice: the installed versions of what the pyfunc imports, as public
+    versions (``torch==2.13.0``, not the ``+cpu`` local build, which no index serves), and cosyml itself
+    as the wheel carried in the model (``cosyml_wheel``: its path relative to the model folder)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
     for dist in ("mlflow", "torch", "numpy", "pandas", "soundfile", *ORT_DISTRIBUTIONS, "transformers", "wetext",
                  "PyYAML"):  # the onnxruntime build installed here (cpu or gpu)
         with contextlib.suppress(PackageNotFoundError):
-            out.append(f"{dist}=={version(dist)}")
-    return [*out, "cosyml"]
+            out.append(f"{dist}=={version(dist).split('+', 1)[0]}")
+    return [*out, cosyml_wheel]
+
+
+def build_cosyml_wheel(out_dir: Path) -> Path:
+    """A wheel of the cosyml source this process runs (``pip wheel --no-deps --no-build-isolation``: offline,
+    with the setuptools already installed); one line when it cannot be built."""
+    import subprocess
+    import sys
+
+    source = Path(__file__).resolve().parents[1]
+    if not (source / "pyproject.toml").is_file():
+        raise CosymlError(
+            f"{source}: no pyproject.toml beside the cosyml package; register from a cosyml checkout "
+            "(pip install -e .) so the voice can carry cosyml as a wheel"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="cosyml-wheel-") as tmp:  # pip builds in place: not in the checkout
+        tree = Path(tmp) / "src"
+        shutil.copytree(source / "cosyml", tree / "cosyml", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("pyproject.toml", "README.md", "LICENSE"):
+            if (source / name).is_file():
+                shutil.copyfile(source / name, tree / name)
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
+             str(out_dir), str(tree)], capture_output=True, text=True, check=False)
+    wheels = sorted(out_dir.glob("cosyml-*.whl"))
+    if done.returncode != 0 or not wheels:
+        reason = (done.stderr.strip().splitlines() or ["no wheel written"])[-1][:200]
+        raise CosymlError(f"{source}: cannot build the cosyml wheel a voice carries ({reason})")
+    return wheels[-1]
 
 
 # ---------------------------------------------------------------------------------------------- policy
@@ -753,12 +894,40 @@ def decide(pool: list[ScoredVersion], champion: ScoredVersion | None, config: Re
 # ---------------------------------------------------------------------------------------------- promote
 
 
-def _version_score(version: Any) -> ScoredVersion:
+def _logged_model_id(version: Any) -> str | None:
+    """The logged model behind a version (MLflow 3 leaves ``model_id`` empty in listings; the source
+    ``models:/<model_id>`` names it)."""
+    model_id = getattr(version, "model_id", None)
+    source = str(getattr(version, "source", "") or "")
+    if not model_id and source.startswith("models:/m-"):
+        model_id = source.removeprefix("models:/").strip("/")
+    return model_id or None
+
+
+def _model_metrics(mlc: Any, version: Any) -> dict[str, float]:
+    """The latest value of each metric of the version's logged model ({} when there is none)."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = _logged_model_id(version)
+    if not model_id:
+        return {}
+    try:
+        metrics = mlc.get_logged_model(model_id).metrics or []
+    except MlflowException:
+        return {}
+    latest: dict[str, float] = {}
+    for metric in sorted(metrics, key=lambda m: (m.timestamp, m.step)):
+        latest[metric.key] = metric.value
+    return latest
+
+
+def _version_score(mlc: Any, version: Any) -> ScoredVersion:
+    """A version's scores: its model metrics, or the score tags of a version registered by an older cosyml."""
     tags = version.tags or {}
     return ScoredVersion(
         version=str(version.version),
         candidate=tags.get("cosyml.candidate", f"v{version.version}"),
-        scores=Scores.from_tags(tags),
+        scores=Scores.from_tags(_model_metrics(mlc, version), prefix="") or Scores.from_tags(tags),
         is_base=tags.get("cosyml.is_base") == "true",
     )
 
@@ -797,13 +966,13 @@ def promote(candidates: CandidateSet, config: RegistryConfig, dry_run: bool = Fa
         versions = mlc.search_model_versions(f"name='{name}'")
     except Exception as exc:  # pragma: no cover - network trouble
         raise CosymlError(f"model registry: cannot list versions of '{name}' ({exc}); check MLFLOW_TRACKING_URI") from None
-    pool = [_version_score(v) for v in versions if (v.tags or {}).get("cosyml.eval_sha") == candidates.sha256]
+    pool = [_version_score(mlc, v) for v in versions if (v.tags or {}).get("cosyml.eval_sha") == candidates.sha256]
     if not pool:
         raise InputError(
             f"{candidates.path}: its candidates are not registered in '{name}'; run `cosyml register` first (or promote --register)"
         )
     champ_version = _alias_version(mlc, name, config.alias)
-    champion = _version_score(champ_version) if champ_version is not None else None
+    champion = _version_score(mlc, champ_version) if champ_version is not None else None
     decision = decide(pool, champion, config)
     policy = as_flat_dict(config, "registry.")
     moved = False
@@ -845,11 +1014,20 @@ def rollback(speaker: str, config: RegistryConfig) -> tuple[str, str]:
 
 def describe_versions(speaker: str, config: RegistryConfig) -> Iterator[str]:
     """One line per version: number, aliases, candidate, scores (for `cosyml promote --list`)."""
+    from mlflow.exceptions import MlflowException
+
     mlc = client()
     name = model_name(config, speaker)
+    try:  # search_model_versions leaves aliases empty; the registered model holds them
+        by_alias = dict(mlc.get_registered_model(name).aliases or {})
+    except MlflowException:
+        raise InputError(f"no registered model '{name}'; run `cosyml register` (or check MLFLOW_TRACKING_URI)") from None
+    aliases_of: dict[str, list[str]] = {}
+    for alias, number in sorted(by_alias.items()):
+        aliases_of.setdefault(str(number), []).append(alias)
     for version in sorted(mlc.search_model_versions(f"name='{name}'"), key=lambda v: int(v.version)):
-        item = _version_score(version)
-        aliases = ",".join(getattr(version, "aliases", []) or [])
+        item = _version_score(mlc, version)
+        aliases = ",".join(aliases_of.get(str(version.version), []))
         s = item.scores
         score = f"CER {s.cer:.4f} {_fmt(s.cer_ci)} SS {s.ss:.4f} {_fmt(s.ss_ci)} n={s.n}" if s else "no scores"
         yield f"v{item.version:<4} {aliases or '-':<20} {item.candidate:<24} {score}"

@@ -321,6 +321,7 @@ def run_study(
     settings: StudySettings,
     on_trial: Callable[[TrialRecord], None] | None = None,
     baseline: Mapping[str, float | int] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> StudyResult:
     """Run trials until the study holds ``settings.n_trials`` finished ones (other workers' included).
 
@@ -329,11 +330,25 @@ def run_study(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    say = log or (lambda _msg: None)
     study = open_study(settings)
-    if baseline and not study.get_trials(deepcopy=False):
-        fixed = {r.name: baseline[r.name] for r in space if r.name in baseline and r.low <= baseline[r.name] <= r.high}
+    existing = study.get_trials(deepcopy=False)
+    # The sampler's random stream must continue, not restart, when a study is resumed: seeded with
+    # tune.seed alone, a second call would draw the first call's points again (trial 3 = trial 1).
+    # A fresh study keeps tune.seed, so a search is still reproducible from scratch.
+    study.sampler = optuna.samplers.TPESampler(seed=resumed_seed(settings.seed, len(existing)))
+    names = ", ".join(r.name for r in space)
+    if not existing:
+        fixed = {r.name: baseline[r.name] for r in space
+                 if baseline and r.name in baseline and r.low <= baseline[r.name] <= r.high}
         if fixed:
             study.enqueue_trial(fixed, user_attrs={"baseline": True}, skip_if_exists=True)
+        say(f"new study {settings.study_name}: searching {names}"
+            + ("; trial 0 is the model yaml's values" if fixed else ""))
+    else:
+        finished = sum(t.state.name in FINISHED for t in existing)
+        say(f"resuming study {settings.study_name}: {len(existing)} trials in storage ({finished} finished), "
+            f"searching {names} up to {settings.n_trials} finished")
     ran: list[int] = []
 
     def optuna_objective(trial: Any) -> float:
@@ -371,6 +386,14 @@ def run_study(
         pick = max if settings.direction == "maximize" else min
         best = pick(complete, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
     return StudyResult(settings.study_name, mask_storage(settings.storage), settings.direction, trials, ran, best)
+
+
+def resumed_seed(seed: int, trials_in_storage: int) -> int:
+    """The sampler seed of a call that finds ``trials_in_storage`` trials: ``seed`` for a new study, a
+    different (still deterministic) stream for each resumption."""
+    if trials_in_storage == 0:
+        return seed
+    return (seed * 1_000_003 + trials_in_storage * 7_919) % (2**32)
 
 
 def model_sampling(model_dir: str | Path) -> dict[str, float | int]:

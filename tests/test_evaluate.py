@@ -18,6 +18,7 @@ import struct
 import subprocess
 import tempfile
 from pathlib import Path
+from urllib.parse import unquote
 
 import numpy as np
 import pytest
@@ -163,10 +164,19 @@ def test_candidates_json_has_the_agreed_shape(first: SuiteResult):
     assert rows[0].startswith("candidate,subset,utt") and len(rows) == 5
 
 
+def _file_stats(root: Path) -> dict[str, tuple[int, int]]:
+    return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_rerun_uses_the_cache_and_redoes_only_what_changed(first: SuiteResult, setup: Setup):
     before = json.loads((first.eval_dir / "candidates.json").read_text(encoding="utf-8"))
+    stats = _file_stats(first.eval_dir)
     again = _run(setup)
     assert not again.engine_loaded  # nothing to synthesise: no model was even loaded
+    # served from the cache: no output is rewritten (report.html, summary.json, caches, plots keep their
+    # inode and mtime, so DVC and make see nothing new)
+    assert _file_stats(first.eval_dir) == stats
     for c in again.scored:
         assert (c.synthesized, c.reused, c.asr_computed) == (0, 2, 0)
     after = json.loads((first.eval_dir / "candidates.json").read_text(encoding="utf-8"))
@@ -200,6 +210,13 @@ def test_cli_logs_one_mlflow_run_with_metrics_and_artifacts(first: SuiteResult, 
     assert "metrics.cer/llm-ft/zero_shot/en" in run
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"])}
     assert {"report.html", "candidates.json", "metrics.json"} <= artifacts
+    # the logged report plays: every audio file it links was logged beside it, under the same path
+    logged = Path(mlflow.artifacts.download_artifacts(run_id=run["run_id"], dst_path=str(tmp_path / "logged")))
+    page = (logged / "report.html").read_text(encoding="utf-8")
+    sources = [unquote(s) for s in re.findall(r'<audio [^>]*src="([^"]+)"', page)]
+    assert len(sources) == 6  # 2 texts x (reference + 2 candidates)
+    for src in sources:
+        assert (logged / src).is_file(), src
 
 
 def _chromium() -> str | None:
@@ -281,3 +298,86 @@ def test_bad_candidate_specs_stop_with_one_line(argv, needle, capsys):
     assert main(["evaluate", *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and needle in err, err
+
+
+def test_model_fingerprint_covers_every_file_synthesis_reads(tmp_path: Path):
+    """A v3 yaml, the ONNX front ends and the tokenizer are part of the synthesis cache key (issue 12)."""
+    from cosyml.evaluation.suite import model_fingerprint
+
+    model = tmp_path / "model"
+    files = ["cosyvoice3.yaml", "hift.pt", "campplus.onnx", "speech_tokenizer_v3.onnx",
+             "speech_tokenizer_v3.batch.onnx", "spk2info.pt", "CosyVoice-BlankEN/tokenizer_config.json",
+             "CosyVoice-BlankEN/vocab.json"]
+    for name in files:
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_text(f"{name} v1", encoding="utf-8")
+    (model / "llm.pt").write_text("per-candidate weights", encoding="utf-8")
+    before = model_fingerprint(model)
+    assert set(before) == set(files)
+    for name in files:
+        (model / name).write_text(f"{name} v2", encoding="utf-8")
+        after = model_fingerprint(model)
+        assert after[name] != before[name], name
+        before = after
+    (model / "CosyVoice-BlankEN" / "added_tokens.json").write_text("{}", encoding="utf-8")
+    assert "CosyVoice-BlankEN/added_tokens.json" in model_fingerprint(model)
+
+
+def test_editing_the_tokenizer_invalidates_cached_audio(setup: Setup, kit_dir: Path, tmp_path: Path):
+    """Stale wavs must not be scored after a model-directory file the engine reads changes (issue 12)."""
+    kit = tmp_path / "kit"
+    shutil.copytree(kit_dir, kit)
+    cfg = dataclasses.replace(setup.params.evaluate, eval_dir=str(tmp_path / "eval"))
+    params = dataclasses.replace(setup.params, model_dir=str(kit), evaluate=cfg)
+    candidates = select_candidates(["llm=base,flow=base"], [], [], [], cfg.exp_dir)
+
+    def synthesized() -> int:
+        result = run_suite(params, candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
+        return result.candidates[0].synthesized
+
+    assert synthesized() == 2
+    assert synthesized() == 0
+    config = kit / "CosyVoice-BlankEN" / "tokenizer_config.json"  # same tokens, other bytes
+    config.write_text(json.dumps(json.loads(config.read_text(encoding="utf-8")), indent=3), encoding="utf-8")
+    assert synthesized() == 2
+
+
+def test_dvc_plots_and_metrics_declared_in_dvc_yaml_are_readable(first: SuiteResult, tmp_path: Path):
+    """Issue 15.12: bars had x/y swapped, the page was blank offline (vega from a CDN) and `dvc metrics
+    show` printed one 88-column row. The project's own dvc.yaml declarations, on the real dvc CLI."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["evaluate"]
+    repo = tmp_path / "repo"
+    (repo / "exp").mkdir(parents=True)
+    shutil.copytree(first.eval_dir / "plots", repo / "exp" / "eval" / "plots")
+    shutil.copyfile(first.eval_dir / "metrics.json", repo / "exp" / "eval" / "metrics.json")
+
+    def top_level(entries: list) -> list:  # a stage's outputs declared as top-level plots/metrics
+        out = []
+        for entry in entries:
+            (path, options), = entry.items()
+            options = {k: v for k, v in (options or {}).items() if k != "cache"}
+            out.append({path: options} if options else path)
+        return out
+
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": top_level(stage["metrics"]),
+                                                   "plots": top_level(stage["plots"])}), encoding="utf-8")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo, check=True, env=env)
+    metrics = json.loads(subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, check=True, env=env,
+                                        capture_output=True, text=True).stdout)
+    data = next(iter(metrics.values()))["data"]["exp/eval/metrics.json"]["data"]
+    flat = {f"{k}.{kk}" for k, v in data.items() if isinstance(v, dict) for kk in v} | {
+        k for k, v in data.items() if not isinstance(v, dict)}
+    assert len(flat) == 2 * len(first.scored) + 2, sorted(flat)  # cer and ss per candidate + two counts
+    plots = json.loads(subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, check=True, env=env,
+                                      capture_output=True, text=True).stdout)["data"]
+    images = {p for p, renders in plots.items() if any(r.get("type") == "image" for r in renders)}
+    assert images == {"exp/eval/plots/cer.svg", "exp/eval/plots/ss.svg"}
+    for name in ("cer", "ss"):  # standalone SVG: renders in an <img>, no script, nothing fetched
+        svg = (repo / "exp" / "eval" / "plots" / f"{name}.svg").read_text(encoding="utf-8")
+        assert svg.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and "<script" not in svg
+        assert "<rect" in svg
+    for path, label in (("candidates.csv", "candidate"), ("subsets.csv", "label")):  # bars: value on x
+        encoding = plots[f"exp/eval/plots/{path}"][0]["content"]["encoding"]
+        assert (encoding["x"]["field"], encoding["x"]["type"]) == ("cer", "quantitative"), encoding
+        assert (encoding["y"]["field"], encoding["y"]["type"]) == (label, "nominal"), encoding

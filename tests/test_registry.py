@@ -145,6 +145,23 @@ def _versions() -> dict[str, object]:
     return {v.tags["cosyml.candidate"]: v for v in _client().search_model_versions(f"name='{NAME}'")}
 
 
+def _model_metrics(candidate: str) -> dict[str, float]:
+    from cosyml.registry import _model_metrics
+
+    return _model_metrics(_client(), _versions()[candidate])
+
+
+def _voice(version) -> dict:
+    """The version's voice.json (its storage lineage: base and weight URIs, hashes)."""
+    import tempfile
+
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    repo = ModelsArtifactRepository(f"models:/{NAME}/{version.version}")
+    with tempfile.TemporaryDirectory() as tmp:
+        return json.loads(Path(repo.download_artifacts("artifacts/voice.json", tmp)).read_text(encoding="utf-8"))
+
+
 def _alias(alias: str) -> str | None:
     from mlflow.exceptions import MlflowException
 
@@ -175,13 +192,17 @@ def test_register_stores_each_candidate_once_and_the_base_assets_once(server, ki
     ]
     versions = _versions()
     tags = versions["llm_sft"].tags
-    assert tags["score.cer"] == "0.06" and tags["score.ss_ci_hi"] == "0.72" and tags["subset.sft/dev.n"] == "40"
+    assert tags["score.cer"] == "0.06" and tags["score.ss"] == "0.7" and tags["score.n"] == "40"
     assert tags["cosyml.data_version"] == "md5-of-shards" and tags["cosyml.is_base"] == "false"
     assert tags["cosyml.llm"] == str(kit.llm.resolve()) and tags["cosyml.flow"] == "base"
     assert versions["base"].tags["cosyml.is_base"] == "true"
+    assert max(len(v.tags) for v in versions.values()) <= 12  # a readable registry page (was 78 tags)
+    # every score is a model metric of the version and is in its scores.json
+    metrics = _model_metrics("llm_sft")
+    assert metrics["cer"] == 0.06 and metrics["ss_ci_hi"] == 0.72 and metrics["sft/dev/n"] == 40
     base_runs = _client().search_runs([_client().get_experiment_by_name(BASE_EXPERIMENT).experiment_id])
     assert len(base_runs) == 1 and base_runs[0].data.tags["cosyml.complete"] == "true"
-    assert {v.tags["cosyml.base_uri"] for v in versions.values()} == {f"runs:/{base_runs[0].info.run_id}/base_model"}
+    assert {_voice(v)["base_uri"] for v in versions.values()} == {f"runs:/{base_runs[0].info.run_id}/base_model"}
 
     import mlflow
 
@@ -190,18 +211,20 @@ def test_register_stores_each_candidate_once_and_the_base_assets_once(server, ki
         return {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
 
     files = {v: stored(v) for v in ("1", "2", "3")}
-    assert {"MLmodel", "artifacts/voice.json", "artifacts/spk2info.pt"} <= files["1"]
+    assert {"MLmodel", "artifacts/voice.json", "artifacts/spk2info.pt", "scores.json"} <= files["1"]
+    scores = json.loads((tmp_path / "2" / "scores.json").read_text(encoding="utf-8"))
+    assert scores["summary"]["cer_ci"] == [0.05, 0.07] and scores["subsets"]["sft/dev"]["n"] == 40
     assert "pyfunc_model.py" in files["1"] and "python_model.pkl" not in files["1"]  # code, not a pickle
     for version in ("1", "2", "3"):  # versions hold no weights: base assets and fine-tuned parts are referenced
         assert not any(f.endswith(("llm.pt", "flow.pt", "hift.pt", ".onnx", "cosyvoice2.yaml")) for f in files[version])
     # the fine-tuned LLM that versions 2 and 3 share is stored once; so is the fine-tuned flow
     weight_runs = _client().search_runs([_client().get_experiment_by_name(WEIGHTS_EXPERIMENT).experiment_id])
     assert sorted(r.data.tags["cosyml.part"] for r in weight_runs) == ["flow", "llm"]
-    llm_uri = versions["llm_sft"].tags["cosyml.llm_uri"]
-    assert versions["both_sft"].tags["cosyml.llm_uri"] == llm_uri and llm_uri.endswith("/weights/llm.pt")
-    assert "cosyml.llm_uri" not in versions["base"].tags and "cosyml.flow_uri" not in versions["llm_sft"].tags
+    llm_uri = _voice(versions["llm_sft"])["llm"]
+    assert _voice(versions["both_sft"])["llm"] == llm_uri and llm_uri.endswith("/weights/llm.pt")
+    assert _voice(versions["base"])["llm"] == "base" and _voice(versions["llm_sft"])["flow"] == "base"
     # the upstream checkpoint was stored as a plain official state dict (no epoch/step entries)
-    flow_pt = mlflow.artifacts.download_artifacts(versions["both_sft"].tags["cosyml.flow_uri"], dst_path=str(tmp_path / "f"))
+    flow_pt = mlflow.artifacts.download_artifacts(_voice(versions["both_sft"])["flow"], dst_path=str(tmp_path / "f"))
     assert "epoch" not in torch.load(flow_pt, weights_only=True)
 
 
@@ -215,7 +238,7 @@ def test_registering_the_same_weights_again_adds_no_version_and_refreshes_scores
         ("1", False, ""), ("2", False, ""), ("3", False, ""), ("", False, "no scores")
     ]
     assert len(_client().search_model_versions(f"name='{NAME}'")) == 3
-    assert _versions()["llm_sft"].tags["score.cer"] == "0.061"
+    assert _versions()["llm_sft"].tags["score.cer"] == "0.061" and _model_metrics("llm_sft")["cer"] == 0.061
 
 
 # ---------------------------------------------------------------------------------------------- promote
@@ -381,7 +404,7 @@ def test_shared_weights_missing_or_altered_in_the_store_are_one_line(server, kit
 
     with pytest.raises(ModelDirError, match=r"llm weights runs:/0123/weights/llm.pt: cannot be downloaded"):
         fetch_weights("runs:/0123/weights/llm.pt", "llm", "f" * 64, tmp_path)
-    uri = _versions()["llm_sft"].tags["cosyml.llm_uri"]
+    uri = _voice(_versions()["llm_sft"])["llm"]
     with pytest.raises(ModelDirError, match=r"llm weights .*: content hash \w+ differs from the registered ffffffffffff"):
         fetch_weights(uri, "llm", "f" * 64, tmp_path)
     assert not list(tmp_path.rglob(".complete")) and not list(tmp_path.rglob("*.pt"))

@@ -332,3 +332,24 @@ def test_cosyml_tune_workers_share_a_postgresql_study(postgres, workdir: Path, t
         written = json.loads((tmp_path / f"worker{i}" / "sampling.json").read_text())
         assert written["sampling"] == complete[written["trial"]].params
         assert "postgresql://cosyml@127.0.0.1" in written["storage"]
+
+
+def test_a_resumed_study_proposes_new_points_and_says_it_resumed(tmp_path: Path):
+    """Issue 15.6: a second call on the same study drew the first call's points again (trial 3 = trial 1)
+    and announced "trial 0 of a new study"."""
+    def objective(sampling: dict, number: int) -> TrialScore:
+        return TrialScore(objective=-abs(sampling["top_p"] - 0.7), cer=0.1, ss=0.5, n=1, missing=0)
+
+    space = parse_space({"top_p": [0.5, 0.9], "tau_r": [0.05, 0.5]})
+    settings = StudySettings(f"sqlite:///{tmp_path / 's.db'}", "resume", n_trials=3, seed=5)
+    said: list[str] = []
+    baseline = {"top_p": 0.8, "tau_r": 0.1}
+    run_study(objective, space, settings, baseline=baseline, log=said.append)
+    assert said == ["new study resume: searching top_p, tau_r; trial 0 is the model yaml's values"]
+    said.clear()
+    result = run_study(objective, space, dataclasses.replace(settings, n_trials=6), baseline=baseline,
+                       log=said.append)
+    assert said == ["resuming study resume: 3 trials in storage (3 finished), searching top_p, tau_r up to 6 finished"]
+    points = [tuple(sorted(t.params.items())) for t in result.trials]
+    assert len(points) == 6 and len(set(points)) == 6, points
+    assert result.trials[0].params == baseline  # the baseline stays trial 0, and is not enqueued again

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import as_flat_dict
+from cosyml.config import as_flat_dict, check_evaluation_params
 from cosyml.errors import CosymlError
 
 
@@ -62,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluate.max_utts": args.max_utts,
         "evaluate.device": args.device,
     })
+    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.evaluate
     candidates = select_candidates(args.candidates, cfg.candidates, cfg.llm_sources, cfg.flow_sources, cfg.exp_dir)
     flat = {**as_flat_dict(cfg, "evaluate."), "model_dir": params.model_dir, "prepare.speaker": params.prepare.speaker,
@@ -93,6 +94,9 @@ def run(args: argparse.Namespace) -> int:
         tracked.set_tags({"cosyml.tiny_kit": result.tiny_kit, "cosyml.candidates": len(result.candidates)})
         for path in (files.report, files.candidates, files.metrics, files.summary, files.utterances, *files.plots):
             tracked.log_artifact(path, "plots" if path.parent.name == "plots" else None)
+        for rel in files.media:  # beside report.html under the same relative paths, so its players play
+            parent = Path(rel).parent.as_posix()
+            tracked.log_artifact(result.eval_dir / rel, None if parent == "." else parent)
     print(format_table(result))
     print(f"report: {files.report}   candidates: {files.candidates}")
     if not result.scored:

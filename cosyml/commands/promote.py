@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
+from cosyml.config import check_evaluation_params
+from cosyml.fileio import atomic_write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from cosyml import registry
 
     params = resolve_params(args, {"registry.candidates": args.candidates, "prepare.speaker": args.speaker})
+    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.registry
     if args.rollback or args.list:
         speaker = params.prepare.speaker
@@ -62,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(f"{prefix}keep {result.model_name} {cfg.alias} at {('v' + decision.champion) if decision.champion else 'none'}: {decision.reason}")
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
         payload = {"model_name": result.model_name, "moved": result.moved, "dry_run": result.dry_run, **decision.as_dict()}
-        out.write_text(json.dumps(payload, indent=1) + "\n", encoding="utf-8")
+        atomic_write_text(Path(args.out), json.dumps(payload, indent=1) + "\n")
     return 0

@@ -20,7 +20,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--speaker", default=None, help="speaker (default: prepare.speaker)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--workers", type=int, default=1, help="server processes (each loads the voice once)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its own copy of the voice (RSS per worker ~1 GB on the kit); "
+                   "requests to one worker run one at a time (default 1; also MLFLOW_MODELS_WORKERS)")
+    p.add_argument("--env-manager", choices=("local", "virtualenv", "uv", "conda"), default="local",
+                   help="local: this environment (default); virtualenv/uv/conda: a new one built from the "
+                   "version's requirements (cosyml comes as a wheel inside the model; pip needs an index or "
+                   "PIP_NO_INDEX=1 PIP_FIND_LINKS=<wheelhouse>)")
     add_params_arguments(p)
     p.set_defaults(func=run)
 
@@ -30,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from cosyml.pyfunc import check_model_uri
     from cosyml.registry import client, model_name
 
+    check_env_manager(args.env_manager)  # before anything is opened or downloaded
     params = resolve_params(args, {"prepare.speaker": args.speaker})
     uri = args.model_uri or f"models:/{model_name(params.registry, params.prepare.speaker)}@{params.registry.alias}"
     client()  # sets the tracking URI (MLFLOW_TRACKING_URI or ./mlflow.db) the server inherits
@@ -38,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     if mlflow_cli is None:
         raise CosymlError("the `mlflow` command is not on PATH; activate the project environment (source scripts/env.sh)")
     command = [
-        mlflow_cli, "models", "serve", "-m", uri, "--env-manager", "local",
+        mlflow_cli, "models", "serve", "-m", uri, "--env-manager", args.env_manager,
         "-h", args.host, "-p", str(args.port), "-w", str(args.workers),
     ]
     print("serving:", " ".join(command), file=sys.stderr)
@@ -47,3 +54,26 @@ def run(args: argparse.Namespace) -> int:
     os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
     os.execv(mlflow_cli, command)
     return 0  # pragma: no cover - execv does not return
+
+
+def check_env_manager(manager: str) -> None:
+    """One line, before MLflow starts building anything, when ``manager`` cannot work on this machine."""
+    from cosyml.errors import CosymlError
+
+    tools = {"virtualenv": "pyenv", "uv": "uv", "conda": "conda"}
+    if manager == "local":
+        return
+    if shutil.which(tools[manager]) is None:
+        raise CosymlError(
+            f"--env-manager {manager}: `{tools[manager]}` is not on PATH (MLflow builds the {manager} environment "
+            "with it); install it, or serve from this environment with --env-manager local"
+        )
+    if os.environ.get("PIP_NO_INDEX"):
+        links = [p for p in os.environ.get("PIP_FIND_LINKS", "").split() if p]
+        missing = [p for p in links if not p.startswith(("http://", "https://")) and not os.path.isdir(p)]
+        if not links or missing:
+            raise CosymlError(
+                f"--env-manager {manager}: PIP_NO_INDEX is set but PIP_FIND_LINKS "
+                f"{'is empty' if not links else 'names missing folders: ' + ', '.join(missing)}; point it at a "
+                "wheelhouse holding the voice's requirements (pip download -r requirements.txt -d <wheelhouse>)"
+            )

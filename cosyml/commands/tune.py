@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import as_flat_dict
+from cosyml.config import as_flat_dict, check_evaluation_params
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         "evaluate.test_sets": args.test_sets,
         "evaluate.device": args.device,
     })
+    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.tune
     speaker = params.prepare.speaker
     space = parse_space(cfg.space)
@@ -101,9 +102,7 @@ def run(args: argparse.Namespace) -> int:
             "prepare.speaker": speaker, "registry.ss_weight": params.registry.ss_weight,
             "registry.cer_weight": params.registry.cer_weight, "evaluate.test_sets": params.evaluate.test_sets,
             "evaluate.sft_data": params.evaluate.sft_data}
-    log(f"tuning {', '.join(r.name for r in space)} for {candidate.name} (trial 0 of a new study: the model "
-        f"yaml's values): study {settings.study_name} in "
-        f"{mask_storage(settings.storage)}")
+    log(f"tuning {candidate.name}: study {settings.study_name} in {mask_storage(settings.storage)}")
     with stage_run("tune", speaker, flat, run_name=f"tune {candidate.slug}") as tracked:
         def on_trial(record) -> None:
             value = f"{record.value:.4f}" if record.value is not None else record.state
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
         objective = suite_objective(params, candidate, out, data_dir=params.evaluate.sft_data or None, log=log)
         result = run_study(objective, space, settings, on_trial=on_trial,
-                           baseline=model_sampling(params.model_dir))
+                           baseline=model_sampling(params.model_dir), log=log)
         states = [t.state for t in result.trials]
         tracked.log_metrics({"trials_finished": result.finished, "trials_run": len(result.ran),
                              "trials_failed": states.count("FAIL"), "trials_pruned": states.count("PRUNED")})

@@ -14,8 +14,8 @@ In ``<eval_dir>``:
   ``cer`` is the mean per-utterance error (CER for zh/ja/ko/yue, WER otherwise), a fraction; ``ss`` the
   mean SS_campplus; null where nothing was scored;
 - ``metrics.json``: flat numbers per candidate slug for ``dvc metrics diff``;
-- ``plots/candidates.csv`` (one line per candidate) and ``plots/subsets.csv`` (candidate x subset) for
-  ``dvc plots``;
+- ``plots/candidates.csv`` (one line per candidate), ``plots/subsets.csv`` (candidate x subset) and
+  ``plots/cer.svg`` / ``plots/ss.svg`` (bar charts that render offline) for ``dvc plots``;
 - ``utterances.csv``: every scored row of every candidate (``candidate`` column first); ``summary.json``:
   settings, full per-subset summaries, synthesis failures and cache counts per candidate;
 - ``report.html``: one self-contained page (inline CSS and SVG, nothing fetched): the candidate table with
@@ -29,20 +29,21 @@ from __future__ import annotations
 import csv
 import dataclasses
 import html
+import io
 import json
 import math
 import os
-import shutil
+import re
 from collections import Counter
-from collections.abc import Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from cosyml.evaluation.candidates import slugify
 from cosyml.evaluation.score import ROW_FIELDS, UtteranceScore, summary_dict
 from cosyml.evaluation.suite import CandidateResult, MetricSummary, SuiteResult
+from cosyml.fileio import write_if_changed
 
 KIT_NOTICE = (
     "These numbers come from the tiny model kit: random weights. They prove that the plumbing works "
@@ -62,6 +63,7 @@ class OutputFiles:
     utterances: Path
     summary: Path
     report: Path
+    media: tuple[str, ...] = ()  # audio the report links, relative to the eval folder (posix)
 
 
 def write_outputs(result: SuiteResult, report_max_utts: int = 4) -> OutputFiles:
@@ -74,14 +76,30 @@ def write_outputs(result: SuiteResult, report_max_utts: int = 4) -> OutputFiles:
     utterances = write_all_rows(out / "utterances.csv", result.scored)
     summary = _write_json(out / "summary.json", suite_summary_dict(result))
     report = out / "report.html"
-    report.write_text(render_html(result, report_max_utts), encoding="utf-8")
-    return OutputFiles(candidates, metrics, plots, utterances, summary, report)
+    page = render_html(result, report_max_utts)
+    write_if_changed(report, page.encode("utf-8"))
+    return OutputFiles(candidates, metrics, plots, utterances, summary, report, linked_media(page))
+
+
+def linked_media(page: str) -> tuple[str, ...]:
+    """The relative paths of every audio file ``page`` plays, in page order (what must be stored next to
+    the page, under the same relative paths, for its players to work elsewhere, e.g. in MLflow)."""
+    found = (unquote(m) for m in re.findall(r'<audio [^>]*src="([^"]+)"', page))
+    return tuple(dict.fromkeys(found))
 
 
 def _write_json(path: Path, data: Any) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    """Atomic, and untouched when the content is the same (a rerun served from the cache rewrites nothing)."""
+    write_if_changed(path, (json.dumps(data, ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return path
+
+
+def _csv_bytes(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> bytes:
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
 
 
 # ---------------------------------------------------------------------------------------------- json
@@ -129,38 +147,54 @@ def _flat(summary: MetricSummary) -> dict[str, Any]:
 
 
 def metrics_dict(result: SuiteResult) -> dict[str, Any]:
-    """``metrics.json``: ``{slug: {cer, ss, cer_lo, cer_hi, ss_lo, ss_hi, n, missing, over_50, subsets}}``."""
+    """``metrics.json``, the headline numbers ``dvc metrics show/diff`` prints: ``{slug: {cer, ss}}``,
+    ``skipped_items`` and ``failed_candidates`` (two columns per candidate; CIs, counts and subsets are in
+    ``candidates.json`` and ``plots/``)."""
     out: dict[str, Any] = {}
     for c in result.scored:
         assert c.summary is not None
-        entry = _flat(c.summary)
-        entry["subsets"] = {name: {"cer": s.as_dict()["cer"], "ss": s.as_dict()["ss"]} for name, s in c.subsets.items()}
-        out[c.candidate.slug] = entry
+        out[c.candidate.slug] = {"cer": c.summary.cer, "ss": c.summary.ss}
     out["skipped_items"] = len(result.skipped)
     out["failed_candidates"] = sum(not c.ok for c in result.candidates)
     return out
 
 
-def write_plots(result: SuiteResult, folder: Path) -> tuple[Path, Path]:
-    """``candidates.csv`` (candidate, cer, cer_lo, cer_hi, ss, ss_lo, ss_hi) and ``subsets.csv``."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_plots(result: SuiteResult, folder: Path) -> tuple[Path, ...]:
+    """``candidates.csv`` (candidate, cer, cer_lo, cer_hi, ss, ss_lo, ss_hi, n, missing), ``subsets.csv``
+    (label = candidate/subset first) for DVC's vega templates, and ``cer.svg`` / ``ss.svg``: the report's
+    bar charts as standalone images, which ``dvc plots show`` embeds and any browser renders offline (its
+    vega plots load vega from a CDN)."""
     by_candidate = folder / "candidates.csv"
     by_subset = folder / "subsets.csv"
-    with by_candidate.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["candidate", "cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi", "n", "missing"])
-        for c in result.scored:
-            assert c.summary is not None
-            d = _flat(c.summary)
-            writer.writerow([c.candidate.slug, *(_num(d[k]) for k in ("cer", "cer_lo", "cer_hi", "ss", "ss_lo",
-                                                                      "ss_hi")), d["n"], d["missing"]])
-    with by_subset.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["candidate", "subset", "cer", "ss", "n", "missing"])
-        for c in result.scored:
-            for name, s in c.subsets.items():
-                writer.writerow([c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing])
-    return by_candidate, by_subset
+    charts = _charts(result)
+    images = []
+    for name, svg in charts.items():
+        images.append(folder / f"{name}.svg")
+        write_if_changed(images[-1], svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).encode())
+    flat = [(c.candidate.slug, _flat(c.summary)) for c in result.scored if c.summary is not None]
+    write_if_changed(by_candidate, _csv_bytes(
+        ["candidate", "cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi", "n", "missing"],
+        ([slug, *(_num(d[k]) for k in ("cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi")), d["n"], d["missing"]]
+         for slug, d in flat)))
+    write_if_changed(by_subset, _csv_bytes(
+        ["label", "candidate", "subset", "cer", "ss", "n", "missing"],
+        ([f"{c.candidate.slug}/{name}", c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing]
+         for c in result.scored for name, s in c.subsets.items())))
+    return (by_candidate, by_subset, *images)
+
+
+def _charts(result: SuiteResult) -> dict[str, str]:
+    """``{"cer": svg, "ss": svg}``: the candidates' bar charts with CI whiskers ({} when none was scored)."""
+    scored = result.scored
+    if not scored:
+        return {}
+    names = [c.candidate.name for c in scored]
+    return {
+        "cer": bar_chart_svg("CER/WER per candidate", names, [c.summary.cer if c.summary else None for c in scored],
+                             [c.summary.cer_ci if c.summary else None for c in scored], unit="%"),
+        "ss": bar_chart_svg("SS per candidate", names, [c.summary.ss if c.summary else None for c in scored],
+                            [c.summary.ss_ci if c.summary else None for c in scored], lower_is_better=False),
+    }
 
 
 def _num(value: float | None) -> str:
@@ -169,12 +203,10 @@ def _num(value: float | None) -> str:
 
 def write_all_rows(path: Path, candidates: Sequence[CandidateResult]) -> Path:
     """Every utterance row of every scored candidate, ``candidate`` (slug) first, flags joined with ';'."""
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["candidate", *ROW_FIELDS])
-        for c in candidates:
-            for row in c.report.rows if c.report else []:
-                writer.writerow([c.candidate.slug, *(_cell(getattr(row, name)) for name in ROW_FIELDS)])
+    write_if_changed(path, _csv_bytes(
+        ["candidate", *ROW_FIELDS],
+        ([c.candidate.slug, *(_cell(getattr(row, name)) for name in ROW_FIELDS)]
+         for c in candidates for row in (c.report.rows if c.report else []))))
     return path
 
 
@@ -187,6 +219,8 @@ def _cell(value: Any) -> Any:
 
 
 def suite_summary_dict(result: SuiteResult) -> dict[str, Any]:
+    """``summary.json``: what was evaluated and its results; nothing about this execution (cache counts,
+    time), so a rerun served from the cache leaves the file as it was."""
     return {
         "speaker": result.speaker,
         "model_dir": str(result.model_dir),
@@ -196,9 +230,7 @@ def suite_summary_dict(result: SuiteResult) -> dict[str, Any]:
         "candidates": [
             {
                 "name": c.candidate.name, "slug": c.candidate.slug, "llm": c.candidate.llm, "flow": c.candidate.flow,
-                "error": c.error, "synthesized": c.synthesized, "reused": c.reused,
-                "asr_computed": c.asr_computed, "asr_reused": c.asr_reused,
-                "synth_failures": [dataclasses.asdict(f) for f in c.synth_failures],
+                "error": c.error, "synth_failures": [dataclasses.asdict(f) for f in c.synth_failures],
                 "scores": summary_dict(c.report) if c.report else None,
             }
             for c in result.candidates
@@ -303,20 +335,18 @@ def _candidate_table(result: SuiteResult) -> str:
             f"<td><code>{_e(c.candidate.flow)}</code></td>"
             f'<td class="num">{_pct(s.cer, digits=2)} {_ci(s.cer_ci)}</td>'
             f'<td class="num">{_pct(s.ss)} {_ci(s.ss_ci)}</td><td class="num">{s.n}</td>'
-            f'<td class="num">{s.missing}</td><td class="num">{_pct(s.over_50, digits=0)}</td>'
-            f'<td class="num">{c.synthesized}/{c.reused}</td></tr>'
+            f'<td class="num">{s.missing}</td><td class="num">{_pct(s.over_50, digits=0)}</td></tr>'
         )
     for c in result.candidates:
         if not c.ok:
             rows.append(f'<tr><td>{_e(c.candidate.name)}</td><td><code>{_e(c.candidate.llm)}</code></td>'
-                        f'<td><code>{_e(c.candidate.flow)}</code></td><td colspan="6" class="bad">not evaluated: '
+                        f'<td><code>{_e(c.candidate.flow)}</code></td><td colspan="5" class="bad">not evaluated: '
                         f'{_e(c.error)}</td></tr>')
     level = round(100 * float(result.settings.get("ci_level", 0.95)))
     return (
         '<table id="candidates"><thead><tr><th>candidate</th><th>llm</th><th>flow</th>'
         f'<th>CER/WER % <span class="ci">[{level}% CI]</span></th><th>SS ×100 <span class="ci">[{level}% CI]</span></th>'
-        '<th>n</th><th>missing</th><th>&gt;50% err</th><th title="synthesised in this run / reused from the cache">'
-        'synth/cached</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
+        '<th>n</th><th>missing</th><th>&gt;50% err</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
     )
 
 
@@ -368,9 +398,7 @@ def _skipped_section(result: SuiteResult) -> str:
 def _copy_reference(src: Path, eval_dir: Path, subset: str, utt: str) -> Path:
     """Copy a reference/prompt wav to ``references/<subset>/<utt><ext>`` (so the report folder stands alone)."""
     target = eval_dir / "references" / slugify(subset) / f"{utt}{src.suffix}"
-    if not target.is_file() or target.stat().st_size != src.stat().st_size:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, target)
+    write_if_changed(target, src.read_bytes())
     return target
 
 
@@ -421,20 +449,15 @@ def _listen_section(result: SuiteResult, max_utts: int) -> str:
 def render_html(result: SuiteResult, max_utts: int = 4) -> str:
     """The whole ``report.html`` page as a string (copies the reference audio it links to)."""
     scored = result.scored
-    names = [c.candidate.name for c in scored]
     charts = ""
     if scored:
-        cer_svg = bar_chart_svg("CER/WER per candidate", names, [c.summary.cer if c.summary else None for c in scored],
-                                [c.summary.cer_ci if c.summary else None for c in scored], unit="%")
-        ss_svg = bar_chart_svg("SS per candidate", names, [c.summary.ss if c.summary else None for c in scored],
-                               [c.summary.ss_ci if c.summary else None for c in scored], lower_is_better=False)
-        charts = (f'<div class="charts"><div class="chart" id="chart-cer"><h3>CER/WER % (lower is better)</h3>{cer_svg}'
-                  f'</div><div class="chart" id="chart-ss"><h3>SS_campplus ×100 (higher is better)</h3>{ss_svg}</div></div>')
+        svg = _charts(result)
+        charts = (f'<div class="charts"><div class="chart" id="chart-cer"><h3>CER/WER % (lower is better)</h3>{svg["cer"]}'
+                  f'</div><div class="chart" id="chart-ss"><h3>SS_campplus ×100 (higher is better)</h3>{svg["ss"]}</div></div>')
     notice = f'<div class="notice" id="kit-notice">{_e(KIT_NOTICE)}</div>' if result.tiny_kit else ""
     s = result.settings
-    when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     meta = (f"model dir <code>{_e(result.model_dir)}</code> · {len(result.candidates)} candidates · "
-            f"{sum(len(x.items) for x in result.subsets)} utterances in {len(result.subsets)} subsets · {when}<br>"
+            f"{sum(len(x.items) for x in result.subsets)} utterances in {len(result.subsets)} subsets<br>"
             f"ASR: Whisper <code>{_e(s.get('whisper_model'))}</code> ({_e(s.get('asr'))}); text: {_e(s.get('normalisation'))}"
             f"<br>SS: {_e(s.get('ss_name'))} (<code>{_e(s.get('ss_model'))}</code>), cosine to the prompt wav, or to "
             "the speaker's mean embedding for the sft set; CAM++ is the embedding CosyVoice conditions on, so SS "

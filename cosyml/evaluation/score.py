@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 import math
 from collections import Counter
@@ -46,6 +47,7 @@ from cosyml.evaluation.metrics import (
 )
 from cosyml.evaluation.speaker import EmbedFn
 from cosyml.evaluation.testset import ItemProblem, TestItem, TestSubset
+from cosyml.fileio import write_if_changed
 
 OUTPUT_EXTENSIONS = (".wav", ".flac")
 
@@ -375,24 +377,23 @@ ROW_FIELDS = tuple(f.name for f in dataclasses.fields(UtteranceScore))
 
 def write_rows_csv(path: str | Path, rows: Sequence[UtteranceScore]) -> Path:
     """One CSV line per utterance (UTF-8, header = :data:`ROW_FIELDS`; flags joined with ';')."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(ROW_FIELDS)
-        for r in rows:
-            values = []
-            for name in ROW_FIELDS:
-                v = getattr(r, name)
-                if isinstance(v, tuple):
-                    v = ";".join(v)
-                elif isinstance(v, float):
-                    v = "" if not math.isfinite(v) else f"{v:.6g}"
-                elif v is None:
-                    v = ""
-                values.append(v)
-            writer.writerow(values)
-    return path
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(ROW_FIELDS)
+    for r in rows:
+        values = []
+        for name in ROW_FIELDS:
+            v = getattr(r, name)
+            if isinstance(v, tuple):
+                v = ";".join(v)
+            elif isinstance(v, float):
+                v = "" if not math.isfinite(v) else f"{v:.6g}"
+            elif v is None:
+                v = ""
+            values.append(v)
+        writer.writerow(values)
+    write_if_changed(path, buffer.getvalue().encode("utf-8"))  # a cached rerun leaves the file untouched
+    return Path(path)
 
 
 def summary_dict(report: EvalReport) -> dict[str, Any]:
@@ -407,8 +408,7 @@ def summary_dict(report: EvalReport) -> dict[str, Any]:
 def write_summary_json(path: str | Path, report: EvalReport) -> Path:
     """Settings, macro averages, per-subset summaries and every skipped item with its reason."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary_dict(report), ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    write_if_changed(path, (json.dumps(summary_dict(report), ensure_ascii=False, indent=2) + "\n").encode("utf-8"))
     return path
 
 

@@ -13,7 +13,8 @@ Per candidate (one folder ``<eval_dir>/<slug>/``):
 2. **Scoring** with :func:`cosyml.evaluation.score.score_test_set`: Whisper CER/WER and SS_campplus.
 
 Caching: ``<slug>/synth.json`` records, per utterance, a hash of everything the audio depends on (the
-weight files, hift.pt, the model yaml, the text, prompt audio, speaker file, seed, sampling parameters
+weight files, every other model-directory file synthesis reads (:func:`model_fingerprint`: yamls,
+hift.pt, ONNX front ends, tokenizer), the text, prompt audio, speaker file, seed, sampling parameters
 and token caps). A rerun synthesises only utterances whose hash changed or whose wav is gone, and loads
 no model when nothing did. Whisper transcripts (``<slug>/asr.json``) and CAM++ embeddings
 (``<slug>/embeddings.npz``) are keyed by a hash of the audio samples and of the model file and
@@ -30,9 +31,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
-import os
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ from cosyml.evaluation.candidates import BASE, PARTS, Candidate, weight_file
 from cosyml.evaluation.metrics import bootstrap_mean_ci, share_above
 from cosyml.evaluation.score import EvalReport, Transcriber, UtteranceScore, score_test_set, write_report
 from cosyml.evaluation.testset import ItemProblem, TestItem, TestSubset
+from cosyml.fileio import write_if_changed
+from cosyml.models import keys
 
 CACHE_VERSION = 1
 HASH_CONTENT_LIMIT = 64 * 1024 * 1024  # bytes: smaller files are identified by content, larger by size+mtime
@@ -175,6 +178,22 @@ def file_fingerprint(path: str | Path) -> dict[str, Any]:
     if stat.st_size <= HASH_CONTENT_LIMIT:
         return {"size": stat.st_size, "sha1": hashlib.sha1(path.read_bytes()).hexdigest()}
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def model_fingerprint(model_dir: Path) -> dict[str, Any]:
+    """:func:`file_fingerprint` of every model-directory file the synthesised audio depends on, other than
+    the candidate's ``llm.pt``/``flow.pt`` (fingerprinted per candidate): both version yamls, hift.pt,
+    the ONNX front ends (CAM++ for prompt embeddings, the speech tokenizers), spk2info.pt and every file
+    of the Qwen tokenizer folder. Keyed by relative name; absent files are simply not listed, so adding
+    one (a v3 yaml next to a v2 one) also changes the key."""
+    names = [*keys.YAML_NAME.values(), keys.WEIGHT_FILE["hift"], keys.CAMPPLUS_NAME, keys.SPK2INFO_NAME,
+             *keys.SPEECH_TOKENIZER_NAME.values(), *keys.SPEECH_TOKENIZER_BATCH_NAME.values()]
+    out = {name: file_fingerprint(model_dir / name) for name in names if (model_dir / name).is_file()}
+    qwen = model_dir / keys.QWEN_DIR_NAME
+    if qwen.is_dir():
+        for path in sorted(p for p in qwen.rglob("*") if p.is_file()):
+            out[path.relative_to(model_dir).as_posix()] = file_fingerprint(path)
+    return out
 
 
 def _digest(data: Any) -> str:
@@ -309,11 +328,13 @@ class CachedEmbedder:
         self.settings_key = settings_key
         self.path = path
         self.entries: dict[str, np.ndarray] = {}
+        self.changed = True  # until the file is read back: the cache on disk is missing or stale
         if path.is_file():
             try:
                 with np.load(path, allow_pickle=False) as data:
                     if str(data["__settings__"]) == settings_key:
                         self.entries = {k: data[k] for k in data.files if k != "__settings__"}
+                        self.changed = False
             except (OSError, KeyError, ValueError):
                 self.entries = {}
 
@@ -324,23 +345,22 @@ class CachedEmbedder:
             vectors = self.load()([waveforms[i] for _, i in todo])
             for (k, _), v in zip(todo, vectors, strict=True):
                 self.entries[k] = np.asarray(v, dtype=np.float32)
+            self.changed = True
         if not keys:
             return np.zeros((0, 0), dtype=np.float32)
         return np.stack([self.entries[k] for k in keys])
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.tmp.npz")
-        np.savez(tmp, __settings__=np.array(self.settings_key), **self.entries)
-        os.replace(tmp, self.path)
+        if not self.changed:  # a zip holds write times: rewriting equal entries would change the bytes
+            return
+        buffer = io.BytesIO()
+        np.savez(buffer, __settings__=np.array(self.settings_key), **dict(sorted(self.entries.items())))
+        write_if_changed(self.path, buffer.getvalue())
 
 
 def _write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (a killed run leaves the previous file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Atomic JSON write (a killed run leaves the previous file); equal content leaves the file untouched."""
+    write_if_changed(path, (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8"))
 
 
 class _Lazy:
@@ -495,10 +515,7 @@ def run_suite(
     asr = models.get(f"asr {asr_key} {config.batch_size}", load_asr)
     embedder = models.get(f"campplus {embed_key} {device}", load_embedder)
     engine = models.get(f"engine {model_dir.resolve()} {device}", load_engine)
-    shared = {name: file_fingerprint(model_dir / name) for name in ("hift.pt", "cosyvoice2.yaml")
-              if (model_dir / name).is_file()}
-    if (model_dir / "spk2info.pt").is_file():
-        shared["spk2info.pt"] = file_fingerprint(model_dir / "spk2info.pt")
+    shared = model_fingerprint(model_dir)
     prompt_prints: dict[Path, dict[str, Any]] = {}
     jobs = []
     for subset in subsets:

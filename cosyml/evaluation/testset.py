@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 from cosyml.data.kaldi import read_kaldi_map
 from cosyml.errors import InputError
 from cosyml.evaluation.metrics import normalize
+from cosyml.fileio import write_if_changed
 
 KNOWN_FILES = ("text", "prompt_text", "prompt_wav.scp", "instruct", "language", "reference_wav.scp", "utt2spk")
 #: Reason codes of :class:`ItemProblem`.
@@ -105,8 +105,7 @@ def write_kaldi(path: Path, entries: Iterable[tuple[str, str]]) -> None:
         if not key or any(c.isspace() for c in key):
             raise ValueError(f"{path}: key {key!r} is empty or contains whitespace")
         lines.append(f"{key} {value}\n")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(lines), encoding="utf-8")
+    write_if_changed(path, "".join(lines).encode("utf-8"))  # equal content keeps the file (and its mtime)
 
 
 def language_from_path(folder: Path, root: Path | None = None) -> str | None:
@@ -264,11 +263,14 @@ class SubsetLine:
 
 
 def write_subset(folder: str | Path, lines: Sequence[SubsetLine], language: str | None = None) -> Path:
-    """Write a subset folder: ``text`` always; the other files when any line has that field.
+    """Write a subset folder: ``text`` always; the other files when any line has that field, and any
+    other file of :data:`KNOWN_FILES` left by an earlier write is removed. Files whose content does not
+    change are left untouched.
 
     ``language`` writes a one-code ``language`` file; per-line languages write utt -> code lines.
     """
     folder = Path(folder)
+    written = {"text"}
     write_kaldi(folder / "text", [(x.utt, x.text) for x in lines])
     columns = {
         "prompt_text": "prompt_text", "prompt_wav.scp": "prompt_wav", "instruct": "instruct",
@@ -277,10 +279,15 @@ def write_subset(folder: str | Path, lines: Sequence[SubsetLine], language: str 
     for file_name, attr in columns.items():
         if any(getattr(x, attr) for x in lines):
             write_kaldi(folder / file_name, [(x.utt, getattr(x, attr) or "") for x in lines])
+            written.add(file_name)
     if language:
-        (folder / "language").write_text(f"{language}\n", encoding="utf-8")
+        write_if_changed(folder / "language", f"{language}\n".encode())
+        written.add("language")
     elif any(x.language for x in lines):
         write_kaldi(folder / "language", [(x.utt, x.language) for x in lines if x.language])
+        written.add("language")
+    for stale in set(KNOWN_FILES) - written:
+        (folder / stale).unlink(missing_ok=True)
     return folder
 
 
@@ -325,8 +332,7 @@ def write_sft_subset(
             wav_value = str((data_dir / wavs[utt]).resolve())  # left dangling: reported as missing_reference_wav
         elif copy_audio:
             target = out_dir / "waveform" / f"{utt}{wav.suffix}"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(wav, target)
+            write_if_changed(target, wav.read_bytes())
             wav_value = f"waveform/{target.name}"
         else:
             wav_value = str(wav.resolve())
@@ -335,9 +341,6 @@ def write_sft_subset(
                                 speaker=speakers.get(utt)))
     if not lines:
         raise InputError(f"{split_dir}: no utterance has both a wav.scp and a text line; nothing to evaluate")
-    if out_dir.exists():
-        for stale in KNOWN_FILES:
-            (out_dir / stale).unlink(missing_ok=True)
     write_subset(out_dir, lines)
     return read_subset(out_dir, out_dir.parent)
 

@@ -14,7 +14,9 @@ stage's ``spk2embedding.pt`` (``{name: list[192 float]}``), or from one embeddin
 
 from __future__ import annotations
 
+import collections
 import functools
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,6 +125,10 @@ class PromptFeatures:
     duration_s: float
 
 
+#: Distinct prompt files whose features a :class:`PromptFrontend` keeps (each well under 1 MB).
+PROMPT_CACHE_SIZE = 16
+
+
 class PromptFrontend:
     """The two ONNX models of a model directory and the flow mel settings; sessions open on first use."""
 
@@ -131,7 +137,9 @@ class PromptFrontend:
         self.speech_tokenizer_path = speech_tokenizer_path
         self.mel_config = mel_config
         self.onnx_device = "cpu" if device == "cpu" else "auto"
-        self._cache: dict[tuple[str, int, int], PromptFeatures] = {}
+        # Keyed by the file's content, bounded: a server gets every prompt in a new temporary file, and a
+        # cache keyed by path grew by one entry per request without end (issue 17.9).
+        self._cache: collections.OrderedDict[str, PromptFeatures] = collections.OrderedDict()
 
     @functools.cached_property
     def speaker_encoder(self) -> SpeakerEncoder:
@@ -142,15 +150,20 @@ class PromptFrontend:
         return SpeechTokenizer(self.speech_tokenizer_path, self.onnx_device)
 
     def features(self, path: str | Path) -> PromptFeatures:
-        """Features of ``path`` (cached by path, size and modification time for batch runs)."""
+        """Features of ``path``; the last :data:`PROMPT_CACHE_SIZE` distinct prompt files (by content) are
+        kept, so a batch run or a server answering many requests with one prompt computes it once."""
         path = Path(path)
         if not path.is_file():
             raise PromptAudioError(f"{path}: prompt wav not found; pass an existing audio file with --prompt-wav")
-        stat = path.stat()
-        key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in self._cache:
-            self._cache[key] = self._compute(path)
-        return self._cache[key]
+        key = hashlib.sha1(path.read_bytes()).hexdigest()
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        features = self._compute(path)
+        self._cache[key] = features
+        while len(self._cache) > PROMPT_CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return features
 
     def _compute(self, path: Path) -> PromptFeatures:
         try:

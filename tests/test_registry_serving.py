@@ -1,0 +1,103 @@
+"""Serving memory (issue 17.9): a served voice gets every prompt wav in a new temporary file; the prompt
+feature cache must neither grow with requests nor recompute a prompt it has seen."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from cosyml.audio import write_wav
+
+
+def test_prompt_features_are_cached_by_content_and_the_cache_is_bounded(kit_dir: Path, tmp_path: Path) -> None:
+    from cosyml.synth.engine import SynthEngine
+    from cosyml.synth.frontend import PROMPT_CACHE_SIZE
+
+    frontend = SynthEngine.load(kit_dir, device="cpu").prompt
+    t = np.arange(16000) / 16000
+    first = tmp_path / "prompt.wav"
+    write_wav(first, (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
+    for i in range(5):  # the same prompt in a new temporary file per request: one entry, computed once
+        copy = tmp_path / f"request-{i}" / "prompt-0.bin"
+        copy.parent.mkdir()
+        shutil.copyfile(first, copy)
+        frontend.features(copy)
+    assert len(frontend._cache) == 1
+    for i in range(PROMPT_CACHE_SIZE + 5):  # many distinct prompts: bounded
+        other = tmp_path / f"other-{i}.wav"
+        write_wav(other, (0.3 * np.sin(2 * np.pi * (100 + 7 * i) * t)).astype(np.float32), 16000)
+        frontend.features(other)
+    assert len(frontend._cache) == PROMPT_CACHE_SIZE
+
+
+def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_path: Path, monkeypatch) -> None:
+    """Issue 15.11: requirements named ``torch==2.13.0+cpu`` and a bare ``cosyml`` (no index serves either).
+    Now cosyml travels as a wheel inside the model and every pin is a public version; pip resolves the
+    requirements file offline (``--no-index``) against the model's wheel and this environment."""
+    import json
+    import subprocess
+    import sys
+
+    import mlflow
+    import torch
+
+    from cosyml.config import RegistryConfig
+    from cosyml.registry import read_candidates, register_candidates
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("COSYML_TRACKING", "on")
+    monkeypatch.chdir(tmp_path)
+    speakers = tmp_path / "spk2embedding.pt"
+    torch.save({"toy": torch.randn(192, generator=torch.Generator().manual_seed(1)).tolist()}, speakers)
+    scores = {"cer": 0.1, "cer_ci": [0.05, 0.15], "ss": 0.5, "ss_ci": [0.4, 0.6], "n": 10, "missing": 0,
+              "over_50": 0.0}
+    candidates = tmp_path / "candidates.json"
+    candidates.write_text(json.dumps({"speaker": "toy", "model_dir": str(kit_dir), "candidates": [
+        {"name": "base", "llm": "base", "flow": "base", "summary": scores, "base": True}]}), encoding="utf-8")
+    (version,) = register_candidates(read_candidates(candidates), RegistryConfig(speakers=str(speakers)))
+    model = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}",
+                                                     dst_path=str(tmp_path / "model")))
+    lines = (model / "requirements.txt").read_text(encoding="utf-8").split()
+    assert not [line for line in lines if "+" in line], lines  # no local builds (2.13.0+cpu)
+    assert any(line.startswith("torch==") for line in lines)
+    (wheel,) = [line for line in lines if line.endswith(".whl")]
+    assert wheel.startswith("wheels/cosyml-") and (model / wheel).is_file()
+    assert "cosyml" not in lines  # no bare name that no index serves
+    pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(model / "wheels")]
+    done = subprocess.run([*pip, "-r", "requirements.txt"], cwd=model, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    fresh = subprocess.run([*pip, "--no-deps", "--ignore-installed", "--target", str(tmp_path / "t"), wheel],
+                           cwd=model, capture_output=True, text=True)
+    assert fresh.returncode == 0 and "Would install cosyml" in fresh.stdout, fresh.stdout + fresh.stderr
+
+
+def test_error_replies_name_no_server_paths(kit_dir: Path, tmp_path: Path) -> None:
+    """Issue 17.10: a served reply said where the server keeps its temporary files."""
+    import base64
+
+    from cosyml.pyfunc import VoiceModel, VoiceSpec
+    from cosyml.synth.engine import SynthEngine
+
+    voice = VoiceModel()
+    voice.spec = VoiceSpec(speaker="toy", candidate="base", base_uri="runs:/x/base_model", base_hash="h")
+    voice.engine = SynthEngine.load(kit_dir, device="cpu")
+    voice.batch_size = 4
+    voice._lock = __import__("threading").Lock()
+    short = tmp_path / "short.wav"
+    write_wav(short, np.zeros(80, dtype=np.float32), 16000)  # 5 ms: too short for one speech token
+    frame = __import__("pandas").DataFrame([{"text": "Hello.", "mode": "zero_shot", "prompt_text": "Hi.",
+                                             "prompt_wav": base64.b64encode(short.read_bytes()).decode()}])
+    error = voice.predict(None, frame)["error"][0]
+    assert error.startswith("prompt_wav: prompt wav is") and "too short" in error, error
+    assert "/" not in error.split("prompt wav is", 1)[0] and "/tmp" not in error and "cosyml-voice" not in error
+
+
+def test_an_environment_manager_that_cannot_work_here_is_one_line(monkeypatch, capsys) -> None:
+    from cosyml.cli import main
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert main(["serve", "--env-manager", "conda", "--model-uri", "runs:/x/model"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--env-manager conda: `conda` is not on PATH" in err, err
