@@ -71,6 +71,16 @@ def read_audio(path: str | Path) -> Audio:
     return Audio(np.ascontiguousarray(samples), int(sr))
 
 
+def audio_info(path: str | Path) -> tuple[int, int] | None:
+    """(frames, sample rate in Hz) from the file's header without decoding it; None when soundfile cannot
+    read the header (the ffmpeg formats, or a broken file that :func:`read_audio` will report)."""
+    try:
+        info = sf.info(str(path))
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError):
+        return None
+    return int(info.frames), int(info.samplerate)
+
+
 def _read_with_ffmpeg(path: Path) -> Audio | None:
     """Decode formats libsndfile does not know, through the ffmpeg CLI (mono, native rate)."""
     if shutil.which("ffmpeg") is None or path.suffix.lower() in (".wav", ".flac", ".ogg"):
