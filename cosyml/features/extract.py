@@ -42,6 +42,7 @@ from cosyml.features.speech_tokens import (
     usable_token_count,
 )
 from cosyml.features.whisper_mel import log_mel
+from cosyml.models.modeldir import detect_version
 
 SPLITS = ("train", "dev")
 CACHE_FILE = ".extract_cache.pt"
@@ -63,8 +64,7 @@ class FrontendModels:
 def find_frontend_models(model_dir: str | Path) -> FrontendModels:
     """Locate ``campplus.onnx`` and the speech tokenizer of a model directory, or stop with one line.
 
-    The version follows the yaml present (``cosyvoice3.yaml`` -> ``speech_tokenizer_v3.onnx``,
-    otherwise v2), as upstream's ``AutoModel`` decides.
+    The version comes from :func:`cosyml.models.modeldir.detect_version` (the package's one detector).
     """
     model_dir = Path(model_dir)
     hint = (
@@ -73,7 +73,7 @@ def find_frontend_models(model_dir: str | Path) -> FrontendModels:
     )
     if not model_dir.is_dir():
         raise ModelDirError(f"{model_dir}: model directory not found; {hint}")
-    version = "cosyvoice3" if (model_dir / "cosyvoice3.yaml").is_file() else "cosyvoice2"
+    version = "cosyvoice3" if detect_version(model_dir) == "v3" else "cosyvoice2"
     tokenizer = model_dir / ("speech_tokenizer_v3.onnx" if version == "cosyvoice3" else "speech_tokenizer_v2.onnx")
     for path in (model_dir / "campplus.onnx", tokenizer):
         if not path.is_file() or path.stat().st_size == 0:
