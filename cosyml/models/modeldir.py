@@ -117,11 +117,12 @@ def parse_hparams(config: Mapping[str, Any], version: Version, path: str | Path)
 # The directory
 
 
-def detect_version(root: str | Path) -> Version:
+def detect_version(root: str | Path, default: Version | None = None) -> Version:
     """"v2" or "v3" from the yaml a model directory holds: the one version detector of the package.
 
     A directory holding both ``cosyvoice2.yaml`` and ``cosyvoice3.yaml`` is an error (upstream's
     AutoModel would silently take v2 while the weights may be v3): one line says which to remove.
+    ``default`` is returned for a folder with neither yaml (a folder of front-end ONNX files only).
     """
     root = Path(root)
     found = [v for v in ("v2", "v3") if (root / keys.YAML_NAME[v]).is_file()]
@@ -132,6 +133,8 @@ def detect_version(root: str | Path) -> Version:
         )
     if found:
         return found[0]  # type: ignore[return-value]
+    if default is not None:
+        return default
     if (root / "cosyvoice.yaml").is_file():
         raise ModelDirError(f"{root}: CosyVoice v1 (cosyvoice.yaml) is not supported; use CosyVoice2-0.5B or v3")
     raise ModelDirError(f"{root}: no cosyvoice2.yaml or cosyvoice3.yaml; pass an official CosyVoice2/3 model directory")
