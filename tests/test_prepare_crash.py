@@ -33,7 +33,8 @@ def _prepare_cmd(raw: Path, out: Path, *extra: str) -> list[str]:
 
 
 def test_kill_9_mid_run_keeps_the_previous_output_and_a_rerun_completes(tmp_path: Path) -> None:
-    env = {**os.environ, "COSYML_TRACKING": "off"}
+    # The subprocesses run this checkout's code (PYTHONPATH), whatever is installed.
+    env = {**os.environ, "COSYML_TRACKING": "off", "PYTHONPATH": str(REPO)}
     small, big = tmp_path / "small", tmp_path / "big"
     make_good(small, 4)
     make_good(big, 80)
@@ -48,7 +49,9 @@ def test_kill_9_mid_run_keeps_the_previous_output_and_a_rerun_completes(tmp_path
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         if staging.is_dir() and len(list(staging.iterdir())) >= 5:
-            break
+            break  # mid-run: clips are being written
+        if not (out / "wavs").is_dir():
+            break  # (what the old code did first: delete the previous output)
         time.sleep(0.02)
     assert proc.poll() is None, "prepare finished before it could be killed; give it more clips"
     os.kill(proc.pid, signal.SIGKILL)
