@@ -90,3 +90,41 @@ def test_second_prepare_into_a_locked_folder_is_one_line(tmp_path: Path) -> None
             pytest.raises(InputError, match=r"in use by pid \d+ .*the first one"):
         prepare([raw], out, PrepareConfig(speaker="toy", transcribe=False), progress=False)
     assert not out.exists()
+
+
+def test_kill_9_during_transcription_resumes_from_the_cache(tmp_path: Path) -> None:
+    """The Whisper cache is appended per batch: after a kill, a rerun transcribes only what is missing."""
+    import json
+
+    from _data_fixtures import utterance, write
+
+    from cosyml.kit.whisper import write_tiny_whisper
+
+    whisper = write_tiny_whisper(tmp_path / "tiny.pt")
+    raw = tmp_path / "raw"
+    count = 10
+    for i in range(count):
+        write(raw / f"c{i:02d}.wav", utterance(1.2 + 0.05 * i, seed=300 + i))
+    out = tmp_path / "data"
+    env = {**os.environ, "COSYML_TRACKING": "off", "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "cosyml", "prepare", "--input", str(raw), "--output", str(out), "--speaker", "toy",
+           "--whisper", str(whisper), "--no-progress", "--set", "prepare.whisper_batch_size=1",
+           "--set", "prepare.whisper_max_tokens=12", "--set", "prepare.whisper_device=cpu",
+           "--set", "prepare.min_confidence=0", "--set", "prepare.dev_ratio=0.3"]
+    cache = out / "whisper_cache.jsonl"
+
+    def lines() -> list[str]:
+        return [x for x in cache.read_text(encoding="utf-8").splitlines() if x.strip()] if cache.is_file() else []
+
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None and len(lines()) < 2:
+        time.sleep(0.01)
+    assert proc.poll() is None, "transcription finished before the kill; use more clips"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(lines())
+    assert 2 <= done < count
+    subprocess.run(cmd, check=True, env=env, cwd=tmp_path, capture_output=True)
+    keys = [json.loads(x)["key"] for x in lines()]
+    assert len(keys) == count == len(set(keys))  # the rerun added only the clips the kill left
