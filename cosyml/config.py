@@ -49,7 +49,7 @@ class PrepareConfig:
     long_recording_s: float = 60.0  # recordings longer than this are sliced at silences
     slice_min_s: float = 3.0
     slice_max_s: float = 15.0
-    dev_ratio: float = 0.05
+    dev_ratio: float = 0.1  # a clip goes to dev when its id hashes under this (see data/split.py)
     min_dev: int = 2
     seed: int = 1986
     instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file

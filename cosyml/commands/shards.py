@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     features = Path(args.features) if args.features else data
     output = Path(args.output) if args.output else data
-    splits = [s for s in SPLITS if (data / s / "wav.scp").is_file()]
+    splits = [s for s in SPLITS if (data / s / "wav.scp").is_file() and (data / s / "wav.scp").stat().st_size]
     if not splits:
         raise InputError(f"{data}: no train/wav.scp or dev/wav.scp; run `cosyml prepare --output {data}` first")
     metadata = _extract_metadata(features)

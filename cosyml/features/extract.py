@@ -481,7 +481,8 @@ def extract(
     started = time.perf_counter()
     data_dir = Path(data_dir)
     find_frontend_models(model_dir)  # a wrong model directory is reported before anything else
-    present = [s for s in splits if (data_dir / s / "wav.scp").is_file()]
+    # An empty split (a tiny corpus can have no dev clip: the split is per id, without a top-up) is skipped.
+    present = [s for s in splits if (data_dir / s / "wav.scp").is_file() and (data_dir / s / "wav.scp").stat().st_size]
     if not present:
         raise InputError(f"{data_dir}: no {'/'.join(splits)} split with a wav.scp; run `cosyml prepare` first")
     out_root = Path(output_dir) if output_dir is not None else data_dir
