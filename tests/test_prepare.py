@@ -279,3 +279,15 @@ def test_cli_runs_and_tracks(tmp_path: Path, capsys, monkeypatch) -> None:
     names = {a.path for a in client.list_artifacts(row["run_id"])}
     assert {"summary.json", "rejects.jsonl", "samples"} <= names
     assert len(client.list_artifacts(row["run_id"], "samples")) == 3
+
+
+def test_small_corpus_split_does_not_move_when_clips_are_added(tmp_path: Path) -> None:
+    """The old min_dev top-up made a clip's split depend on the others: on a small corpus, added clips
+    (or accepted junk) moved good clips from dev back to train."""
+    raw = tmp_path / "raw"
+    lab_corpus(raw, 6)
+    cfg = replace(CFG, dev_ratio=0.2, min_dev=2)
+    first = {e.utt: e.split for e in run(tmp_path, [raw], cfg).entries}
+    lab_corpus(raw, 20, start_seed=100, prefix="new")
+    grown = {e.utt: e.split for e in run(tmp_path, [raw], cfg, name="data2").entries}
+    assert {u: grown[u] for u in first} == first
