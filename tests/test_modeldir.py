@@ -297,7 +297,7 @@ def test_one_version_detector_and_both_yamls_are_one_error(kit_dir: Path, tmp_pa
     shutil.copyfile(root / "cosyvoice2.yaml", root / "cosyvoice3.yaml")
     (root / "speech_tokenizer_v3.onnx").write_bytes(b"x")
     for detect in (ModelDir, find_frontend_models):
-        with pytest.raises(ModelDirError, match="both cosyvoice2.yaml and cosyvoice3.yaml") as err:
+        with pytest.raises(ModelDirError, match=r"both cosyvoice2\.yaml and cosyvoice3\.yaml") as err:
             detect(root)
         assert "\n" not in str(err.value)
 
