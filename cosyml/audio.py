@@ -58,8 +58,11 @@ def read_audio(path: str | Path) -> Audio:
     if not path.is_file():
         raise InputError(f"{path}: no such audio file")
     try:
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (n, channels)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
+        # Through a Python file object: libsndfile cannot open names that are not UTF-8 (Latin-1 or GBK
+        # bytes from a Windows zip), which Python holds as surrogate escapes.
+        with open(path, "rb") as handle:
+            data, sr = sf.read(handle, dtype="float32", always_2d=True)  # (n, channels)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as exc:
         decoded = _read_with_ffmpeg(path)
         if decoded is None:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -69,6 +72,17 @@ def read_audio(path: str | Path) -> Audio:
     if samples.shape[0] == 1:
         samples = samples[0]
     return Audio(np.ascontiguousarray(samples), int(sr))
+
+
+def audio_info(path: str | Path) -> tuple[int, int] | None:
+    """(frames, sample rate in Hz) from the file's header without decoding it; None when soundfile cannot
+    read the header (the ffmpeg formats, or a broken file that :func:`read_audio` will report)."""
+    try:
+        with open(path, "rb") as handle:
+            info = sf.info(handle)
+    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError):
+        return None
+    return int(info.frames), int(info.samplerate)
 
 
 def _read_with_ffmpeg(path: Path) -> Audio | None:

@@ -49,7 +49,7 @@ class PrepareConfig:
     long_recording_s: float = 60.0  # recordings longer than this are sliced at silences
     slice_min_s: float = 3.0
     slice_max_s: float = 15.0
-    dev_ratio: float = 0.05
+    dev_ratio: float = 0.1  # a clip goes to dev when its id hashes under this (see data/split.py)
     min_dev: int = 2
     seed: int = 1986
     instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file
@@ -294,7 +294,77 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, prefix: str = "") ->
             kwargs[name] = from_mapping(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]
         else:
             kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
-    return cls(**kwargs)
+    obj = cls(**kwargs)
+    check_values(obj, prefix)
+    return obj
+
+
+_Rule = tuple[float | None, float | None, bool, str]  # (low, high, low is exclusive, what it means)
+
+#: Allowed ranges of numeric parameters: key -> (low, high, exclusive low, hint). ``None`` = unbounded.
+_RANGES: dict[type, dict[str, _Rule]] = {
+    PrepareConfig: {
+        "sample_rate": (8000, 192000, False, "a sample rate in Hz, e.g. 24000"),
+        "min_duration_s": (0, None, True, "seconds"),
+        "max_duration_s": (0, None, True, "seconds"),
+        "min_keep_s": (0, None, False, "seconds"),
+        "trim_top_db": (0, None, True, "dB below the loudest frame"),
+        "trim_pad_s": (0, None, False, "seconds"),
+        "max_silence_ratio": (0, 1, False, "a share between 0 and 1"),
+        "clip_threshold": (0, 1, True, "a sample level in (0, 1]"),
+        "max_clipped_ratio": (0, 1, False, "a share between 0 and 1"),
+        "min_rms_dbfs": (None, 0, False, "dBFS (0 or below)"),
+        "target_peak": (0, 1, True, "a peak level in (0, 1], e.g. 0.9"),
+        "long_recording_s": (0, None, True, "seconds"),
+        "slice_min_s": (0, None, True, "seconds"),
+        "slice_max_s": (0, None, True, "seconds"),
+        "dev_ratio": (0, 1, False, "a share of clips in [0, 1), e.g. 0.1"),
+        "min_dev": (0, None, False, "a number of utterances"),
+        "silence_floor_dbfs": (None, 0, False, "dBFS (0 or below)"),
+        "slice_min_silence_s": (0, None, False, "seconds"),
+        "min_confidence": (0, 1, False, "a confidence between 0 and 1"),
+        "whisper_batch_size": (1, None, False, "clips per batch, at least 1"),
+        "whisper_max_tokens": (0, None, False, "tokens (0 = Whisper's default)"),
+    },
+    ExtractConfig: {
+        "batch_size": (1, None, False, "clips per batch, at least 1"),
+        "num_threads": (0, None, False, "threads (0 = automatic)"),
+        "checkpoint_every": (1, None, False, "utterances, at least 1"),
+        "workers": (0, None, False, "threads (0 = one per core)"),
+    },
+    ShardsConfig: {
+        "utts_per_shard": (1, None, False, "utterances per shard, at least 1"),
+        "min_shards": (1, None, False, "shards, at least 1"),
+    },
+}
+_CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    ExtractConfig: {"device": ("auto", "cpu", "cuda"), "token_batches": ("auto", "on", "off")},
+    PrepareConfig: {"whisper_device": ("auto", "cpu", "cuda")},
+}
+
+
+def check_values(obj: Any, prefix: str = "") -> None:
+    """Values, not just types: every float is a finite number, and the prepare/extract/shards numbers are
+    within their ranges (one line naming the key). Called for every section :func:`from_mapping` builds."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{prefix}{f.name}: {value!r} is not a number; give a finite value")
+    for name, (low, high, exclusive, hint) in _RANGES.get(type(obj), {}).items():
+        value = getattr(obj, name)
+        too_low = low is not None and (value <= low if exclusive else value < low)
+        too_high = high is not None and (value >= high if name == "dev_ratio" else value > high)
+        if too_low or too_high:
+            raise ConfigError(f"{prefix}{name}: {value!r} is out of range; expected {hint}")
+    for name, choices in _CHOICES.get(type(obj), {}).items():
+        if getattr(obj, name) not in choices:
+            raise ConfigError(f"{prefix}{name}: {getattr(obj, name)!r} is not one of {', '.join(choices)}")
+    if isinstance(obj, PrepareConfig):
+        if obj.min_duration_s >= obj.max_duration_s:
+            raise ConfigError(f"{prefix}min_duration_s: {obj.min_duration_s:g} is not below "
+                              f"max_duration_s={obj.max_duration_s:g}")
+        if obj.slice_min_s >= obj.slice_max_s:
+            raise ConfigError(f"{prefix}slice_min_s: {obj.slice_min_s:g} is not below slice_max_s={obj.slice_max_s:g}")
 
 
 def load_params(path: str | Path | None = None) -> Params:

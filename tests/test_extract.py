@@ -169,3 +169,28 @@ def test_missing_onnxruntime_is_one_line_naming_the_extra(kit, data, monkeypatch
     assert main(["extract", "--data", str(data), "--model-dir", str(kit)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "cosyml: error: onnxruntime is not installed; run `pip install -e .[cpu]` (or `.[gpu]` on a CUDA machine)"
+
+
+def test_rewritten_wavs_are_not_up_to_date(kit, data):
+    """Re-preparing (e.g. another target_peak) rewrites the wavs under the same names and the same
+    wav.scp: extract must recompute instead of saying 'up to date'."""
+    from cosyml.audio import read_audio
+
+    first = extract(data, kit, CFG, progress=False)
+    assert first.complete
+    before = torch.load(data / "train" / "utt2embedding.pt", weights_only=True)
+    wav = data / "train" / "train_1.wav"
+    audio = read_audio(wav)
+    write_wav(wav, audio.samples * 0.3, audio.sample_rate)
+    again = extract(data, kit, CFG, progress=False)
+    assert not again.splits[0].skipped_up_to_date and again.splits[1].skipped_up_to_date
+    after = torch.load(data / "train" / "utt2embedding.pt", weights_only=True)
+    changed = [u for u in before if before[u] != after[u]]
+    assert changed == ["spkA_train1"]
+
+
+def test_second_extract_into_a_locked_folder_is_one_line(kit, data):
+    from cosyml.fileio import output_lock
+
+    with output_lock(data, "another extract"), pytest.raises(InputError, match="in use by"):
+        extract(data, kit, CFG, progress=False)

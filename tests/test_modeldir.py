@@ -287,3 +287,33 @@ def test_load_llm_reproduces_the_saved_model(kit_dir: Path, tmp_path: Path) -> N
     with torch.no_grad():
         want, got = model(batch, mode="bistream"), loaded(batch, mode="bistream")
     assert torch.equal(want.logits, got.logits)  # rotary buffers rebuilt after loading from meta
+
+
+def test_one_version_detector_and_both_yamls_are_one_error(kit_dir: Path, tmp_path: Path) -> None:
+    """ModelDir and the feature extractor used to disagree (v2 vs v3) on a folder with both yamls."""
+    from cosyml.features.extract import find_frontend_models
+
+    root = copy_of(kit_dir, tmp_path)
+    shutil.copyfile(root / "cosyvoice2.yaml", root / "cosyvoice3.yaml")
+    (root / "speech_tokenizer_v3.onnx").write_bytes(b"x")
+    for detect in (ModelDir, find_frontend_models):
+        with pytest.raises(ModelDirError, match=r"both cosyvoice2\.yaml and cosyvoice3\.yaml") as err:
+            detect(root)
+        assert "\n" not in str(err.value)
+
+
+def test_broken_vocab_json_is_one_line(kit_dir: Path, tmp_path: Path) -> None:
+    root = copy_of(kit_dir, tmp_path)
+    (root / "CosyVoice-BlankEN" / "vocab.json").write_text('{"a": 1,', encoding="utf-8")
+    with pytest.raises(ModelDirError, match=r"vocab\.json: not valid JSON"):
+        ModelDir(root).check(frontend=False)
+
+
+def test_corrupt_onnx_is_one_line(tmp_path: Path) -> None:
+    from cosyml.features.onnx_runtime import make_session
+
+    path = tmp_path / "campplus.onnx"
+    path.write_bytes(b"\x08\x07garbage that is not a protobuf model")
+    with pytest.raises(ModelDirError, match=r"campplus\.onnx: not a loadable ONNX model") as err:
+        make_session(path, "cpu")
+    assert "\n" not in str(err.value)

@@ -9,6 +9,7 @@ from pathlib import Path
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import as_flat_dict
 from cosyml.errors import InputError
+from cosyml.fileio import atomic_write_text, output_lock
 
 SPLITS = ("train", "dev")
 
@@ -42,11 +43,12 @@ def run(args: argparse.Namespace) -> int:
     data = Path(args.data)
     features = Path(args.features) if args.features else data
     output = Path(args.output) if args.output else data
-    splits = [s for s in SPLITS if (data / s / "wav.scp").is_file()]
+    splits = [s for s in SPLITS if (data / s / "wav.scp").is_file() and (data / s / "wav.scp").stat().st_size]
     if not splits:
         raise InputError(f"{data}: no train/wav.scp or dev/wav.scp; run `cosyml prepare --output {data}` first")
     metadata = _extract_metadata(features)
-    with stage_run("shards", params.prepare.speaker, as_flat_dict(cfg, "shards.")) as run_:
+    with output_lock(output, "cosyml shards"), stage_run("shards", params.prepare.speaker,
+                                                        as_flat_dict(cfg, "shards.")) as run_:
         summary = {}
         for split in splits:
             result = write_shards(
@@ -68,8 +70,7 @@ def run(args: argparse.Namespace) -> int:
             for name, count in result.missing_features.items():
                 print(f"cosyml shards: warning: {split}: {count} utterances have no entry in {name}")
             print(f"{split}: {result.num_utts} utterances in {len(result.shard_files)} shards -> {output / split / 'data.list'}")
-        output.mkdir(parents=True, exist_ok=True)
-        (output / "shards_summary.json").write_text(json.dumps(summary, indent=2))
+        atomic_write_text(output / "shards_summary.json", json.dumps(summary, indent=2))
         run_.log_dict(summary, "shards_summary.json")
     return 0
 

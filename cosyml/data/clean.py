@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,9 +20,50 @@ CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
 LATIN = re.compile(r"[A-Za-z]")
 
 
+#: Longest transcript accepted, in characters: a 30 s clip holds a few hundred at most.
+MAX_TEXT_CHARS = 1000
+#: ``<|...|>`` tokens are control tokens of the CosyVoice tokenizers (``<|endofprompt|>``, ``<|im_start|>``):
+#: in a transcript they would reach the LLM as instructions, not as words.
+SPECIAL_TOKEN = re.compile(r"<\|[^|<>\s]{1,40}\|>")
+#: Escape sequences written out as text (``\n``, ``\x1b``, ``\u001b``) and ANSI colour codes.
+ESCAPE_TEXT = re.compile(r"\\(?:[nrtab0e]|x[0-9A-Fa-f]{2}|u[0-9A-Fa-f]{4})|\x1b\[[0-9;]*[A-Za-z]")
+#: Median spectral flatness of the speech frames above which a clip is noise, not speech. Speech
+#: (voiced, harmonic) measures below 0.05; white noise about 0.56 (measured on the toy corpus).
+NOISE_FLATNESS = 0.35
+#: |mean| above this is a DC offset (a faulty recording chain); it is removed before any analysis.
+DC_OFFSET = 1e-3
+
+
 def clean_text(raw: str) -> str:
-    """Strip and collapse whitespace (newlines included) to single spaces; punctuation is kept."""
-    return " ".join(raw.split())
+    """NFC-normalise, strip and collapse whitespace (newlines included) to single spaces; punctuation
+    is kept. Invisible format characters (zero-width spaces, BOMs) are dropped."""
+    text = unicodedata.normalize("NFC", raw)
+    text = "".join(c for c in text if unicodedata.category(c) != "Cf" or c in "\u200c\u200d")
+    return " ".join(text.split())
+
+
+def text_problem(text: str) -> tuple[str, str] | None:
+    """(reason, detail) when a cleaned transcript cannot be training text, else None.
+
+    Checked: control characters and escape sequences, ``<|...|>`` control tokens, length, and that
+    it holds at least one letter or digit (a transcript of only punctuation or emoji says nothing).
+    """
+    if len(text) > MAX_TEXT_CHARS:
+        return "text_too_long", (f"transcript has {len(text)} characters (at most {MAX_TEXT_CHARS}); is it "
+                                 "the transcript of this clip?")
+    control = next((c for c in text if unicodedata.category(c) == "Cc"), None)
+    if control is not None:
+        return "bad_characters", (f"transcript holds the control character U+{ord(control):04X}; write only "
+                                  "the spoken words")
+    if match := ESCAPE_TEXT.search(text):
+        return "bad_characters", (f"transcript holds the escape sequence {match.group(0)!r}; write only the "
+                                  "spoken words")
+    if match := SPECIAL_TOKEN.search(text):
+        return "special_token", (f"transcript holds the control token {match.group(0)}, which the model would "
+                                 "read as an instruction; remove it")
+    if not any(unicodedata.category(c)[0] in "LN" for c in text):
+        return "no_words", "transcript has no letters or digits (only punctuation or symbols); write the spoken words"
+    return None
 
 
 def find_placeholder(text: str, pattern: str) -> str | None:
@@ -102,6 +144,28 @@ def trim_silence(
         start = max(0, end - keep)
     speech_power = np.mean(10.0 ** (levels[speech] / 10.0))
     return TrimResult(start, end, float(speech.mean()), float(10.0 * np.log10(speech_power)))
+
+
+def spectral_flatness(samples: np.ndarray, sample_rate: int, frame_s: float = 0.032) -> float:
+    """Median spectral flatness (geometric / arithmetic mean of the power spectrum, in [0, 1]) over the
+    frames within 30 dB of the loudest one: near 0 for harmonic sound (speech), near 0.56 for white noise."""
+    n = max(16, int(frame_s * sample_rate))
+    x = samples.astype(np.float64, copy=False)
+    if x.shape[0] < n:
+        return 0.0
+    frames = np.lib.stride_tricks.sliding_window_view(x, n)[:: n // 2] * np.hanning(n)
+    power = np.abs(np.fft.rfft(frames, axis=1)) ** 2 + 1e-12
+    level = 10.0 * np.log10(power.mean(axis=1))
+    loud = level > level.max() - 30.0
+    flatness = np.exp(np.log(power).mean(axis=1)) / power.mean(axis=1)
+    return float(np.median(flatness[loud]))
+
+
+def remove_dc(samples: np.ndarray) -> np.ndarray:
+    """Subtract the mean when it is a DC offset (|mean| > DC_OFFSET); other clips are returned as they are,
+    so clean recordings keep their exact samples."""
+    mean = float(np.mean(samples, dtype=np.float64)) if samples.size else 0.0
+    return (samples - mean).astype(np.float32) if abs(mean) > DC_OFFSET else samples
 
 
 def clipped_ratio(samples: np.ndarray, threshold: float) -> float:

@@ -8,11 +8,14 @@ therefore must not contain whitespace; our utt ids are ``[A-Za-z0-9_-]`` and our
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cosyml.data.records import ManifestEntry, write_jsonl
 from cosyml.errors import InputError
+from cosyml.fileio import atomic_write_text
 
 
 def read_kaldi_map(path: Path, keep_spacing: bool = False) -> dict[str, str]:
@@ -37,6 +40,66 @@ def read_kaldi_map(path: Path, keep_spacing: bool = False) -> dict[str, str]:
         fields = line.split()
         if fields:
             out[fields[0]] = " ".join(fields[1:])
+    return out
+
+
+@dataclass(frozen=True)
+class KaldiLine:
+    """One non-blank line of a kaldi list file read from a user's corpus.
+
+    ``value`` is the rest of the line re-joined with single spaces; ``raw_value`` is the same field as
+    the file's bytes decoded with the file-system encoding (``os.fsdecode``), so a path written in a
+    legacy encoding still names the file on disk. ``error`` says why the line cannot be used (then
+    ``key`` may be a placeholder ``line<N>``).
+    """
+
+    key: str
+    value: str
+    raw_value: str
+    line: int  # 1-based
+    error: str | None = None
+
+
+def _decode_line(data: bytes) -> str | None:
+    for encoding in ("utf-8", "gb18030"):
+        try:
+            return data.decode(encoding)
+        except UnicodeDecodeError:
+            continue
+    return None
+
+
+def read_kaldi_lines(path: Path) -> list[KaldiLine]:
+    """Every non-blank line of a corpus's kaldi file, decoded line by line (UTF-8, then GB18030).
+
+    A line that is neither encoding, or has a key and no value, comes back with ``error`` set instead
+    of stopping the whole file: the caller sets that one entry aside. Duplicate keys are all returned
+    (the caller decides; see :func:`cosyml.data.layouts`).
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot read ({exc.strerror})") from None
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
+    out: list[KaldiLine] = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        raw = raw.rstrip(b"\r")
+        if not raw.strip():
+            continue
+        text = _decode_line(raw)
+        if text is None:
+            out.append(KaldiLine(f"line{number}", "", "", number,
+                                 f"{path.name} line {number} is neither UTF-8 nor GB18030; re-save the file as UTF-8"))
+            continue
+        fields = text.split()
+        raw_fields = raw.split(None, 1)
+        raw_value = os.fsdecode(raw_fields[1].strip()) if len(raw_fields) > 1 else ""
+        if len(fields) < 2:
+            out.append(KaldiLine(fields[0], "", "", number,
+                                 f"{path.name} line {number}: key '{fields[0]}' has no value; add it or delete the line"))
+            continue
+        out.append(KaldiLine(fields[0], " ".join(fields[1:]), raw_value, number))
     return out
 
 
@@ -66,7 +129,7 @@ def write_split(folder: Path, entries: Sequence[ManifestEntry], instruct: str = 
 
 
 def _write_lines(path: Path, lines: Sequence[str]) -> None:
-    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
 
 
 def resolve_wav_path(path: str | Path, split_dir: Path) -> Path:

@@ -25,15 +25,21 @@ from pathlib import Path
 
 #: Every reason a clip can be rejected for, in the order the checks run.
 REJECT_REASONS: tuple[str, ...] = (
+    "bad_kaldi_line",  # a kaldi line that cannot be used: duplicate key, no path, undecodable, bad segment
     "no_audio",  # a transcript (.lab/.normalized.txt/kaldi text line) whose audio file is missing
     "placeholder_text",  # transcript holds a template placeholder such as {NICKNAME}
     "empty_text",  # transcript empty (or Whisper / the review file gave an empty one)
-    "undecodable",  # audio (or transcript encoding) cannot be decoded
+    "text_too_long",  # transcript over 1000 characters (or a transcript file over 64 KiB: undecodable)
+    "bad_characters",  # control characters or escape sequences (ANSI codes, a written-out \n) in the text
+    "special_token",  # a <|...|> control token of the model's tokenizer in the text
+    "no_words",  # transcript of only punctuation, emoji or symbols
+    "undecodable",  # audio (or transcript encoding) cannot be decoded, or its header is impossible
     "clipped",  # too many samples at full scale
     "too_long",  # longer than max_duration_s (or a long recording that has one transcript)
     "mostly_silence",  # speech in less than (1 - max_silence_ratio) of the frames
     "too_quiet",  # speech RMS below min_rms_dbfs
     "too_short",  # shorter than min_duration_s after trimming
+    "noise",  # noise, not speech (spectral flatness of the loud frames above 0.35)
     "duplicate_audio",  # same normalised samples as an earlier clip
     "no_text",  # no transcript and transcription is off or has no Whisper model
     "low_confidence",  # Whisper transcript confidence below min_confidence

@@ -42,6 +42,8 @@ from cosyml.features.speech_tokens import (
     usable_token_count,
 )
 from cosyml.features.whisper_mel import log_mel
+from cosyml.fileio import atomic_torch_save, atomic_write_text, output_lock
+from cosyml.models.modeldir import detect_version
 
 SPLITS = ("train", "dev")
 CACHE_FILE = ".extract_cache.pt"
@@ -63,8 +65,7 @@ class FrontendModels:
 def find_frontend_models(model_dir: str | Path) -> FrontendModels:
     """Locate ``campplus.onnx`` and the speech tokenizer of a model directory, or stop with one line.
 
-    The version follows the yaml present (``cosyvoice3.yaml`` -> ``speech_tokenizer_v3.onnx``,
-    otherwise v2), as upstream's ``AutoModel`` decides.
+    The version comes from :func:`cosyml.models.modeldir.detect_version` (the package's one detector).
     """
     model_dir = Path(model_dir)
     hint = (
@@ -73,7 +74,7 @@ def find_frontend_models(model_dir: str | Path) -> FrontendModels:
     )
     if not model_dir.is_dir():
         raise ModelDirError(f"{model_dir}: model directory not found; {hint}")
-    version = "cosyvoice3" if (model_dir / "cosyvoice3.yaml").is_file() else "cosyvoice2"
+    version = "cosyvoice3" if detect_version(model_dir, default="v2") == "v3" else "cosyvoice2"
     tokenizer = model_dir / ("speech_tokenizer_v3.onnx" if version == "cosyvoice3" else "speech_tokenizer_v2.onnx")
     for path in (model_dir / "campplus.onnx", tokenizer):
         if not path.is_file() or path.stat().st_size == 0:
@@ -156,6 +157,15 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _audio_digest(utts: list[str], utt2wav: dict[str, str], split_dir: Path) -> str:
+    """sha256 over every clip's id and file content (a missing file counts as absent, reported later)."""
+    digest = hashlib.sha256()
+    for utt in utts:
+        path = resolve_wav_path(utt2wav[utt], split_dir)
+        digest.update(utt.encode() + b"\0" + (_sha256(path).encode() if path.is_file() else b"-") + b"\n")
+    return digest.hexdigest()
+
+
 def _load_clip(utt: str, path: Path) -> _Clip:
     """Read, mix to mono, resample to 16 kHz once, and compute both model inputs."""
     audio = read_audio(path)
@@ -180,15 +190,11 @@ def _torch_threads(count: int) -> Iterator[None]:
 
 
 def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(obj, path)
 
 
 def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1, ensure_ascii=False))
 
 
 def _tokens_per_clip(token_batches: str, provider: str) -> bool:
@@ -345,7 +351,10 @@ def extract_split(
     cfg = extractor.config
     utt2wav, utt2spk = _read_split(split_dir)
     utts = list(utt2wav)
-    fingerprint = {**extractor.fingerprint, "wav_scp_sha256": _sha256(split_dir / "wav.scp")}
+    # Features depend on the audio itself, not only on the list: re-preparing with other settings
+    # rewrites the wavs under the same names, so their bytes are part of the fingerprint.
+    fingerprint = {**extractor.fingerprint, "wav_scp_sha256": _sha256(split_dir / "wav.scp"),
+                   "wavs_sha256": _audio_digest(utts, utt2wav, split_dir)}
     if _outputs_up_to_date(out, utts, fingerprint):
         report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
         no_tokens = list(report.get("no_tokens_over_30s", []))
@@ -472,16 +481,18 @@ def extract(
     started = time.perf_counter()
     data_dir = Path(data_dir)
     find_frontend_models(model_dir)  # a wrong model directory is reported before anything else
-    present = [s for s in splits if (data_dir / s / "wav.scp").is_file()]
+    # An empty split (a tiny corpus can have no dev clip: the split is per id, without a top-up) is skipped.
+    present = [s for s in splits if (data_dir / s / "wav.scp").is_file() and (data_dir / s / "wav.scp").stat().st_size]
     if not present:
         raise InputError(f"{data_dir}: no {'/'.join(splits)} split with a wav.scp; run `cosyml prepare` first")
-    with FrontendExtractor(model_dir, config) as extractor:
-        out_root = Path(output_dir) if output_dir is not None else data_dir
+    out_root = Path(output_dir) if output_dir is not None else data_dir
+    # One writer per output folder (a second extract into it stops with one line naming the first).
+    with output_lock(out_root, "cosyml extract"), FrontendExtractor(model_dir, config) as extractor:
         results = [extract_split(data_dir / s, extractor, stop_after, progress, out_root / s) for s in present]
-    _write_json_atomic(
-        {"speech_tokenizer": extractor.models.speech_tokenizer.name, "model_version": extractor.models.version},
-        out_root / INFO_FILE,
-    )
+        _write_json_atomic(
+            {"speech_tokenizer": extractor.models.speech_tokenizer.name, "model_version": extractor.models.version},
+            out_root / INFO_FILE,
+        )
     return ExtractResult(
         model_dir=Path(model_dir),
         models=extractor.models,

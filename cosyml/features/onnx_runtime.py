@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosyml.errors import CosymlError
+from cosyml.errors import CosymlError, ModelDirError
 
 _noted: set[str] = set()
 
@@ -101,7 +101,11 @@ def make_session(path: str | Path, device: str = "auto", num_threads: int = 0):
     options.log_severity_level = 3
     # Idle intra-op threads sleep instead of spinning: feature threads and other jobs share the cores.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=providers_for(device))
+    except Exception as exc:  # onnxruntime raises its own types (InvalidProtobuf, Fail, NoSuchFile)
+        reason = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise ModelDirError(f"{path}: not a loadable ONNX model ({reason}); copy the official file again") from None
 
 
 def batch_dim_is_dynamic(session) -> bool:

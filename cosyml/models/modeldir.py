@@ -13,6 +13,8 @@ official key set (tied tensors stored once) atomically.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -114,6 +116,29 @@ def parse_hparams(config: Mapping[str, Any], version: Version, path: str | Path)
 # The directory
 
 
+def detect_version(root: str | Path, default: Version | None = None) -> Version:
+    """"v2" or "v3" from the yaml a model directory holds: the one version detector of the package.
+
+    A directory holding both ``cosyvoice2.yaml`` and ``cosyvoice3.yaml`` is an error (upstream's
+    AutoModel would silently take v2 while the weights may be v3): one line says which to remove.
+    ``default`` is returned for a folder with neither yaml (a folder of front-end ONNX files only).
+    """
+    root = Path(root)
+    found = [v for v in ("v2", "v3") if (root / keys.YAML_NAME[v]).is_file()]
+    if len(found) == 2:
+        raise ModelDirError(
+            f"{root}: holds both {keys.YAML_NAME['v2']} and {keys.YAML_NAME['v3']}; an official directory has one "
+            "(CosyVoice2-0.5B or Fun-CosyVoice3-0.5B): remove the one that does not match the weights"
+        )
+    if found:
+        return found[0]  # type: ignore[return-value]
+    if default is not None:
+        return default
+    if (root / "cosyvoice.yaml").is_file():
+        raise ModelDirError(f"{root}: CosyVoice v1 (cosyvoice.yaml) is not supported; use CosyVoice2-0.5B or v3")
+    raise ModelDirError(f"{root}: no cosyvoice2.yaml or cosyvoice3.yaml; pass an official CosyVoice2/3 model directory")
+
+
 class ModelDir:
     """An official-layout model directory. Construction checks only that the folder and its yaml exist.
 
@@ -136,15 +161,7 @@ class ModelDir:
         self.spk2info_path = self.root / keys.SPK2INFO_NAME
 
     def _detect_version(self) -> Version:
-        # Same precedence as upstream's AutoModel: cosyvoice2.yaml wins over cosyvoice3.yaml.
-        for version in ("v2", "v3"):
-            if (self.root / keys.YAML_NAME[version]).is_file():
-                return version  # type: ignore[return-value]
-        if (self.root / "cosyvoice.yaml").is_file():
-            raise ModelDirError(f"{self.root}: CosyVoice v1 (cosyvoice.yaml) is not supported; use CosyVoice2-0.5B or v3")
-        raise ModelDirError(
-            f"{self.root}: no cosyvoice2.yaml or cosyvoice3.yaml; pass an official CosyVoice2/3 model directory"
-        )
+        return detect_version(self.root)
 
     def __repr__(self) -> str:
         return f"ModelDir({str(self.root)!r}, version={self.version!r})"
@@ -196,6 +213,9 @@ class ModelDir:
                 raise ModelDirError(f"{path}: missing; copy {what} into {self.root}")
             if path.stat().st_size == 0:
                 raise ModelDirError(f"{path}: empty file (interrupted download?); copy {what} again")
+        for name in ("config.json", "vocab.json", "tokenizer_config.json", "tokenizer.json"):
+            check_json(self.qwen_dir / name, "the official CosyVoice-BlankEN folder")
+
 
     def write_weights(self, part: Part, module: torch.nn.Module) -> Path:
         """Save ``module`` as this directory's ``<part>.pt`` and delete exports derived from old weights."""
@@ -207,6 +227,16 @@ class ModelDir:
 
 # --------------------------------------------------------------------------------------------------
 # State dicts
+
+def check_json(path: Path, what: str) -> None:
+    """One line when a model-directory JSON file exists but does not parse (truncated, edited by hand)."""
+    if not path.is_file():
+        return
+    try:
+        json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as exc:
+        where = f" (line {exc.lineno})" if isinstance(exc, json.JSONDecodeError) else ""
+        raise ModelDirError(f"{path}: not valid JSON{where}; copy {what} again") from None
 
 
 def _part_of(path: Path) -> Part | None:
