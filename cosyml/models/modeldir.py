@@ -14,7 +14,6 @@ official key set (tied tensors stored once) atomically.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
