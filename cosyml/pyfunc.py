@@ -47,6 +47,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 from mlflow.models.signature import ModelSignature
+from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
 from cosyml.errors import CosymlError, ModelDirError
@@ -327,7 +328,7 @@ def _row_fields(row: dict[str, Any], spec: VoiceSpec) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------- the model
 
 
-class VoiceModel(mlflow.pyfunc.PythonModel):
+class VoiceModel(PythonModel):
     """A registered voice: loads the engine once per process and synthesises request DataFrames.
 
     ``model_config`` (set at log time, overridable at load time with ``load_model(uri, model_config=...)``):
@@ -335,7 +336,7 @@ class VoiceModel(mlflow.pyfunc.PythonModel):
     :func:`cache_root`), ``batch_size`` (requests decoded together by the LLM).
     """
 
-    def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
+    def load_context(self, context: PythonModelContext) -> None:
         from cosyml.synth.engine import SynthEngine
 
         config = dict(context.model_config or {})
@@ -356,7 +357,7 @@ class VoiceModel(mlflow.pyfunc.PythonModel):
         self._lock = threading.Lock()  # the engine serves one request batch at a time
 
     def predict(
-        self, context: mlflow.pyfunc.PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+        self, context: PythonModelContext, model_input: pd.DataFrame, params: dict[str, Any] | None = None
     ) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
@@ -431,7 +432,7 @@ def _failed(message: str) -> dict[str, Any]:
     return {"audio": None, "sample_rate": 0, "duration_s": 0.0, "seed": -1, "error": message}
 
 
-def _part_file(context: mlflow.pyfunc.PythonModelContext, part: str, spec: VoiceSpec, voice_path: Path,
+def _part_file(context: PythonModelContext, part: str, spec: VoiceSpec, voice_path: Path,
                cache: Path) -> str:
     """The weights file of ``part``: ``base``, shared weights fetched into ``cache``, or a file in the version."""
     source = getattr(spec, part)

@@ -879,15 +879,15 @@ def decide(pool: list[ScoredVersion], champion: ScoredVersion | None, config: Re
     if champion.scores is None:
         return Decision("promote", best.version, current, f"the champion v{current} has no scores; v{best.version} ({best.candidate}) is the best eligible candidate", verdicts)
     reasons = []
-    for item in ranked:
-        if item.version == champion.version:
+    for verdict in ranked:
+        if verdict.version == champion.version:
             break  # candidates ranked below the champion cannot beat it
-        scores = next(p.scores for p in pool if p.version == item.version)
+        scores = next(p.scores for p in pool if p.version == verdict.version)
         assert scores is not None
         ok, why = beats(scores, champion.scores, config)
         if ok:
-            return Decision("promote", item.version, current, f"v{item.version} ({item.candidate}) beats champion v{current}: {why}", verdicts)
-        reasons.append(f"v{item.version} ({item.candidate}): {why}")
+            return Decision("promote", verdict.version, current, f"v{verdict.version} ({verdict.candidate}) beats champion v{current}: {why}", verdicts)
+        reasons.append(f"v{verdict.version} ({verdict.candidate}): {why}")
     return Decision("keep", None, current, f"no candidate beats champion v{current} ({champion.candidate}): " + "; ".join(reasons or ["none ranks above it"]), verdicts)
 
 

@@ -308,7 +308,8 @@ def open_study(settings: StudySettings) -> Any:
     storage = _rdb_storage(settings.storage, heartbeat_s=settings.heartbeat_s, grace_s=settings.grace_s)
     sampler = optuna.samplers.TPESampler(seed=settings.seed)
     study = optuna.create_study(storage=storage, study_name=settings.study_name, sampler=sampler,
-                                direction=settings.direction, load_if_exists=True)
+                                direction=optuna.study.StudyDirection[settings.direction.upper()],
+                                load_if_exists=True)
     if study.direction.name.lower() != settings.direction:
         raise ConfigError(f"tune.direction: study '{settings.study_name}' was created to "
                           f"{study.direction.name.lower()}; use that or another study name")

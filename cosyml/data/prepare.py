@@ -291,8 +291,8 @@ class _Run:
             self.reject(clip.source, "too_long", f"{duration:.1f} s > max_duration_s={cfg.max_duration_s:g}; "
                         + hint, utt)
             return
-        span = (clip.start_s, clip.end_s) if clip.start_s is not None and clip.end_s is not None else None
-        self.add_samples(clip.source, utt, samples, text, text_source, span)
+        whole = (clip.start_s, clip.end_s) if clip.start_s is not None and clip.end_s is not None else None
+        self.add_samples(clip.source, utt, samples, text, text_source, whole)
 
     def add_samples(self, source: str, utt: str, samples: np.ndarray, text: str | None,
                     text_source: str | None, span: tuple[float, float] | None) -> None:

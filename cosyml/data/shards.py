@@ -130,13 +130,13 @@ def write_shards(
             raise InputError(f"{split_dir / name}: no entry for utterance '{missing[0]}'; rerun `cosyml prepare`")
 
     missing_features: dict[str, int] = {}
-    for name, mapping, keys in (
+    for name, features, keys in (
         ("utt2embedding.pt", utt2embedding, utts),
         ("utt2speech_token.pt", utt2speech_token, utts),
         ("spk2embedding.pt", spk2embedding, [utt2spk[u] for u in utts]),
     ):
-        if mapping is not None:
-            absent = sum(1 for k in keys if k not in mapping)
+        if features is not None:
+            absent = sum(1 for k in keys if k not in features)
             if absent:
                 missing_features[name] = absent
 

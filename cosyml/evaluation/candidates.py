@@ -24,9 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cosyml.errors import ConfigError, ModelDirError
+from cosyml.models.keys import Part
 
 BASE = "base"
-PARTS = ("llm", "flow")
+PARTS: tuple[Part, ...] = ("llm", "flow")
 _EPOCH = re.compile(r"^epoch[-_](\d+)$")
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
 MAX_SLUG = 60

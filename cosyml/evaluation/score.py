@@ -213,16 +213,18 @@ def score_subset(
     limits = limits_from(config)
     outputs = [_load_output(item, find_output(outputs_dir, subset.name, item.utt), limits) for item in subset.items]
     present = [o for o in outputs if o.wave_16k is not None]
-    hyps = asr.transcribe([o.wave_16k for o in present], [o.item.language for o in present], progress=progress)
+    waves = [o.wave_16k for o in outputs if o.wave_16k is not None]  # those of `present`, typed as present
+    hyps = asr.transcribe(waves, [o.item.language for o in present], progress=progress)
     by_utt: dict[str, Hypothesis] = {o.item.utt: h for o, h in zip(present, hyps, strict=True)}
 
     similarity: dict[str, float] = {}
     if embed is not None and present:
         cache = _cache or _EmbeddingCache(embed)
-        out_vecs = embed([o.wave_16k for o in present])  # (len(present), D)
+        out_vecs = embed(waves)  # (len(present), D)
         row_of = {o.item.utt: i for i, o in enumerate(present)}
         prompted = [o for o in present if o.item.prompt_wav is not None]
-        for o, ref in zip(prompted, cache.files([o.item.prompt_wav for o in prompted]), strict=True):
+        prompt_files = [o.item.prompt_wav for o in present if o.item.prompt_wav is not None]
+        for o, ref in zip(prompted, cache.files(prompt_files), strict=True):
             similarity[o.item.utt] = cosine_similarity(out_vecs[row_of[o.item.utt]], ref)
         unprompted = [o for o in present if o.item.prompt_wav is None]
         target = speaker_embedding
@@ -280,7 +282,7 @@ def _row(subset: str, item: TestItem, status: str, counts: ErrorCounts, ss: floa
 
 def summarize_subset(subset: TestSubset, rows: Sequence[UtteranceScore], config: EvaluateConfig) -> SubsetSummary:
     """Aggregate one subset's rows (missing outputs included as error 1.0 / SS 0)."""
-    ci = {"resamples": config.bootstrap_resamples, "level": config.ci_level, "seed": config.seed}
+    ci: dict[str, Any] = {"resamples": config.bootstrap_resamples, "level": config.ci_level, "seed": config.seed}
     counts = [r.counts for r in rows]
     errors = [r.error for r in rows]
     ss_values = [r.ss for r in rows if r.ss is not None]

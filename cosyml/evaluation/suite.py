@@ -154,7 +154,7 @@ def summarize_rows(rows: Sequence[UtteranceScore], config: EvaluateConfig) -> Me
     """:class:`MetricSummary` of ``rows`` (pooled over whatever subsets they come from)."""
     errors = [r.error for r in rows]
     ss_values = [r.ss for r in rows if r.ss is not None]
-    ci = {"resamples": config.bootstrap_resamples, "level": config.ci_level, "seed": config.seed}
+    ci: dict[str, Any] = {"resamples": config.bootstrap_resamples, "level": config.ci_level, "seed": config.seed}
     cer_ci = bootstrap_mean_ci(errors, **ci) if errors else None
     ss_ci = bootstrap_mean_ci(ss_values, **ci) if ss_values else None
     return MetricSummary(
@@ -354,7 +354,8 @@ class CachedEmbedder:
         if not self.changed:  # a zip holds write times: rewriting equal entries would change the bytes
             return
         buffer = io.BytesIO()
-        np.savez(buffer, __settings__=np.array(self.settings_key), **dict(sorted(self.entries.items())))
+        arrays: dict[str, Any] = {"__settings__": np.array(self.settings_key), **dict(sorted(self.entries.items()))}
+        np.savez(buffer, **arrays)
         write_if_changed(self.path, buffer.getvalue())
 
 

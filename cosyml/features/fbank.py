@@ -30,9 +30,12 @@ def num_frames(num_samples: int) -> int:
     return 0 if num_samples < FRAME_LENGTH else 1 + (num_samples - FRAME_LENGTH) // FRAME_SHIFT
 
 
-def _mel(freq: torch.Tensor | float) -> torch.Tensor | float:
-    if isinstance(freq, torch.Tensor):
-        return 1127.0 * torch.log(1.0 + freq / 700.0)
+def _mel(freq: torch.Tensor) -> torch.Tensor:
+    return 1127.0 * torch.log(1.0 + freq / 700.0)
+
+
+def _mel_scalar(freq: float) -> float:
+    """:func:`_mel` of one frequency in float64 (the band edges; Kaldi computes them in double)."""
     return 1127.0 * math.log(1.0 + freq / 700.0)
 
 
@@ -44,7 +47,7 @@ def mel_banks(num_bins: int = 80, sample_rate: int = SAMPLE_RATE) -> torch.Tenso
     in the same order of operations as torchaudio so the filters agree bit for bit.
     """
     nyquist = 0.5 * sample_rate
-    mel_low, mel_high = _mel(LOW_FREQ_HZ), _mel(nyquist)
+    mel_low, mel_high = _mel_scalar(LOW_FREQ_HZ), _mel_scalar(nyquist)
     delta = (mel_high - mel_low) / (num_bins + 1)
     index = torch.arange(num_bins).unsqueeze(1)  # (bins, 1)
     left = mel_low + index * delta

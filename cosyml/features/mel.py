@@ -78,7 +78,7 @@ class MelConfig:
 # ------------------------------------------------------------------------------------------ filterbank
 
 
-def _hz_to_slaney_mel(hz: np.ndarray) -> np.ndarray:
+def _hz_to_slaney_mel(hz: np.ndarray | float) -> np.ndarray:
     """Slaney mel scale: linear (3 mels per 200 Hz) below 1 kHz, logarithmic (27 mels per ln 6.4) above."""
     hz = np.asarray(hz, dtype=np.float64)
     linear_step = 200.0 / 3

@@ -133,9 +133,9 @@ def plan_batches(lengths: Sequence[int], batch_size: int, padding_exact: bool) -
     for i in order:
         last = groups[-1] if groups else None
         fits = last is not None and len(last) < batch_size
-        if fits and not padding_exact:
+        if last is not None and fits and not padding_exact:
             fits = lengths[last[0]] == lengths[i]
-        if fits:
+        if last is not None and fits:
             last.append(i)
         else:
             groups.append([i])
