@@ -257,3 +257,40 @@ def test_registered_model_name_is_safe_stable_and_distinct(tmp_path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     client.create_registered_model(name, tags={"cosyml.speaker": "派蒙"}, description="cosyml voice of speaker '派蒙'")
     assert client.get_registered_model(name).tags["cosyml.speaker"] == "派蒙"
+
+
+# ------------------------------------------------------------------------------------------ resume in the pipeline
+
+
+def test_compatible_resume_continues_only_the_same_training(tmp_path, kit_dir, capsys):
+    import json
+
+    from cosyml.commands.train import FINGERPRINT_FILE, compatible_resume
+    from cosyml.train.checkpoint import CheckpointInfo
+
+    params = dataclasses.replace(Params(), model_dir=str(kit_dir))
+    data, output = tmp_path / "shards", tmp_path / "exp" / "llm"
+    data.mkdir()
+    folder = output / "checkpoints"
+    assert compatible_resume("llm", params, data, output) == "none"  # nothing to resume
+    assert (folder / FINGERPRINT_FILE).is_file()
+
+    info = CheckpointInfo(name="epoch_0", kind="epoch", epoch=0, step=2, next_epoch=1, next_batch=0, config_hash="x")
+    (folder / "epoch_0.pt").write_bytes(b"weights")
+    (folder / "epoch_0.json").write_text(json.dumps(dataclasses.asdict(info)))
+    longer = dataclasses.replace(params, train=dataclasses.replace(params.train, max_epochs=40))
+    assert compatible_resume("llm", longer, data, output) == "auto"  # more epochs: the same training, continued
+    assert "resuming llm" in capsys.readouterr().err
+
+    other_lr = dataclasses.replace(params, train=dataclasses.replace(params.train, lr=1e-6))
+    assert compatible_resume("llm", other_lr, data, output) == "none"
+    assert "starting over" in capsys.readouterr().err
+    assert not (folder / "epoch_0.pt").exists() and not (folder / "epoch_0.json").exists()
+
+
+def test_train_stages_keep_their_checkpoints_and_resume():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    for part in ("llm", "flow"):
+        stage = stages[f"train_{part}"]
+        assert "--resume compatible" in stage["cmd"]
+        assert stage["outs"] == [{f"exp/{part}/checkpoints": {"persist": True}}]
