@@ -214,6 +214,11 @@ def model_name(config: RegistryConfig, speaker: str) -> str:
     return config.model_name or speaker_model_name(speaker)
 
 
+def shown_name(name: str, speaker: str) -> str:
+    """A registered model's name as printed: with the speaker's own name when the name does not show it."""
+    return name if speaker in name else f"{name} ({speaker})"
+
+
 def speaker_model_name(speaker: str) -> str:
     """``cosyml-<speaker>`` for an ASCII speaker; otherwise an ASCII-only, stable name
     ``cosyml-xn--<punycode>-<8 hex of sha256>`` (``派蒙`` -> ``cosyml-xn--nzw411c-...``).

@@ -294,3 +294,10 @@ def test_train_stages_keep_their_checkpoints_and_resume():
         stage = stages[f"train_{part}"]
         assert "--resume compatible" in stage["cmd"]
         assert stage["outs"] == [{f"exp/{part}/checkpoints": {"persist": True}}]
+
+
+def test_printed_model_name_shows_the_speakers_own_name():
+    from cosyml.registry import shown_name, speaker_model_name
+
+    assert shown_name(speaker_model_name("派蒙"), "派蒙").endswith(" (派蒙)")
+    assert shown_name("cosyml-toy", "toy") == "cosyml-toy"
