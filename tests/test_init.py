@@ -293,7 +293,7 @@ def test_train_stages_keep_their_checkpoints_and_resume():
     for part in ("llm", "flow"):
         stage = stages[f"train_{part}"]
         assert "--resume compatible" in stage["cmd"]
-        assert stage["outs"] == [{f"exp/{part}/checkpoints": {"persist": True}}]
+        assert stage["outs"] == [{f"exp/{part}/checkpoints": {"persist": True, "cache": False}}]
 
 
 def test_printed_model_name_shows_the_speakers_own_name():

@@ -8,7 +8,9 @@ the model directory and params, never on cosyml's source (which is not in the pr
 
 Train stages keep their checkpoints across runs (``persist: true``: DVC would delete them before
 rerunning the stage) and resume with ``--resume compatible``: continue when the checkpoints were made
-from the same training params, base weights and shards, start over otherwise.
+from the same training params, base weights and shards, start over otherwise. Checkpoints are not copied
+into the DVC cache (``cache: false``): a full LLM checkpoint with its optimiser state is ~6 GB at the
+official size, resumable state rather than a result; the averaged ``llm.pt`` / ``flow.pt`` are cached.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ _MIDDLE = """\
     outs:
       - exp/llm/checkpoints:
           persist: true
+          cache: false
 
   train_flow:
     cmd: cosyml train flow --data data/shards --output exp/flow --no-average --resume compatible
@@ -91,6 +94,7 @@ _MIDDLE = """\
     outs:
       - exp/flow/checkpoints:
           persist: true
+          cache: false
 
   average:
     foreach: [llm, flow]
@@ -318,10 +322,12 @@ def render_mlproject(kit: bool = False) -> str:
 
 GITIGNORE = """\
 # cosyml project: DVC tracks data/, exp/ and models/ (it adds their entries below as stages run);
-# MLflow's local store and DVC's local remote stay out of git.
+# MLflow's local store, DVC's local remote and the training checkpoints (DVC outs kept out of its cache:
+# ~6 GB each at full size) stay out of git.
 /mlflow.db
 /mlruns/
 /dvc-remote/
+/exp/*/checkpoints/
 /exp/*/samples/
 /exp/eval/*/
 /exp/tune/trials/
