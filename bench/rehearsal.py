@@ -170,7 +170,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/cosyml-rehearsal"))
     parser.add_argument("--version", choices=("cosyvoice2", "cosyvoice3"), default="cosyvoice2")
-    parser.add_argument("--steps", type=int, default=2, help="optimiser steps per trained part")
+    parser.add_argument("--steps", type=int, default=0,
+                        help="optimiser steps per trained part; 0 = one whole epoch (averaging needs an epoch "
+                        "checkpoint: a run stopped by max_steps mid-epoch leaves only a step checkpoint)")
     parser.add_argument("--utts", type=int, default=1, help="evaluated utterances per test subset")
     parser.add_argument("--subsets", default="[zero_shot/zh, zero_shot/en]", help="evaluate.subsets (YAML list)")
     parser.add_argument("--max-frames", type=int, default=2000, help="train.data.max_frames_in_batch")
@@ -195,7 +197,7 @@ def main() -> int:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"full-size rehearsal: {args.version}, {device}, {args.steps} steps per part, {args.utts} utts per subset, "
+    print(f"full-size rehearsal: {args.version}, {device}, {args.steps or 'one epoch of'} steps per part, {args.utts} utts per subset, "
           f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; log: {log}")
     print(f"{'stage':<16} {'wall':>11} {'peak RSS':>11} {'written':>13}")
     figures: list[StageFigure] = []
