@@ -31,13 +31,14 @@ DEFAULT_PARAMS = Path("params.yaml")
 class PrepareConfig:
     """``prepare``: raw clips -> normalised 24 kHz mono clips, kaldi files, manifest, rejects."""
 
-    speaker: str = "speaker"
-    sample_rate: int = 24000
+    speaker: str = "speaker"  # utt-id prefix and MLflow experiment cosyml/<speaker>: letters (any script), digits, -
+    inputs: list[str] = field(default_factory=list)  # folders with the raw clips (`cosyml prepare --input` overrides)
+    sample_rate: int = 24000  # Hz of the prepared clips (the model yaml's sample_rate)
     language: str = "auto"  # "zh", "en", ... or "auto": detected per clip by Whisper when transcribing
     transcribe: bool = True  # Whisper-transcribe clips that have no transcript
     whisper_model: str = ""  # local openai-whisper checkpoint (.pt); empty = clips without text are rejected
-    min_duration_s: float = 0.5
-    max_duration_s: float = 30.0
+    min_duration_s: float = 0.5  # reject clips shorter than this (seconds, after trimming)
+    max_duration_s: float = 30.0  # reject clips longer than this (upstream drops > 40.96 s in training)
     min_keep_s: float = 1.5  # silence trim never cuts a clip that was longer than this below it
     trim_top_db: float = 40.0  # frames quieter than peak - top_db are silence
     trim_pad_s: float = 0.1  # silence kept at each end after trimming
@@ -47,17 +48,17 @@ class PrepareConfig:
     min_rms_dbfs: float = -50.0  # reject clips whose speech part is quieter than this
     target_peak: float = 0.9  # peak-normalise louder or quieter clips to this peak
     long_recording_s: float = 60.0  # recordings longer than this are sliced at silences
-    slice_min_s: float = 3.0
-    slice_max_s: float = 15.0
-    dev_ratio: float = 0.1  # a clip goes to dev when its id hashes under this (see data/split.py)
-    min_dev: int = 2
-    seed: int = 1986
+    slice_min_s: float = 3.0  # pieces cut from a long recording are at least this long (seconds)
+    slice_max_s: float = 15.0  # ... and at most this long
+    dev_ratio: float = 0.05  # share of clips held out as the dev (CV) split
+    min_dev: int = 2  # warn when dev gets fewer clips (the split never moves a clip to meet it)
+    seed: int = 1986  # seed of the train/dev split
     instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file
-    placeholder_pattern: str = r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"
+    placeholder_pattern: str = r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"  # transcripts matching this (game markup) are rejected
     silence_floor_dbfs: float = -60.0  # frames below this level are silence whatever the peak
     slice_min_silence_s: float = 0.3  # a pause must be this long to cut a long recording there
     min_confidence: float = 0.3  # Whisper transcripts below this confidence are rejected (review them)
-    whisper_batch_size: int = 8
+    whisper_batch_size: int = 8  # clips per Whisper forward
     whisper_max_tokens: int = 0  # most tokens Whisper writes per clip; 0 = its default (224)
     whisper_device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
@@ -73,7 +74,7 @@ class KitConfig:
 class ExtractConfig:
     """``extract``: campplus embeddings and speech tokens from the prepared clips."""
 
-    batch_size: int = 16
+    batch_size: int = 16  # clips per campplus/speech-tokenizer batch
     num_threads: int = 0  # onnxruntime intra-op threads per session; 0 = 1 (parallelism comes from `workers`)
     device: str = "auto"  # "auto" (CUDA provider when present), "cpu" or "cuda"
     checkpoint_every: int = 200  # utterances between atomic writes of the resume cache
@@ -85,7 +86,7 @@ class ExtractConfig:
 class ShardsConfig:
     """``shards``: parquet shards and the data.list files upstream's trainer reads."""
 
-    utts_per_shard: int = 1000
+    utts_per_shard: int = 1000  # utterances per parquet shard (upstream: 1000)
     min_shards: int = 1  # raise to (ranks x workers) to keep every reader busy without duplication
     absolute_paths: bool = False  # data.list entries relative to the list file (True for upstream's trainer)
 
@@ -97,9 +98,9 @@ class TrainDataConfig:
     min_length: int = 100  # 10 ms frames: drop clips shorter than 1 s
     max_length: int = 40960  # 10 ms frames (the model-dir yaml's value)
     token_min_length: int = 1  # text tokens
-    token_max_length: int = 200
+    token_max_length: int = 200  # text tokens, at most
     min_output_input_ratio: float = 0.0005  # text tokens per 10 ms frame
-    max_output_input_ratio: float = 1.0
+    max_output_input_ratio: float = 1.0  # text tokens per 10 ms frame, at most
     sort_size: int = 500  # utterances sorted by length together before batching
     max_frames_in_batch: int = 2000  # padded flow-mel frames (50/s) per batch: 40 s of audio
     shuffle_batches: bool = True  # shuffle the batch order after length sorting
@@ -113,23 +114,23 @@ class TrainConfig:
 
     optim: str | None = None  # adam | adamw (model yaml: adam)
     lr: float | None = None  # model yaml: 1e-5 for SFT
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # adamw only (upstream SFT: none)
     scheduler: str | None = None  # constantlr | warmuplr | linear | cosine (model yaml: constantlr)
     warmup_steps: int | None = None  # optimiser steps (model yaml scheduler_conf.warmup_steps)
     min_lr_ratio: float = 0.0  # linear/cosine: final lr as a share of lr
     decay_steps: int = 0  # linear/cosine: steps to decay over; 0 = max_epochs x steps per epoch
     grad_clip: float | None = None  # max grad norm (model yaml: 5)
     accum_grad: int | None = None  # batches per optimiser step (model yaml: 2)
-    max_epochs: int = 20
+    max_epochs: int = 20  # upstream conf: 200 (written for corpus training); one voice overfits long before
     max_steps: int = 0  # stop after this many optimiser steps; 0 = no limit
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    seed: int = 1986
-    log_every_steps: int = 10
+    seed: int = 1986  # model init, data order and dropout
+    log_every_steps: int = 10  # optimiser steps between logged train metrics (upstream log_interval 100)
     save_every_steps: int = 0  # extra checkpoint every N optimiser steps; 0 = epoch ends only
     keep_last: int = 2  # newest full checkpoints kept for resume
     keep_best: int = 5  # epoch checkpoints with the lowest CV loss kept (weights only) for averaging
     early_stop_patience: int = 0  # epochs without CV improvement before stopping; 0 = off
-    early_stop_min_delta: float = 0.0
+    early_stop_min_delta: float = 0.0  # a CV loss must improve by more than this to count
     average_num: int = 5  # checkpoints averaged into the final weights
     average_by: str = "cv_loss"  # cv_loss (best-n, upstream --val_best) | last (last-n epochs)
     find_unused_parameters: bool = True  # DDP: needed when some parameters get no gradient in a step
@@ -151,8 +152,8 @@ class EvaluateConfig:
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     batch_size: int = 16  # utterances per Whisper forward
     max_tokens: int = 0  # cap on decoded tokens per utterance; 0 = Whisper's default (224)
-    bootstrap_resamples: int = 1000
-    ci_level: float = 0.95
+    bootstrap_resamples: int = 1000  # resamples behind each confidence interval
+    ci_level: float = 0.95  # confidence level of the intervals
     seed: int = 1986  # bootstrap seed
     silence_dbfs: float = -60.0  # 20 ms frames below this are silence
     max_silence_ratio: float = 0.8  # flag outputs that are mostly silence
@@ -165,22 +166,22 @@ class EvaluateConfig:
     # --- the candidate grid (`cosyml evaluate`): synthesise every test text with every candidate
     candidates: list[str] = field(default_factory=list)  # "llm=SRC,flow=SRC[,name=N]"; empty = the grid below
     llm_sources: list[str] = field(default_factory=lambda: ["base", "sft-avg"])  # base|sft-avg|epoch-K|last|file
-    flow_sources: list[str] = field(default_factory=lambda: ["base", "sft-avg"])
+    flow_sources: list[str] = field(default_factory=lambda: ["base", "sft-avg"])  # the same for the flow
     exp_dir: str = "exp"  # sft-avg = <exp_dir>/<part>/<part>.pt; epoch-K = <exp_dir>/<part>/checkpoints/epoch_K.pt
     eval_dir: str = "exp/eval"  # per-candidate audio + caches, candidates.json, metrics.json, report.html
     sft_data: str = "data/prepared"  # speaker-SFT set built from <sft_data>/<sft_split>; "" = no SFT set
-    sft_split: str = "dev"
+    sft_split: str = "dev"  # split of sft_data scored as the speaker set (held-out clips)
     speaker_file: str = "data/features/train/spk2embedding.pt"  # speaker embedding for sft synthesis and SS
     max_utts: int = 0  # usable utterances per subset (the first N); 0 = all
     synth_seed: int = 1986  # per-utterance seeds derive from it and the utt id: the same for every candidate
     synth_batch_size: int = 8  # requests decoded together by the LLM
     synth_max_tokens: int = 0  # cap on speech tokens per utterance (25 = 1 s); 0 = the ratio limits only
-    min_token_text_ratio: float = 2.0
-    max_token_text_ratio: float = 20.0
+    min_token_text_ratio: float = 2.0  # speech tokens per text token, at least (upstream)
+    max_token_text_ratio: float = 20.0  # ... and at most (upstream)
     top_p: float | None = None  # RAS sampling; None = the model yaml's value
-    top_k: int | None = None
-    win_size: int | None = None
-    tau_r: float | None = None
+    top_k: int | None = None  # None = the model yaml's value
+    win_size: int | None = None  # None = the model yaml's value
+    tau_r: float | None = None  # None = the model yaml's value
     report_max_utts: int = 4  # utterances per subset with audio players in report.html
 
 
@@ -195,12 +196,12 @@ class RegistryConfig:
     max_tokens: int = 0  # serving cap on speech tokens per segment (25 = 1 s); 0 = none
     data_stage: str = "shards"  # DVC stage whose output md5 tags each version as its data version
     cer_weight: float = 1.0  # composite = ss_weight * SS - cer_weight * CER (higher is better)
-    ss_weight: float = 1.0
+    ss_weight: float = 1.0  # weight of speaker similarity in the composite
     require_ci_separation: bool = True  # a challenger must beat the champion beyond the CI overlap
     max_cer_regression: float = 0.02  # absolute CER a candidate may lose against the base model
     max_missing_ratio: float = 0.05  # candidates with more missing outputs (missing / n) are not eligible
-    alias: str = "champion"
-    previous_alias: str = "previous"
+    alias: str = "champion"  # alias of the promoted version (serve models:/<name>@champion)
+    previous_alias: str = "previous"  # alias kept on the version it replaced (rollback)
 
 
 def _default_space() -> dict[str, list[float]]:
@@ -228,7 +229,7 @@ class TuneConfig:
 class Params:
     """Everything in ``params.yaml``. ``model_dir`` is the base model directory (official layout)."""
 
-    model_dir: str = "models/base"
+    model_dir: str = "models/base"  # base model directory in the official layout
     kit: KitConfig = field(default_factory=KitConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -248,6 +249,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return None
         return _coerce(value, options[0], key)
     if origin in (list, tuple):
+        if isinstance(value, str) and origin is list:
+            value = [value]  # one item given as a string (`mlflow run -P`, `--set prepare.inputs=raw`)
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         (item,) = typing.get_args(annotation)[:1] or (Any,)

@@ -231,8 +231,27 @@ def read_candidates(path: str | Path) -> CandidateSet:
 
 
 def model_name(config: RegistryConfig, speaker: str) -> str:
-    """The registered model of a speaker: ``registry.model_name`` or ``cosyml-<speaker>``."""
-    return config.model_name or f"cosyml-{speaker}"
+    """The registered model of a speaker: ``registry.model_name``, else :func:`speaker_model_name`."""
+    return config.model_name or speaker_model_name(speaker)
+
+
+def shown_name(name: str, speaker: str) -> str:
+    """A registered model's name as printed: with the speaker's own name when the name does not show it."""
+    return name if speaker in name else f"{name} ({speaker})"
+
+
+def speaker_model_name(speaker: str) -> str:
+    """``cosyml-<speaker>`` for an ASCII speaker; otherwise an ASCII-only, stable name
+    ``cosyml-xn--<punycode>-<8 hex of sha256>`` (``派蒙`` -> ``cosyml-xn--nzw411c-...``).
+
+    Registered-model names travel in URIs (``models:/NAME@champion``), URLs, file names and shells, so
+    they stay ASCII; the speaker's own name is in the model's ``cosyml.speaker`` tag and description.
+    The hash keeps an ASCII speaker spelled like a punycode string from taking a Unicode speaker's name.
+    """
+    if speaker.isascii():
+        return f"cosyml-{speaker}"
+    digest = hashlib.sha256(speaker.encode("utf-8")).hexdigest()[:8]
+    return f"cosyml-xn--{speaker.encode('punycode').decode('ascii')}-{digest}"
 
 
 # ---------------------------------------------------------------------------------------------- MLflow plumbing

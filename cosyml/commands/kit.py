@@ -30,6 +30,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="CosyVoice2-0.5B layout (default) or Fun-CosyVoice3-0.5B layout",
     )
     parser.add_argument(
+        "--size",
+        choices=("tiny", "full"),
+        default="tiny",
+        help="tiny (default: tests, demo) or full: the official 0.5B dimensions and the official 151936-row text "
+        "vocabulary with the official special-token ids (random weights, ~6 GB; the full-size dress rehearsal)",
+    )
+    parser.add_argument(
         "--official-text-ids",
         action="store_true",
         help="pad the tiny text vocabulary so special tokens get their official ids (<|endofprompt|> = 151646); "
@@ -49,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
         write_frontend_kit(args.dir, seed=args.seed, version=version, official_text_ids=official)
     else:
-        from cosyml.kit.build import build_kit
+        from cosyml.kit.build import build_kit, kit_dims
 
-        build_kit(args.dir, seed=args.seed, version=version, official_text_ids=official)
+        size = getattr(args, "size", "tiny")
+        build_kit(args.dir, seed=args.seed, version=version, dims=kit_dims(version, size),
+                  official_text_ids=official or size == "full")
     print(
-        f"tiny {version} model kit written to {args.dir} (random weights: proves plumbing, not voice quality)"
+        f"{getattr(args, 'size', 'tiny')} {version} model kit written to {args.dir} "
+        "(random weights: proves plumbing, not voice quality)"
     )
     return 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import as_flat_dict
+from cosyml.errors import InputError
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -18,8 +19,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "nested), normalise them to 24 kHz mono, filter junk (see DATA/rejects.jsonl), transcribe clips "
         "without text with a local Whisper checkpoint, split train/dev and write kaldi files.",
     )
-    p.add_argument("--input", action="append", required=True, metavar="RAW",
-                   help="folder with the raw clips (repeatable)")
+    p.add_argument("--input", action="append", default=None, metavar="RAW",
+                   help="folder with the raw clips (repeatable; default: prepare.inputs)")
     p.add_argument("--output", required=True, metavar="DATA", help="data folder to write")
     p.add_argument("--speaker", default=None, help="speaker name: letters, digits, '-' (prepare.speaker)")
     p.add_argument("--language", default=None, help="zh, en, ... or auto (prepare.language)")
@@ -46,11 +47,14 @@ def run(args: argparse.Namespace) -> int:
     })
     cfg = params.prepare
     check_speaker(cfg.speaker)
+    inputs = args.input or list(cfg.inputs)
+    if not inputs:
+        raise InputError("no clips folder given; pass --input RAW or set prepare.inputs in params.yaml")
     flat = as_flat_dict(cfg, "prepare.")
-    flat["prepare.inputs"] = ",".join(args.input)
+    flat["prepare.inputs"] = ",".join(inputs)
     with stage_run("prepare", cfg.speaker, flat) as tracked:
         result = prepare(
-            [Path(p) for p in args.input], Path(args.output), cfg,
+            [Path(p) for p in inputs], Path(args.output), cfg,
             review_file=Path(args.review) if args.review else None,
             progress=not args.no_progress,
             warn=lambda m: print(f"cosyml: warning: {m}", file=sys.stderr),

@@ -59,11 +59,12 @@ def run(args: argparse.Namespace) -> int:
         score = f"{v.composite:+.4f}" if v.composite is not None else "   n/a"
         print(f"  v{v.version:<4} {v.candidate:<24} composite {score}  {v.reason}")
     prefix = "dry run: would " if args.dry_run else ""
+    shown = registry.shown_name(result.model_name, candidates.speaker)
     if decision.action == "promote":
         verb = "promote" if args.dry_run else "promoted"
-        print(f"{prefix}{verb} {result.model_name} v{decision.target} to {cfg.alias}: {decision.reason}")
+        print(f"{prefix}{verb} {shown} v{decision.target} to {cfg.alias}: {decision.reason}")
     else:
-        print(f"{prefix}keep {result.model_name} {cfg.alias} at {('v' + decision.champion) if decision.champion else 'none'}: {decision.reason}")
+        print(f"{prefix}keep {shown} {cfg.alias} at {('v' + decision.champion) if decision.champion else 'none'}: {decision.reason}")
     if args.out:
         payload = {"model_name": result.model_name, "moved": result.moved, "dry_run": result.dry_run, **decision.as_dict()}
         atomic_write_text(Path(args.out), json.dumps(payload, indent=1) + "\n")

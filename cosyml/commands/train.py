@@ -28,7 +28,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", default=None, help="run folder (default: exp/<part>); checkpoints go in checkpoints/")
     p.add_argument("--max-epochs", type=int, default=None)
     p.add_argument("--no-average", action="store_true", help="leave averaging to `cosyml average` (the DVC pipeline does)")
-    p.add_argument("--resume", default="auto", help="auto (newest checkpoint in the run folder), none, or a checkpoint path")
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (newest checkpoint in the run folder), compatible (auto when the checkpoints come from the same "
+        "training params, base weights and shards, else start over: what `dvc repro` uses), none, or a checkpoint path",
+    )
     add_params_arguments(p)
     p.set_defaults(func=run)
 
@@ -40,7 +45,12 @@ def run(args: argparse.Namespace) -> int:
 
     info = ddp.init_distributed(params.train.device)
     try:
-        result = train_part(args.part, params, Path(args.data), output, args.resume, info, average=not args.no_average)
+        resume = args.resume
+        if resume == "compatible":
+            resume = ddp.broadcast_object(
+                compatible_resume(args.part, params, Path(args.data), output) if info.is_main else None, info
+            )
+        result = train_part(args.part, params, Path(args.data), output, resume, info, average=not args.no_average)
     finally:
         ddp.shutdown()
     if info.is_main and result.get("complete"):
@@ -51,6 +61,67 @@ def run(args: argparse.Namespace) -> int:
     elif info.is_main:
         print(f"trained {args.part}: {result['epochs']} epochs, {result['steps']} steps -> {result['weights']}")
     return 0
+
+
+FINGERPRINT_FILE = "fingerprint.txt"  # in the checkpoint folder: what its checkpoints were trained from
+
+
+def training_fingerprint(part: str, params: Params, data: Path) -> str:
+    """sha256 over what a training run's result depends on: the ``train`` params that change what is
+    computed (not how long it runs: see ``RUN_CONTROL_FIELDS``), the base model's yaml and ``<part>.pt``
+    bytes, and the shard lists and shard files."""
+    import hashlib
+    import json
+
+    from cosyml.data.shards import read_data_list
+    from cosyml.models.modeldir import ModelDir
+    from cosyml.train.checkpoint import RUN_CONTROL_FIELDS
+
+    def file_sha(path: Path) -> str:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(block)
+        return digest.hexdigest()
+
+    md = ModelDir(params.model_dir)
+    train_fields = {k: v for k, v in as_flat_dict(params.train).items() if k not in RUN_CONTROL_FIELDS}
+    files = [md.yaml_path, md.weight_path(part)]  # type: ignore[arg-type]
+    for split in ("train", "dev"):
+        listing = data / split / "data.list"
+        if listing.is_file():
+            files.append(listing)
+            files.extend(Path(s) for s in read_data_list(listing))
+    blob = {"part": part, "train": train_fields, "files": [file_sha(f) for f in files]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def compatible_resume(part: str, params: Params, data: Path, output: Path) -> str:
+    """"auto" when ``<output>/checkpoints`` was trained from the same fingerprint (a killed or extended run
+    continues), else "none" after removing its checkpoints (params, base weights or shards changed: the old
+    checkpoints would be refused or, worse, continued on other data). Writes the fingerprint file."""
+    import sys
+
+    from cosyml.fileio import atomic_write_text
+    from cosyml.train.checkpoint import latest_resumable, list_checkpoints
+
+    folder = output / "checkpoints"
+    key = training_fingerprint(part, params, data)
+    marker = folder / FINGERPRINT_FILE
+    found = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
+    latest = latest_resumable(folder) if folder.is_dir() else None
+    if latest is not None and found == key:
+        print(f"cosyml: resuming {part} from {latest.path} (epoch {latest.next_epoch}, step {latest.step})", file=sys.stderr)
+        return "auto"
+    old = list_checkpoints(folder) if folder.is_dir() else []
+    if old:
+        print(f"cosyml: {folder}: checkpoints come from other train params, base weights or shards; starting over",
+              file=sys.stderr)
+        for info in old:
+            Path(info.path).with_suffix(".json").unlink(missing_ok=True)  # .json first: never a half checkpoint
+            Path(info.path).unlink(missing_ok=True)
+    atomic_write_text(marker, key + "\n")
+    return "none"
 
 
 def _check_shards(data: Path, speech_tokenizer_name: str, needs_instruct: bool = False) -> tuple[Path, Path | None]:

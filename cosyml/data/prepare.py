@@ -36,7 +36,8 @@ from cosyml.data.transcribe import WHISPER_RATE, Transcript, WhisperTranscriber,
 from cosyml.errors import InputError
 from cosyml.fileio import atomic_write_text, output_lock
 
-SPEAKER_RE = re.compile(r"[A-Za-z0-9-]+")
+# Any utt-id prefix upstream accepts: Unicode letters (CJK too), digits and "-"; "_" ends the speaker part.
+SPEAKER_RE = re.compile(r"(?:[^\W_]|-)+")
 SPLITS = ("train", "dev")
 _MANAGED = ("wavs", "train", "dev")  # folders inside the output that prepare owns and rewrites
 _WHISPER_CACHE = "whisper_cache.jsonl"
@@ -86,7 +87,7 @@ class _Pending:
 def check_speaker(speaker: str) -> None:
     if not SPEAKER_RE.fullmatch(speaker or ""):
         raise InputError(
-            f"speaker {speaker!r}: use only letters, digits and '-' (upstream reads the speaker as the "
+            f"speaker {speaker!r}: use only letters (any script), digits and '-' (upstream reads the speaker as the "
             "part of the utt id before the first '_'); pass e.g. --speaker my-voice"
         )
 

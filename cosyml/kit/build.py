@@ -39,6 +39,33 @@ DEFAULT_KIT_DIMS = replace(KitDims(), flow_size=512)
 #: v3 kit sizes (all tiny).
 DEFAULT_KIT_DIMS_V3 = KitDimsV3()
 
+#: Official CosyVoice2-0.5B sizes (``--size full``: the dress rehearsal; random weights, ~2 GB llm.pt).
+FULL_KIT_DIMS = replace(
+    KitDims(),
+    llm_size=896, qwen_layers=24, qwen_heads=14, qwen_kv_heads=2, qwen_intermediate=4864,
+    flow_size=512, flow_encoder_heads=8, flow_encoder_linear_units=2048, flow_encoder_blocks=6,
+    estimator_channels=256, estimator_head_dim=64, estimator_n_blocks=4, estimator_mid_blocks=12, estimator_heads=8,
+    hift_base_channels=512, f0_cond_channels=512,
+)  # fmt: skip
+#: Official Fun-CosyVoice3-0.5B sizes.
+FULL_KIT_DIMS_V3 = replace(
+    KitDimsV3(),
+    llm_size=896, qwen_layers=24, qwen_heads=14, qwen_kv_heads=2, qwen_intermediate=4864,
+    pre_lookahead_channels=1024, dit_dim=1024, dit_depth=22, dit_heads=16, dit_dim_head=64, dit_ff_mult=2,
+    hift_base_channels=512, f0_cond_channels=512,
+)  # fmt: skip
+KIT_SIZES = ("tiny", "full")
+
+
+def kit_dims(version: str, size: str) -> KitDims | KitDimsV3:
+    """The dims of a ``size`` ("tiny" or "full" = the official model's) kit of ``version``."""
+    if size not in KIT_SIZES:
+        raise InputError(f"kit size {size!r}: expected tiny or full")
+    if version == "cosyvoice2":
+        return FULL_KIT_DIMS if size == "full" else DEFAULT_KIT_DIMS
+    return FULL_KIT_DIMS_V3 if size == "full" else DEFAULT_KIT_DIMS_V3
+
+
 _MODEL_VERSION = {"cosyvoice2": "v2", "cosyvoice3": "v3"}
 
 
