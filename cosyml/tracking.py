@@ -397,6 +397,35 @@ class StageRun:
 
         self._send("artifacts", label, call)
 
+    def log_weights(self, checkpoint: str | Path, artifact_path: str, name: str | None = None,
+                    info: Mapping[str, Any] | None = None) -> None:
+        """Log the model weights of a training checkpoint as ``<artifact_path>/<name>`` (default: the
+        checkpoint's file name), an official-format state dict without optimizer, scaler or RNG state (a
+        third of a full checkpoint's size with Adam): what averaging, assembling and synthesis read.
+        Resuming uses the full checkpoints in the run folder on disk, never the store. ``info`` (epoch,
+        CV loss, ...) goes beside it as ``<name without .pt>.json``."""
+        checkpoint = Path(checkpoint)
+        if not self.active or not checkpoint.exists():
+            return
+        name = name or checkpoint.name
+        label = f"{artifact_path}/{name}"
+        meta = _mask_values(dict(info)) if info else None
+
+        def call() -> None:
+            import tempfile
+
+            from cosyml.train.checkpoint import export_model_state
+
+            if not checkpoint.exists():  # removed by checkpoint retention before the store came back
+                raise FileNotFoundError(f"{mask(checkpoint)} no longer exists")
+            with tempfile.TemporaryDirectory(prefix="cosyml-weights-") as tmp:
+                export_model_state(checkpoint, Path(tmp) / name)
+                self._client.log_artifact(self.run_id, str(Path(tmp) / name), artifact_path=artifact_path)
+                if meta is not None:
+                    self._client.log_dict(self.run_id, meta, f"{artifact_path}/{Path(name).stem}.json")
+
+        self._send("artifacts", label, call)
+
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.active:
             self._send("artifacts", artifact_file, lambda: self._client.log_text(self.run_id, text, artifact_file))
@@ -474,6 +503,15 @@ def mark_abandoned_runs(client: Any, experiment_id: str) -> list[str]:
         client.set_terminated(run.info.run_id, "KILLED")
         marked.append(run.info.run_id)
     return marked
+
+
+def _command_line(stage: str) -> str:
+    """``cosyml <args>`` when this process is the cosyml CLI (``cosyml``, ``python -m cosyml``), else
+    ``cosyml <stage>`` (a library call, a test runner)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if argv0.name == "cosyml" or (argv0.name == "__main__.py" and argv0.parent.name == "cosyml"):
+        return " ".join(["cosyml", *sys.argv[1:]])
+    return f"cosyml {stage}"
 
 
 def _use_experiment(name: str) -> str:
@@ -559,7 +597,7 @@ def stage_run(
         "cosyml.host": socket.gethostname(),
         "mlflow.source.git.commit": git_commit(),
         # MLflow would record the absolute path of the launcher; the command line says more.
-        "mlflow.source.name": "cosyml " + " ".join(sys.argv[1:]) if sys.argv[1:] else f"cosyml {stage}",
+        "mlflow.source.name": _command_line(stage),
     }
     if os.environ.get("DVC_STAGE"):
         tags["dvc.stage"] = os.environ["DVC_STAGE"]
@@ -617,6 +655,6 @@ def _end_run(handle: StageRun, outbox: _Outbox, status: str, quiet: _QuietSystem
                      "stage on this host marks it KILLED)")
     monitor_log.removeFilter(quiet)
     if quiet.stopped:
-        lines.append("tracking: system metrics stopped when the store went away")
+        lines.append("tracking: system metrics sampling stopped at the outage")
     for line in lines:
         warn(line)

@@ -1,6 +1,8 @@
 """Real servers for tests, each on 127.0.0.1 and a free port, stopped whatever happens.
 
 - :func:`mlflow_server`: ``mlflow server`` with a given backend store and a local artifact root.
+- :func:`kill_group`, :func:`wait_for_file`, :func:`closed_port_uri`: outages for the tracking tests (a
+  server killed at a chosen moment of a stage, a URI nothing answers).
 - :func:`postgres_server`: a throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``, trust auth). The
   server refuses to run as root, so under root the cluster belongs to the ``postgres`` system user (the
   Debian package creates it) and is started through ``runuser``. Missing binaries, user or driver skip
@@ -82,7 +84,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 
 
 @contextmanager
-def mlflow_server(backend_store_uri: str, root: Path) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+def mlflow_server(backend_store_uri: str, root: Path, timeout: float = 180) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """``mlflow server`` on ``backend_store_uri`` with artifacts in ``root/artifacts``; yields (URI, process, log)."""
     port = free_port()
     cmd = [MLFLOW, "server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
@@ -91,7 +93,7 @@ def mlflow_server(backend_store_uri: str, root: Path) -> Iterator[tuple[str, sub
     env.pop("MLFLOW_TRACKING_URI", None)
     log = root / "server.log"
     with process(cmd, env, log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=60)
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=timeout)  # a loaded CI box: > 60 s
         yield f"http://127.0.0.1:{port}", proc, log
 
 
@@ -127,3 +129,30 @@ def postgres_server(database: str = "optuna") -> Iterator[str]:
             subprocess.run([*pg_ctl, "-m", "fast", "stop"], capture_output=True)
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- outage helpers (tracking tests)
+
+
+def closed_port_uri() -> str:
+    """An http URI on a loopback port nothing listens on (the port was free a moment ago)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a :func:`process`'s whole group now (a server that dies, a machine that is lost)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Wait until ``path`` exists; fail with the log's tail if ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode} before {path} appeared:\n{tail(log)}")
+        time.sleep(0.2)
+    pytest.fail(f"{path} did not appear within {timeout} s:\n{tail(log)}")

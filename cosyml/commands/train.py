@@ -118,11 +118,13 @@ def train_part(
         sampler = None
         if info.is_main and cfg.sample_every_epochs > 0:
             sampler = _epoch_sampler(part, md, output, dev_list or train_list, cfg.sample_max_tokens)
+            run.log_artifact(sampler.write_sentences(), "samples")  # which sentence each sample file speaks
         best_cv = [float("inf")]
 
         def on_epoch_end(epoch: Any) -> None:
             fields = dataclasses.asdict(epoch)
-            metrics = {k: float(v) for k, v in fields.items() if isinstance(v, int | float) and k not in ("epoch", "is_best")}
+            # Curves only (counts such as step and cv_utts would open the run page with flat charts).
+            metrics = {k: float(v) for k, v in fields.items() if k in ("train_loss", "cv_loss", "train_acc", "cv_acc") and v is not None}
             run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch.epoch)
             if sampler is not None and epoch.checkpoint and (epoch.epoch + 1) % cfg.sample_every_epochs == 0:
                 for wav in sampler.render(epoch.checkpoint, epoch.epoch):
@@ -132,8 +134,12 @@ def train_part(
             is_best = ckpt.cv_loss is not None and ckpt.cv_loss < best_cv[0]
             if is_best:
                 best_cv[0] = ckpt.cv_loss
-            if cfg.log_checkpoints == "all" or (cfg.log_checkpoints == "best" and is_best):
-                run.log_artifact(ckpt.path, "checkpoints")
+            # Weights only (no optimizer state, 1/3 of the size): resume reads the run folder, not the store.
+            if cfg.log_checkpoints == "all":
+                run.log_weights(ckpt.path, "checkpoints")
+            elif cfg.log_checkpoints == "best" and is_best:  # one file, replaced when a better epoch comes
+                run.log_weights(ckpt.path, "checkpoints", "best.pt", {"checkpoint": ckpt.name, "epoch": ckpt.epoch,
+                                                                     "step": ckpt.step, "cv_loss": ckpt.cv_loss})
 
         result = train(
             model,
@@ -145,7 +151,7 @@ def train_part(
             dist=info,
             resume=None if resume == "none" else resume,
             callbacks=TrainCallbacks(
-                on_log=lambda metrics, step: run.log_metrics(metrics, step=step),
+                on_log=lambda metrics, step: _log_step(run, metrics, step),
                 on_epoch_end=on_epoch_end,
                 on_checkpoint=on_checkpoint,
             ),
@@ -167,6 +173,17 @@ def train_part(
         f"train_{part}", params.prepare.speaker, logged, data_version=data_version("shards"), system_metrics=True
     ) as run:
         return body(run)
+
+
+def _log_step(run: Any, metrics: dict[str, float], step: int) -> None:
+    """Per-step metrics as MLflow metrics; the data summary (``data/*`` counts, logged once) as params, so
+    the run page opens with the loss curves instead of one-point bar charts."""
+    counts = {k: int(v) if float(v).is_integer() else v for k, v in metrics.items() if k.startswith("data/")}
+    if counts:
+        run.log_params(counts)
+    curves = {k: v for k, v in metrics.items() if not k.startswith("data/")}
+    if curves:
+        run.log_metrics(curves, step=step)
 
 
 def _epoch_sampler(part: str, model_dir: Any, output: Path, data_list: Path, max_tokens: int) -> Any:
