@@ -237,3 +237,32 @@ def test_secrets_and_project_paths_are_masked_in_everything_logged(tmp_path, mon
     assert not any(secret in printed for secret in ("httpSecret3", "envSecret42"))
     assert "http://alice:***@mlflow.example:5000" in printed
     assert mask(str(tmp_path)) == "." and mask(str(tmp_path) + "x/y") == str(tmp_path) + "x/y"
+
+
+@pytest.mark.slow
+def test_a_training_run_logs_weights_not_optimizer_state_curves_first_and_named_samples(shards, kit_dir, tmp_path, monkeypatch):
+    """Before: every better epoch uploaded a full checkpoint (optimizer state: 3x the weights), the data counts
+    opened the run page as one-point bar charts, and samples were named `llm_only_0.wav`."""
+    from cosyml.train.samples import OUT_OF_DOMAIN, sentence_slug
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("COSYML_TRACKING", "on")
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    out = tmp_path / "exp" / "llm"
+    assert main(["train", "llm", "--data", str(shards), "--model-dir", str(kit_dir), "--output", str(out), "--max-epochs", "2",
+                 "--set", "prepare.speaker=toy", "--set", "train.log_checkpoints=best", "--set", "train.sample_max_tokens=10"]) == 0
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("cosyml/toy").experiment_id])
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert logged == {"checkpoints/best.pt", "checkpoints/best.json"}
+    best = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path / "dl")), weights_only=True)
+    base = torch.load(kit_dir / "llm.pt", weights_only=True)
+    assert set(best) == set(base)  # an official state dict: no optimizer, scaler or RNG entries
+    assert not any(k.startswith("data/") for k in run.data.metrics) and int(run.data.params["data/train_utts"]) > 60
+    assert "epoch/cv_loss" in run.data.metrics and "epoch/step" not in run.data.metrics
+    sentences = (out / "samples" / "sentences.txt").read_text(encoding="utf-8").splitlines()
+    assert sentences[-1] == f"{len(sentences) - 1}\t{sentence_slug(OUT_OF_DOMAIN[-1])}\t{OUT_OF_DOMAIN[-1]}"
+    wavs = {a.path.rsplit("/", 1)[1] for a in client.list_artifacts(run.info.run_id, "samples/epoch_000")}
+    assert f"llm_only_{len(sentences) - 1}_the-bridge-is-closed-so.wav" in wavs
+    assert "samples/sentences.txt" in {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
