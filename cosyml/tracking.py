@@ -1,14 +1,30 @@
 """The one place that talks to MLflow.
 
 A stage opens one run with :func:`stage_run`; inside it, call :meth:`StageRun.log_metrics`,
-:meth:`StageRun.log_artifact` and friends. The experiment is ``cosyml/<speaker>``. Runs are tagged
-with the stage name, the git commit, a hash of the stage's parameters and, where known, the data
-version (the md5 DVC records for the stage's input).
+:meth:`StageRun.log_artifact` and friends. The experiment is ``cosyml/<speaker>``, tagged as MLflow's
+"machine learning" kind (``mlflow.experimentKind=custom_model_development``), not GenAI. Runs are tagged
+with the stage name, the git commit, a hash of the stage's parameters, the process (pid, host) and, where
+known, the data version (the md5 DVC records for the stage's input).
 
 The tracking URI comes only from the environment (``MLFLOW_TRACKING_URI``); by default it is a sqlite
 store ``mlflow.db`` in the current directory with artifacts under ``mlruns/``. Set
-``COSYML_TRACKING=off`` to run a stage without recording anything. Credentials stay in the environment
-and are never logged.
+``COSYML_TRACKING=off`` to run a stage without recording anything.
+
+Outages. :func:`check_tracking` probes the store before a stage does any work (a TCP/HTTP probe with a
+``COSYML_TRACKING_TIMEOUT`` second timeout, default 5) and fails with one line when it cannot be reached.
+Once a run is open, a store that goes away never stops the stage: what cannot be logged is queued in
+memory (at most :data:`MAX_PENDING` calls), retried when a probe (every ``COSYML_TRACKING_RETRY_S``
+seconds, default 30) finds the store back and once more when the stage ends; what is still unsent then is
+reported in one line per kind (metrics, params, tags, artifacts, run status). Files on local disk are the
+stage's outputs and never depend on the store. A run whose process died (kill -9, a lost machine) is
+marked KILLED by the next stage that opens a run in the same experiment on the same host; SIGTERM and
+Ctrl-C end the run as KILLED at once.
+
+Secrets and paths. :func:`mask` is applied to every param, tag and run name and to every line printed
+here: passwords in URLs (``scheme://user:pw@host``, ``?password=``/``token=``/... query values) and the
+values of credential environment variables become ``***``; absolute paths inside the project root
+(the git work tree of the current directory, else the current directory) become relative, paths under
+the home folder start with ``~``. Keys that look like credentials are dropped from params altogether.
 """
 
 from __future__ import annotations
@@ -16,15 +32,48 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import re
+import signal
+import socket
 import subprocess
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+from cosyml.errors import CosymlError
 
 #: Keys whose values never reach MLflow, whatever a caller passes.
-_SECRET_MARKERS = ("password", "token", "secret", "api_key", "apikey", "credential")
+_SECRET_MARKERS = ("password", "passwd", "token", "secret", "api_key", "apikey", "credential")
+
+#: MLflow's experiment-kind tag and the value of its "Machine learning" (model training) kind; without it
+#: the MLflow 3 UI opens an experiment in its GenAI (traces, agents) mode.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+#: Logging calls held while the store is away; beyond this the newest are dropped (and counted).
+MAX_PENDING = 20000
+
+# `scheme://user:password@host` -> `scheme://user:***@host`
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^/\s:@?#]*):([^@/\s?#]+)@")
+# `?password=x`, `&access_token=x`, `;pwd=x` -> `...=***`
+_QUERY_SECRET = re.compile(
+    r"(?i)([?&;](?:[^=&;#\s]*(?:password|passwd|pwd|token|secret|api_?key|credential|signature)[^=&;#\s]*)=)([^&;#\s]+)"
+)
+
+
+class TrackingError(CosymlError):
+    """The tracking store cannot be reached or refused to open a run."""
 
 
 def tracking_enabled() -> bool:
@@ -60,37 +109,326 @@ def public_params(params: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in params.items() if not _is_secret(k)}
 
 
+# ---------------------------------------------------------------------------------------------- masking
+
+
+@lru_cache(maxsize=8)
+def _project_root_of(cwd: str) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--show-toplevel"], cwd=cwd, capture_output=True, text=True, check=False, timeout=10
+        )
+        top = out.stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        top = ""
+    return top or cwd
+
+
+def project_root() -> Path:
+    """The git work tree holding the current directory, else the current directory."""
+    return Path(_project_root_of(str(Path.cwd())))
+
+
+def _env_secrets() -> list[str]:
+    # Values of credential variables (MLFLOW_TRACKING_PASSWORD, AWS_SECRET_ACCESS_KEY, ..._TOKEN); short
+    # values are skipped so that "1" or "on" are not masked everywhere.
+    values = {v for k, v in os.environ.items() if _is_secret(k) and len(v) >= 6}
+    return sorted(values, key=len, reverse=True)
+
+
+def mask(text: Any) -> str:
+    """``text`` with credentials replaced by ``***`` and absolute paths made relative to the project root
+    (or ``~``-relative under the home folder). Applied to everything this module logs or prints."""
+    out = str(text)
+    out = _USERINFO.sub(r"\1:***@", out)
+    out = _QUERY_SECRET.sub(r"\1***", out)
+    for value in _env_secrets():
+        out = out.replace(value, "***")
+    root = project_root()
+    for variant in sorted({str(root), str(root.resolve())}, key=len, reverse=True):
+        if variant not in ("/", ""):
+            out = _replace_path_prefix(out, variant, ".")
+    home = str(Path.home())
+    if home not in ("/", ""):  # after the project: a project under $HOME reads relative, not ~/...
+        out = _replace_path_prefix(out, home, "~")
+    return out
+
+
+def _replace_path_prefix(text: str, prefix: str, repl: str) -> str:
+    # `/root/proj/exp/llm` -> `exp/llm` (repl "."), `/root/proj` alone -> `.`; `/root/projX` stays.
+    def sub(m: re.Match) -> str:
+        rest = m.group(1)
+        if rest:
+            return rest.lstrip("/") if repl == "." else f"{repl}{rest}"
+        return repl
+
+    return re.sub(r"(?<![\w.\-])" + re.escape(prefix) + r"(/[^\s'\",;]*)?(?![\w.\-])", sub, text)
+
+
+def _mask_values(data: Any) -> Any:
+    if isinstance(data, str):
+        return mask(data)
+    if isinstance(data, Mapping):
+        return {k: _mask_values(v) for k, v in data.items() if not (isinstance(k, str) and _is_secret(k))}
+    if isinstance(data, list | tuple):
+        return [_mask_values(v) for v in data]
+    return data
+
+
+def warn(message: str) -> None:
+    """One masked line on stderr, prefixed ``cosyml: warning:``."""
+    print(f"cosyml: warning: {mask(message)}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- probing
+
+
+def _timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get("COSYML_TRACKING_TIMEOUT", "5")))
+    except ValueError:
+        return 5.0
+
+
+def probe(uri: str, timeout: float | None = None) -> str | None:
+    """None when the store at ``uri`` answers, else a short reason. HTTP: any HTTP answer counts (a 401 or
+    404 is a server that is there); databases: a TCP connection to the host; sqlite: the folder exists."""
+    timeout = _timeout() if timeout is None else timeout
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    try:
+        if scheme in ("http", "https"):
+            base = f"{parts.scheme}://{parts.hostname}{f':{parts.port}' if parts.port else ''}{parts.path.rstrip('/')}"
+            try:
+                with urllib.request.urlopen(base + "/health", timeout=timeout):
+                    return None
+            except urllib.error.HTTPError:
+                return None
+        if scheme.startswith(("postgresql", "mysql", "mssql")):
+            default = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}[scheme.split("+")[0]]
+            with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default), timeout=timeout):
+                return None
+        if scheme == "sqlite":
+            db = Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+            if db is not None and str(db) and not db.parent.is_dir():
+                return f"folder {db.parent} does not exist"
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        return str(reason.strerror if isinstance(reason, OSError) and reason.strerror else reason)
+    except TimeoutError:
+        return f"no answer within {timeout:g} s"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    except ValueError as exc:  # a malformed URL (bad port)
+        return str(exc)
+    return None
+
+
+def check_tracking() -> None:
+    """Fail with one line when tracking is on and the store cannot be reached (call before any work)."""
+    if not tracking_enabled():
+        return
+    uri = default_tracking_uri()
+    reason = probe(uri)
+    if reason is not None:
+        raise TrackingError(
+            f"tracking store {mask(uri)} is unreachable ({mask(reason)}); start the server or fix "
+            "MLFLOW_TRACKING_URI, or run without recording: COSYML_TRACKING=off"
+        )
+
+
+def _bounded_http_retries() -> None:
+    # MLflow's defaults (7 retries, backoff factor 2, 120 s timeout) stall a call for minutes when the
+    # server is gone; the outbox retries later instead. A user's own settings win.
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
+
+
+# ---------------------------------------------------------------------------------------------- outbox
+
+
+_KIND_WORDS = {"metrics": "metric batches", "params": "param batches", "tags": "tag batches",
+               "artifacts": "artifacts", "status": "run status"}
+
+
+@dataclass
+class _Outbox:
+    """Logging calls that could not reach the store, retried in order once a probe finds it back."""
+
+    uri: str
+    retry_s: float = field(default_factory=lambda: float(os.environ.get("COSYML_TRACKING_RETRY_S", "30")))
+    pending: deque = field(default_factory=deque)  # (kind, label, call)
+    dropped: Counter = field(default_factory=Counter)
+    failed: Counter = field(default_factory=Counter)  # rejected by a reachable store: not retried
+    offline: bool = False
+    next_probe: float = 0.0
+    told_offline: bool = False
+    told_failed: set = field(default_factory=set)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, kind: str, label: str, call: Callable[[], None]) -> None:
+        with self.lock:
+            if self.offline and not self._reconnect():
+                self._hold(kind, label, call)
+                return
+            self._try(kind, label, call)
+
+    def _try(self, kind: str, label: str, call: Callable[[], None]) -> bool:
+        try:
+            call()
+            return True
+        except Exception as exc:  # any failure of the store must leave the stage running
+            reason = probe(self.uri)
+            if reason is not None:
+                self.offline = True
+                self.next_probe = time.monotonic() + self.retry_s
+                if not self.told_offline:
+                    self.told_offline = True
+                    warn(f"tracking store {self.uri} went away ({reason}); the stage goes on, logging is "
+                         f"queued and retried every {self.retry_s:g} s")
+                self._hold(kind, label, call)
+            else:
+                self.failed[kind] += 1
+                if kind not in self.told_failed:
+                    self.told_failed.add(kind)
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    warn(f"tracking: could not log {label} ({first[:300]}); the stage goes on")
+            return False
+
+    def _hold(self, kind: str, label: str, call: Callable[[], None]) -> None:
+        if len(self.pending) >= MAX_PENDING:
+            self.dropped[kind] += 1
+        else:
+            self.pending.append((kind, label, call))
+
+    def _reconnect(self, force: bool = False) -> bool:
+        if not force and time.monotonic() < self.next_probe:
+            return False
+        if probe(self.uri) is not None:
+            self.next_probe = time.monotonic() + self.retry_s
+            return False
+        self.offline = False
+        self._flush()
+        return not self.offline
+
+    def _flush(self) -> None:
+        while self.pending and not self.offline:
+            kind, label, call = self.pending.popleft()
+            if not self._try(kind, label, call) and self.offline:
+                self.pending.pop()  # _try queued it at the back: put it back first in line
+                self.pending.appendleft((kind, label, call))
+
+    def close(self) -> list[str]:
+        """One last try; returns the lines saying what was not logged (one per kind)."""
+        with self.lock:
+            if self.offline:
+                self._reconnect(force=True)
+            lines = []
+            left = Counter(kind for kind, _, _ in self.pending) + self.dropped
+            for kind in _KIND_WORDS:
+                if left[kind]:
+                    names = [label for k, label, _ in self.pending if k == kind][:3]
+                    more = f" ({', '.join(names)}{', ...' if left[kind] > len(names) else ''})" if names else ""
+                    lines.append(f"tracking: {left[kind]} {_KIND_WORDS[kind]} not logged to {self.uri}, which "
+                                 f"stayed unreachable{more}; the files on disk are complete")
+                if self.failed[kind]:
+                    lines.append(f"tracking: {self.failed[kind]} {_KIND_WORDS[kind]} refused by {self.uri}")
+            return lines
+
+
+# ---------------------------------------------------------------------------------------------- runs
+
+
 @dataclass
 class StageRun:
-    """A handle on the active MLflow run (or a no-op when tracking is off)."""
+    """A handle on the active MLflow run (or a no-op when tracking is off). Every call returns at once
+    when the store is away (see the module docstring); the stage never fails because of logging."""
 
     active: bool
     run_id: str | None = None
+    _outbox: _Outbox | None = None
+    _client: Any = None
+
+    def _send(self, kind: str, label: str, call: Callable[[], None]) -> None:
+        if self.active and self._outbox is not None:
+            self._outbox.send(kind, label, call)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if self.active:
-            import mlflow
+        if not self.active or not metrics:
+            return
+        from mlflow.entities import Metric
 
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        now = int(time.time() * 1000)  # the time of the measurement, not of a delayed upload
+        batch = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
+        self._send("metrics", f"metrics at step {step or 0}", lambda: self._client.log_batch(self.run_id, metrics=batch))
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        if self.active:
-            import mlflow
+        if not self.active:
+            return
+        from mlflow.entities import Param
 
-            clean = {k: str(v)[:6000] for k, v in public_params(params).items()}
-            mlflow.log_params(clean)
+        clean = [Param(k, mask(v)[:6000]) for k, v in public_params(params).items()]
+        for i in range(0, len(clean), 100):  # MLflow takes at most 100 params per batch
+            chunk = clean[i : i + 100]
+            self._send("params", "params", lambda chunk=chunk: self._client.log_batch(self.run_id, params=chunk))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
-        if self.active:
-            import mlflow
+        if not self.active or not tags:
+            return
+        from mlflow.entities import RunTag
 
-            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        clean = [RunTag(k, mask(v)[:8000]) for k, v in tags.items() if not _is_secret(k)]
+        self._send("tags", "tags", lambda: self._client.log_batch(self.run_id, tags=clean))
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
-        if self.active and Path(path).exists():
-            import mlflow
+        path = Path(path)
+        if not self.active or not path.exists():
+            return
+        label = f"{artifact_path}/{path.name}" if artifact_path else path.name
 
-            mlflow.log_artifact(str(path), artifact_path=artifact_path)
+        def call() -> None:
+            if not path.exists():  # removed (e.g. by checkpoint retention) before the store came back
+                raise FileNotFoundError(f"{mask(path)} no longer exists")
+            if path.is_dir():
+                self._client.log_artifacts(self.run_id, str(path), artifact_path=artifact_path)
+            else:
+                self._client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
+
+        self._send("artifacts", label, call)
+
+    def log_weights(self, checkpoint: str | Path, artifact_path: str, name: str | None = None,
+                    info: Mapping[str, Any] | None = None) -> None:
+        """Log the model weights of a training checkpoint as ``<artifact_path>/<name>`` (default: the
+        checkpoint's file name), an official-format state dict without optimizer, scaler or RNG state (a
+        third of a full checkpoint's size with Adam): what averaging, assembling and synthesis read.
+        Resuming uses the full checkpoints in the run folder on disk, never the store. ``info`` (epoch,
+        CV loss, ...) goes beside it as ``<name without .pt>.json``."""
+        checkpoint = Path(checkpoint)
+        if not self.active or not checkpoint.exists():
+            return
+        name = name or checkpoint.name
+        label = f"{artifact_path}/{name}"
+        meta = _mask_values(dict(info)) if info else None
+
+        def call() -> None:
+            import tempfile
+
+            from cosyml.train.checkpoint import export_model_state
+
+            if not checkpoint.exists():  # removed by checkpoint retention before the store came back
+                raise FileNotFoundError(f"{mask(checkpoint)} no longer exists")
+            with tempfile.TemporaryDirectory(prefix="cosyml-weights-") as tmp:
+                export_model_state(checkpoint, Path(tmp) / name)
+                self._client.log_artifact(self.run_id, str(Path(tmp) / name), artifact_path=artifact_path)
+                if meta is not None:
+                    self._client.log_dict(self.run_id, meta, f"{artifact_path}/{Path(name).stem}.json")
+
+        self._send("artifacts", label, call)
+
+    def log_text(self, text: str, artifact_file: str) -> None:
+        if self.active:
+            self._send("artifacts", artifact_file, lambda: self._client.log_text(self.run_id, text, artifact_file))
 
     def log_child_run(
         self,
@@ -100,32 +438,130 @@ class StageRun:
         tags: Mapping[str, Any] | None = None,
     ) -> None:
         """One nested run under this run (e.g. an Optuna trial): params, metrics and tags, then closed."""
-        if self.active:
-            import mlflow
+        if not self.active:
+            return
+        from mlflow.entities import Metric, Param
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-            with mlflow.start_run(run_name=name, nested=True, tags={k: str(v) for k, v in (tags or {}).items()}):
-                mlflow.log_params({k: str(v)[:6000] for k, v in public_params(params).items()})
-                if metrics:
-                    mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+        now = int(time.time() * 1000)
+        tag_list = {**{k: mask(v) for k, v in (tags or {}).items() if not _is_secret(k)}, MLFLOW_PARENT_RUN_ID: self.run_id}
+
+        def call() -> None:
+            parent = self._client.get_run(self.run_id)
+            child = self._client.create_run(parent.info.experiment_id, run_name=mask(name), tags=tag_list)
+            self._client.log_batch(
+                child.info.run_id,
+                params=[Param(k, mask(v)[:6000]) for k, v in public_params(params).items()],
+                metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
+            )
+            self._client.set_terminated(child.info.run_id, "FINISHED")
+
+        self._send("metrics", f"child run {name}", call)
 
     def log_dict(self, data: Any, artifact_file: str) -> None:
         if self.active:
-            import mlflow
+            clean = _mask_values(data)
+            self._send("artifacts", artifact_file, lambda: self._client.log_dict(self.run_id, clean, artifact_file))
 
-            mlflow.log_dict(data, artifact_file)
+
+def _process_start(pid: int) -> str:
+    """The kernel's start time of ``pid`` (clock ticks since boot), to tell a live process from a reused pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
 
 
-def _use_experiment(name: str) -> None:
-    """Select (creating if needed) the experiment. With a local sqlite store, artifacts go to
-    ``mlruns/`` beside the database file rather than beside whatever the working directory is."""
+def _process_alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return not (started and _process_start(pid) and _process_start(pid) != started)
+
+
+def mark_abandoned_runs(client: Any, experiment_id: str) -> list[str]:
+    """Set KILLED on this experiment's RUNNING runs whose process (recorded by pid, start time and host)
+    no longer runs on this host: a kill -9 or a crash leaves no other trace. Returns their run ids."""
+    host = socket.gethostname()
+    marked = []
+    runs = client.search_runs(
+        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`cosyml.host` = '{host}'", max_results=200
+    )
+    for run in runs:
+        tags = run.data.tags
+        try:
+            pid = int(tags.get("cosyml.pid", ""))
+        except ValueError:
+            continue
+        if pid == os.getpid() or _process_alive(pid, tags.get("cosyml.pid_start", "")):
+            continue
+        client.set_tag(run.info.run_id, "cosyml.end", f"process {pid} on {host} ended without closing the run (killed)")
+        client.set_terminated(run.info.run_id, "KILLED")
+        marked.append(run.info.run_id)
+    return marked
+
+
+def _command_line(stage: str) -> str:
+    """``cosyml <args>`` when this process is the cosyml CLI (``cosyml``, ``python -m cosyml``), else
+    ``cosyml <stage>`` (a library call, a test runner)."""
+    argv0 = Path(sys.argv[0]) if sys.argv and sys.argv[0] else Path()
+    if argv0.name == "cosyml" or (argv0.name == "__main__.py" and argv0.parent.name == "cosyml"):
+        return " ".join(["cosyml", *sys.argv[1:]])
+    return f"cosyml {stage}"
+
+
+def _use_experiment(name: str) -> str:
+    """Select (creating if needed) the experiment, tagged as a model-training experiment; returns its id.
+    With a local sqlite store, artifacts go to ``mlruns/`` beside the database file rather than beside
+    whatever the working directory is."""
     import mlflow
 
     uri = mlflow.get_tracking_uri()
-    if mlflow.get_experiment_by_name(name) is None and uri.startswith("sqlite:///"):
-        db = Path(uri.removeprefix("sqlite:///"))
+    if mlflow.get_experiment_by_name(name) is None:
+        location = None
+        if uri.startswith("sqlite:///"):
+            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # another process created it first
-            mlflow.create_experiment(name, artifact_location=(db.parent / "mlruns").resolve().as_uri())
-    mlflow.set_experiment(name)
+            mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    exp = mlflow.set_experiment(name)
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older cosyml or by hand
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp.experiment_id
+
+
+class _QuietSystemMetrics(logging.Filter):
+    """MLflow's system-metrics sampler stops with a warning when the store goes away; the outbox says so."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stopped = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.WARNING:
+            self.stopped = True
+            return False
+        return True
+
+
+@contextlib.contextmanager
+def _terminate_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends the stage like Ctrl-C (the run is closed as KILLED), where a handler can be set."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @contextlib.contextmanager
@@ -140,28 +576,85 @@ def stage_run(
     """Open one MLflow run for one execution of ``stage`` (no-op when tracking is off).
 
     ``system_metrics`` samples CPU, memory, disk, network and GPU use into the run (``system/*``), for
-    long stages such as training.
+    long stages such as training. An unreachable store raises :class:`TrackingError` before the body runs.
     """
     if not tracking_enabled():
         yield StageRun(active=False)
         return
     import mlflow
 
-    mlflow.set_tracking_uri(default_tracking_uri())
-    if not os.environ.get("MLFLOW_RUN_ID"):
-        # Under `mlflow run` the run already exists (in the experiment the user chose): join it.
-        _use_experiment(f"cosyml/{speaker}")
+    uri = default_tracking_uri()
+    check_tracking()
+    _bounded_http_retries()
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(tracking_uri=uri)
     tags = {
         "cosyml.stage": stage,
         "cosyml.speaker": speaker,
         "cosyml.params_hash": params_hash(params),
+        "cosyml.pid": str(os.getpid()),
+        "cosyml.pid_start": _process_start(os.getpid()),
+        "cosyml.host": socket.gethostname(),
         "mlflow.source.git.commit": git_commit(),
+        # MLflow would record the absolute path of the launcher; the command line says more.
+        "mlflow.source.name": _command_line(stage),
     }
     if os.environ.get("DVC_STAGE"):
         tags["dvc.stage"] = os.environ["DVC_STAGE"]
     if data_version:
         tags["cosyml.data_version"] = data_version
-    with mlflow.start_run(run_name=run_name or stage, tags=tags, log_system_metrics=system_metrics or None) as run:
-        handle = StageRun(active=True, run_id=run.info.run_id)
-        handle.log_params(params)
-        yield handle
+    tags = {k: mask(v)[:8000] for k, v in tags.items()}
+    quiet = _QuietSystemMetrics()
+    monitor_log = logging.getLogger("mlflow.system_metrics.system_metrics_monitor")
+    try:
+        if not os.environ.get("MLFLOW_RUN_ID"):
+            # Under `mlflow run` the run already exists (in the experiment the user chose): join it.
+            experiment_id = _use_experiment(f"cosyml/{speaker}")
+            for run_id in mark_abandoned_runs(client, experiment_id):
+                warn(f"tracking: run {run_id} was left RUNNING by a killed process; marked KILLED")
+        monitor_log.addFilter(quiet)
+        run = mlflow.start_run(run_name=mask(run_name or stage), tags=tags, log_system_metrics=system_metrics or None)
+    except Exception as exc:  # the store answered the probe but cannot open a run
+        monitor_log.removeFilter(quiet)
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"tracking store {mask(uri)}: cannot open a run ({mask(first)[:300]}); check the server "
+                            "and MLFLOW_TRACKING_URI, or run without recording: COSYML_TRACKING=off") from None
+    outbox = _Outbox(mask(uri))
+    handle = StageRun(active=True, run_id=run.info.run_id, _outbox=outbox, _client=client)
+    status = "FAILED"
+    try:
+        with _terminate_on_sigterm():
+            handle.log_params(params)
+            yield handle
+        status = "FINISHED"
+    except (KeyboardInterrupt, SystemExit):
+        status = "KILLED"
+        raise
+    finally:
+        _end_run(handle, outbox, status, quiet, monitor_log)
+
+
+def _end_run(handle: StageRun, outbox: _Outbox, status: str, quiet: _QuietSystemMetrics, monitor_log: logging.Logger) -> None:
+    import mlflow
+    from mlflow.tracking import fluent
+
+    lines = outbox.close()
+    try:
+        if outbox.offline:
+            raise ConnectionError("store unreachable")
+        mlflow.end_run(status)  # pops the run first, then records the status
+    except Exception:  # the next stage on this host marks the run (see mark_abandoned_runs)
+        with contextlib.suppress(Exception):
+            if mlflow.active_run() is not None and mlflow.active_run().info.run_id == handle.run_id:
+                fluent._active_run_stack.get().pop()
+        monitor = fluent.run_id_to_system_metrics_monitor.pop(handle.run_id, None)
+        if monitor is not None:
+            with contextlib.suppress(Exception):
+                monitor.finish()
+        lines.append(f"tracking: run status {status} not recorded (the run shows RUNNING until the next cosyml "
+                     "stage on this host marks it KILLED)")
+    monitor_log.removeFilter(quiet)
+    if quiet.stopped:
+        lines.append("tracking: system metrics sampling stopped at the outage")
+    for line in lines:
+        warn(line)

@@ -2,6 +2,8 @@
 
 - :func:`mlflow_server`: ``mlflow server`` with a given backend store and a local artifact root (or any
   ``--artifacts-destination``, e.g. ``s3://bucket/mlflow``, with extra environment for the server only).
+- :func:`kill_group`, :func:`wait_for_file`, :func:`closed_port_uri`: outages for the tracking tests (a
+  server killed at a chosen moment of a stage, a URI nothing answers).
 - :func:`postgres_server`: a throwaway PostgreSQL cluster (``initdb`` + ``pg_ctl``, trust auth). The
   server refuses to run as root, so under root the cluster belongs to the ``postgres`` system user (the
   Debian package creates it) and is started through ``runuser``. Missing binaries, user or driver skip
@@ -90,7 +92,7 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 
 @contextmanager
 def mlflow_server(backend_store_uri: str, root: Path, artifacts_destination: str | None = None,
-                  server_env: dict[str, str] | None = None, timeout: float = 60,
+                  server_env: dict[str, str] | None = None, timeout: float = 180,
                   ) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """``mlflow server`` on ``backend_store_uri`` with artifacts in ``root/artifacts`` (or
     ``artifacts_destination``, served through the server: clients need no store credentials);
@@ -104,7 +106,7 @@ def mlflow_server(backend_store_uri: str, root: Path, artifacts_destination: str
     env.pop("MLFLOW_TRACKING_URI", None)
     log = root / "server.log"
     with process(cmd, env, log) as proc:
-        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=timeout)
+        wait_http(f"http://127.0.0.1:{port}/health", proc, log, timeout=timeout)  # a loaded CI box: > 60 s
         yield f"http://127.0.0.1:{port}", proc, log
 
 
@@ -254,3 +256,30 @@ def _create_bucket(store: S3Store, proc: subprocess.Popen, timeout: float) -> No
             last = str(exc)
         time.sleep(0.3)
     pytest.fail(f"S3 gateway {store.endpoint} not ready within {timeout} s ({last}):\n{tail(store.log)}")
+
+
+# ------------------------------------------------------------------------- outage helpers (tracking tests)
+
+
+def closed_port_uri() -> str:
+    """An http URI on a loopback port nothing listens on (the port was free a moment ago)."""
+    return f"http://127.0.0.1:{free_port()}"
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a :func:`process`'s whole group now (a server that dies, a machine that is lost)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=15)
+
+
+def wait_for_file(path: Path, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Wait until ``path`` exists; fail with the log's tail if ``proc`` exits first or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            pytest.fail(f"{proc.args[:4]} exited with {proc.returncode} before {path} appeared:\n{tail(log)}")
+        time.sleep(0.2)
+    pytest.fail(f"{path} did not appear within {timeout} s:\n{tail(log)}")

@@ -406,3 +406,26 @@ def test_cli_bad_single_request_is_one_line(kit, tmp_path, capsys, extra, needle
                  "--max-tokens", "5", *extra])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and needle in err
+
+
+@pytest.mark.parametrize("case", ["binary_text_file", "latin1_text_file", "out_under_a_file", "out_is_a_folder", "seed_overflow",
+                                  "batch_seed_overflow"])
+def test_cli_bad_files_and_seeds_are_one_line_without_traceback(kit, tmp_path, capsys, case) -> None:
+    """Before: a binary --text-file, an unwritable --out and a seed beyond 64 bits ended in tracebacks."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "binary.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (tmp_path / "latin1.txt").write_bytes("Caf\xe9 au lait.\n".encode("latin-1"))
+    (tmp_path / "ok.txt").write_text("Hi.\n")
+    single = ["--text", "Hi.", "--speaker", "alice", "--max-tokens", "5"]
+    argv, needle = {
+        "binary_text_file": (["--text-file", str(tmp_path / "binary.txt"), "--out-dir", str(tmp_path / "o")], "a binary file, not text"),
+        "latin1_text_file": (["--text-file", str(tmp_path / "latin1.txt"), "--out-dir", str(tmp_path / "o")], "not UTF-8 text"),
+        "out_under_a_file": ([*single, "--out", str(tmp_path / "a_file" / "x.wav")], "cannot write there"),
+        "out_is_a_folder": ([*single, "--out", str(tmp_path)], "is a folder"),
+        "seed_overflow": ([*single, "--out", str(tmp_path / "x.wav"), "--seed", str(2**64)], "--seed must be from 0 to"),
+        "batch_seed_overflow": (["--text-file", str(tmp_path / "ok.txt"), "--out-dir", str(tmp_path / "o"), "--speaker", "alice",
+                                 "--seed", str(2**80)], "--seed must be from 0 to"),
+    }[case]
+    code = main(["synth", "--model-dir", str(kit["model_dir"]), *argv])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err, err

@@ -1,4 +1,4 @@
-"""Shared command-line plumbing: ``--params`` / ``--set`` handling."""
+"""Shared command-line plumbing: ``--params`` / ``--set`` handling, and the checks every stage makes first."""
 
 from __future__ import annotations
 
@@ -20,7 +20,14 @@ def add_params_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_params(args: argparse.Namespace, flags: dict[str, object] | None = None) -> Params:
-    """params.yaml, then ``--set`` overrides, then explicit flags (``{"prepare.speaker": ...}``)."""
+    """params.yaml, then ``--set`` overrides, then explicit flags (``{"prepare.speaker": ...}``).
+
+    Every tracked stage starts here, so this is also where an unreachable tracking store is reported (one
+    line, before any work) rather than after minutes of MLflow retries.
+    """
+    from cosyml.tracking import check_tracking
+
+    check_tracking()
     params = load_params(args.params)
     if args.overrides:
         params = with_overrides(params, list(args.overrides))

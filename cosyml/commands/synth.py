@@ -129,7 +129,7 @@ def _read_batch(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]
     path = Path(args.text_file or args.requests)
     if not path.is_file():
         raise CosymlError(f"{path}: file not found; pass an existing {'text' if args.text_file else 'JSONL'} file")
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = _read_text_lines(path)
     items: list[tuple[str, str, dict[str, Any] | CosymlError]] = []
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -158,18 +158,53 @@ def _read_batch(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]
     return items
 
 
+def _read_text_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file (a BOM is dropped); a binary or non-UTF-8 file is one line of error."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CosymlError(f"{path}: cannot be read ({exc.strerror or exc}); check the path and its permissions") from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise CosymlError(f"{path}: a binary file, not text (NUL byte at offset {nul}); pass a UTF-8 text "
+                          "file with one request per line")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise CosymlError(f"{path}: not UTF-8 text (byte offset {exc.start}); re-save the file as UTF-8") from None
+    return text.splitlines()
+
+
+def _check_writable(folder: Path, flag: str) -> None:
+    """Create ``folder`` if needed and make sure a file can be created in it, before any model is loaded."""
+    import tempfile
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".cosyml-write-test-"):
+            pass
+    except OSError as exc:
+        raise CosymlError(f"{flag} {folder}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
+
+
 # ---------------------------------------------------------------------------------------------- run
 
 
 def run(args: argparse.Namespace) -> int:
     from cosyml.synth.engine import SynthEngine
+    from cosyml.synth.request import MAX_SEED
 
     defaults = _defaults(args)
     single = args.text is not None
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        raise CosymlError(f"--seed must be from 0 to {MAX_SEED} (2**63 - 1), got {args.seed}")
     if single:
         out = Path(args.out) if args.out else (Path(args.out_dir) / "0001.wav" if args.out_dir else None)
         if out is None:
             raise CosymlError("--text needs --out FILE.wav (or --out-dir DIR)")
+        if out.is_dir():
+            raise CosymlError(f"--out {out}: is a folder; pass a file name such as {out / 'out.wav'}")
+        _check_writable(out.parent, "--out")
         fields = {**defaults, "text": args.text}
         if args.seed is not None:
             fields["seed"] = args.seed
@@ -181,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir = Path(args.out_dir)
         jobs = []
         items = _read_batch(args)
+        _check_writable(out_dir, "--out-dir")
         # Once one line names its own weights, every line names them, so no line inherits another's.
         per_line_weights = any(isinstance(f, dict) and ("llm" in f or "flow" in f) for _, _, f in items)
         weights = {"llm": args.llm or "base", "flow": args.flow or "base"} if per_line_weights else {}
@@ -261,7 +297,11 @@ def _synthesize_all(engine, jobs: list[tuple[str, str, Any, Path]], args: argpar
 def _written(record: dict[str, Any], result, out: Path, args: argparse.Namespace, chunks: list[int] | None) -> None:
     from cosyml.audio import write_wav
 
-    write_wav(out, result.wav, result.sample_rate)
+    try:
+        write_wav(out, result.wav, result.sample_rate)
+    except OSError as exc:  # the folder was writable at the start; a full disk or a removed folder since
+        _failed(record, CosymlError(f"{out}: cannot write the wav ({exc.strerror or exc})"), single=False)
+        return
     if chunks is not None:
         record["stream_chunks"] = chunks
     t = result.timings
@@ -317,5 +357,9 @@ def _write_run_json(
         "items": records,
         "summary": {"ok": sum(r["status"] == "ok" for r in records), "failed": sum(r["status"] != "ok" for r in records)},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+    from cosyml.fileio import atomic_write_text
+
+    try:
+        atomic_write_text(path, json.dumps(payload, indent=1, ensure_ascii=False, default=str) + "\n")
+    except OSError as exc:
+        raise CosymlError(f"{path}: cannot write the run log ({exc.strerror or exc}); the audio was written") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -218,19 +219,25 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
         sampler = None
         if info.is_main and cfg.sample_every_epochs > 0:
             sampler = _epoch_sampler(part, md, output, dev_list or train_list, cfg.sample_max_tokens)
+            run.log_artifact(sampler.write_sentences(), "samples")  # which sentence each sample file speaks
 
         def on_epoch_end(epoch: Any) -> None:
             fields = dataclasses.asdict(epoch)
-            metrics = {k: float(v) for k, v in fields.items() if isinstance(v, int | float) and k not in ("epoch", "is_best")}
+            # Curves only (counts such as step and cv_utts would open the run page with flat charts).
+            metrics = {k: float(v) for k, v in fields.items() if k in ("train_loss", "cv_loss", "train_acc", "cv_acc") and v is not None}
             run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch.epoch)
             if sampler is not None and epoch.checkpoint and (epoch.epoch + 1) % cfg.sample_every_epochs == 0:
                 for wav in sampler.render(epoch.checkpoint, epoch.epoch):
                     run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
 
         def on_checkpoint(ckpt: Any, is_best: bool) -> None:
-            # is_best is the loop's rule (early_stop_min_delta, the best restored on resume): one rule
-            if cfg.log_checkpoints == "all" or (cfg.log_checkpoints == "best" and is_best):
-                run.log_artifact(ckpt.path, "checkpoints")
+            # is_best is the loop's rule (early_stop_min_delta, the best restored on resume): one rule.
+            # Weights only (no optimizer state, 1/3 of the size): resume reads the run folder, not the store.
+            if cfg.log_checkpoints == "all":
+                run.log_weights(ckpt.path, "checkpoints")
+            elif cfg.log_checkpoints == "best" and is_best:  # one file, replaced when a better epoch comes
+                run.log_weights(ckpt.path, "checkpoints", "best.pt", {"checkpoint": ckpt.name, "epoch": ckpt.epoch,
+                                                                     "step": ckpt.step, "cv_loss": ckpt.cv_loss})
 
         result = train(
             model,
@@ -242,7 +249,7 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
             dist=info,
             resume=None if resume == "none" else resume,
             callbacks=TrainCallbacks(
-                logger=run,  # tracking's StageRun is a MetricLogger
+                logger=_StepLogger(run),
                 on_epoch_end=on_epoch_end,
                 on_checkpoint=on_checkpoint,
             ),
@@ -263,6 +270,23 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
         f"train_{part}", params.prepare.speaker, logged, data_version=data_version("shards"), system_metrics=True
     ) as run:
         return body(run)
+
+
+class _StepLogger:
+    """The loop's :class:`~cosyml.train.loop.MetricLogger` on a stage run: per-step metrics as MLflow
+    metrics, the data summary (``data/*`` counts, logged once) as params, so the run page opens with the
+    loss curves instead of one-point bar charts."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        counts = {k: int(v) if float(v).is_integer() else v for k, v in metrics.items() if k.startswith("data/")}
+        if counts:
+            self.run.log_params(counts)
+        curves = {k: v for k, v in metrics.items() if not k.startswith("data/")}
+        if curves:
+            self.run.log_metrics(curves, step=step)
 
 
 def _epoch_sampler(part: str, model_dir: Any, output: Path, data_list: Path, max_tokens: int) -> Any:

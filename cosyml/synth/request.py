@@ -121,8 +121,8 @@ class SynthRequest:
                 raise SynthParamError(f"{name} must be a positive integer, got {value!r}")
         if self.tau_r is not None and not (math.isfinite(self.tau_r) and self.tau_r >= 0):
             raise SynthParamError(f"tau_r must be >= 0, got {self.tau_r}")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
-            raise SynthParamError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or not 0 <= self.seed <= MAX_SEED):
+            raise SynthParamError(f"seed must be an integer from 0 to {MAX_SEED} (2**63 - 1), got {self.seed!r}")
 
     def as_log_dict(self, include_text: bool = True) -> dict[str, Any]:
         """JSON-ready fields for run logs; ``include_text=False`` drops the texts (not the prompt path)."""
@@ -137,6 +137,9 @@ def _positive(name: str, value: float) -> None:
     if not isinstance(value, int | float) or not math.isfinite(value) or value <= 0:
         raise SynthParamError(f"{name} must be a positive number, got {value!r}")
 
+
+#: Largest seed: torch generators take 64-bit seeds, and the vocoder's derived seed stays below 2**63.
+MAX_SEED = 2**63 - 1
 
 _FLOAT_KEYS = {"top_p", "tau_r", "min_token_text_ratio", "max_token_text_ratio", "speed"}
 _INT_KEYS = {"top_k", "win_size", "max_tokens", "seed"}

@@ -9,6 +9,7 @@ Knows nothing of MLflow: :meth:`EpochSampler.render` returns the wav paths it wr
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,9 +17,18 @@ from typing import Any
 import torch
 
 from cosyml.audio import write_wav
+from cosyml.fileio import atomic_write_text
 
 #: Out-of-domain sentences (zh and en), the same for every epoch and every run.
 OUT_OF_DOMAIN = ("今天的风有点大，我们早点回去吧。", "The bridge is closed, so we will take the long way home.")
+
+
+def sentence_slug(text: str, limit: int = 24) -> str:
+    """A short file-name-safe name for a sentence: its first words (letters, digits and CJK kept), lower
+    case, joined by '-', at most ``limit`` characters; ``"The bridge is closed, ..."`` -> ``the-bridge-is-closed-so``."""
+    words = re.findall(r"\w+", text.lower())
+    slug = "-".join(words)[:limit].strip("-_")
+    return slug or "sentence"
 
 
 @dataclass(frozen=True)
@@ -62,6 +72,13 @@ class EpochSampler:
         self.seed = seed
         self._engine = None
         self._speaker_file = self.out_dir / "speaker_embedding.pt"
+        #: ``index<TAB>file-name slug<TAB>sentence`` per line: which sentence each sample file speaks.
+        self.sentences_file = self.out_dir / "sentences.txt"
+
+    def write_sentences(self) -> Path:
+        """Write :attr:`sentences_file` and return it."""
+        lines = [f"{i}\t{sentence_slug(t)}\t{t}" for i, t in enumerate(self.samples.texts)]
+        return atomic_write_text(self.sentences_file, "\n".join(lines) + "\n")
 
     def _load(self) -> Any:  # a SynthEngine, imported lazily (heavy)
         if self._engine is None:
@@ -80,7 +97,8 @@ class EpochSampler:
         return combos
 
     def render(self, checkpoint: str | Path, epoch: int) -> list[Path]:
-        """Write ``<out_dir>/epoch_XXX/<label>_<i>.wav`` for every combination and sentence."""
+        """Write ``<out_dir>/epoch_XXX/<label>_<i>_<slug>.wav`` for every combination and sentence ``i``
+        (``slug``: :func:`sentence_slug` of the sentence, whose full text is in :attr:`sentences_file`)."""
         from cosyml.synth.request import SynthRequest
 
         engine = self._load()
@@ -97,7 +115,7 @@ class EpochSampler:
                     seed=self.seed + i,
                 )
                 result = engine.synthesize(request)
-                path = self.out_dir / f"epoch_{epoch:03d}" / f"{label}_{i}.wav"
+                path = self.out_dir / f"epoch_{epoch:03d}" / f"{label}_{i}_{sentence_slug(text)}.wav"
                 write_wav(path, result.wav, result.sample_rate)
                 written.append(path)
         engine.swap(llm="base", flow="base")
