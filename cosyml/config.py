@@ -352,7 +352,7 @@ def check_values(obj: Any, prefix: str = "") -> None:
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
         if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{prefix}{f.name}: {value!r} is not a number; give a finite value")
+            raise ConfigError(f"{prefix}{f.name}: {value!r} is not a finite number; give a finite value")
     for name, (low, high, exclusive, hint) in _RANGES.get(type(obj), {}).items():
         value = getattr(obj, name)
         too_low = low is not None and (value <= low if exclusive else value < low)
@@ -368,6 +368,9 @@ def check_values(obj: Any, prefix: str = "") -> None:
                               f"max_duration_s={obj.max_duration_s:g}")
         if obj.slice_min_s >= obj.slice_max_s:
             raise ConfigError(f"{prefix}slice_min_s: {obj.slice_min_s:g} is not below slice_max_s={obj.slice_max_s:g}")
+    section_check = {EvaluateConfig: _check_evaluate, RegistryConfig: _check_registry, TuneConfig: _check_tune}
+    if type(obj) in section_check and prefix:
+        section_check[type(obj)](obj, prefix.rstrip("."))
 
 
 def load_params(path: str | Path | None = None) -> Params:
@@ -461,11 +464,14 @@ def _check_range(section: Any, prefix: str, name: str, low: float | None = None,
 
 
 def check_evaluation_params(params: Params) -> None:
-    """Check the value ranges of ``evaluate``, ``registry`` and ``tune`` (types are checked on load).
+    """Check the value ranges of ``evaluate``, ``registry`` and ``tune`` (also done when params load; kept
+    for callers that build a :class:`Params` by hand). One :class:`ConfigError` line naming the key."""
+    _check_evaluate(params.evaluate, "evaluate")
+    _check_registry(params.registry, "registry")
+    _check_tune(params.tune, "tune")
 
-    Raises one :class:`ConfigError` line naming the key, the value and the allowed range.
-    """
-    ev, reg, tune = params.evaluate, params.registry, params.tune
+
+def _check_evaluate(ev: EvaluateConfig, section: str = "evaluate") -> None:
     for name in ("batch_size", "synth_batch_size", "bootstrap_resamples"):
         _check_range(ev, "evaluate", name, 1)
     for name in ("max_tokens", "max_utts", "synth_max_tokens", "report_max_utts", "min_token_text_ratio",
@@ -492,6 +498,8 @@ def check_evaluation_params(params: Params) -> None:
     if ev.device not in ("auto", "cpu", "cuda") and not ev.device.startswith("cuda:"):
         raise ConfigError(f"evaluate.device: {ev.device!r} is not auto, cpu, cuda or cuda:N")
 
+
+def _check_registry(reg: RegistryConfig, section: str = "registry") -> None:
     for name in ("max_tokens", "cer_weight", "ss_weight", "max_cer_regression"):
         _check_range(reg, "registry", name, 0)
     _check_range(reg, "registry", "max_missing_ratio", 0, 1)
@@ -503,6 +511,8 @@ def check_evaluation_params(params: Params) -> None:
     if reg.alias == reg.previous_alias:
         raise ConfigError(f"registry.previous_alias: '{reg.previous_alias}' is also registry.alias; use another name")
 
+
+def _check_tune(tune: TuneConfig, section: str = "tune") -> None:
     _check_range(tune, "tune", "n_trials", 1)
     _check_range(tune, "tune", "seed", 0, _SEED_MAX)
     for name in ("max_utts", "synth_max_tokens"):

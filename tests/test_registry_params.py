@@ -32,9 +32,9 @@ from cosyml.errors import ConfigError, InputError
     ("tune.direction=up", "tune.direction: 'up' is not maximize or minimize"),
 ])
 def test_out_of_range_parameters_are_one_line(override: str, needle: str) -> None:
-    params = with_overrides(Params(), [override])
+    # refused when the params load (every command), whatever reads them afterwards
     with pytest.raises(ConfigError) as info:
-        check_evaluation_params(params)
+        check_evaluation_params(with_overrides(Params(), [override]))
     assert needle in str(info.value) and "\n" not in str(info.value), str(info.value)
 
 

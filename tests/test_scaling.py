@@ -219,6 +219,7 @@ def test_register_promote_and_load_the_champion_from_a_fresh_cache(
     stack.output.append(capfd.readouterr())
 
 
+@pytest.mark.slow  # reads what the two tests above logged (their runs, params, tags and artifacts)
 def test_the_s3_secret_is_in_no_param_tag_artifact_or_log(client_env, tmp_path: Path):
     stack = client_env
     secret = stack.store.secret_key
