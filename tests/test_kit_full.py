@@ -11,8 +11,8 @@ import torch
 from cosyml.kit.build import FULL_KIT_DIMS, FULL_KIT_DIMS_V3, kit_dims
 from cosyml.kit.model_yaml import qwen_config_dict, write_model_yaml, write_model_yaml_v3
 from cosyml.models.flow import build_flow
-from cosyml.models.vocoder import build_hift
 from cosyml.models.llm import build_llm
+from cosyml.models.vocoder import build_hift
 from cosyml.models.yaml_io import read_model_yaml
 
 ROOT = Path(__file__).resolve().parents[1]
