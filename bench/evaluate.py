@@ -36,9 +36,18 @@ def random_whisper(size: str, device: str, seed: int = 0):
     from whisper.model import ModelDimensions, Whisper
 
     state, heads, layers = DIMS[size]
-    dims = ModelDimensions(n_mels=128, n_audio_ctx=1500, n_audio_state=state, n_audio_head=heads,
-                           n_audio_layer=layers, n_vocab=51866, n_text_ctx=448, n_text_state=state,
-                           n_text_head=heads, n_text_layer=layers)
+    dims = ModelDimensions(
+        n_mels=128,
+        n_audio_ctx=1500,
+        n_audio_state=state,
+        n_audio_head=heads,
+        n_audio_layer=layers,
+        n_vocab=51866,
+        n_text_ctx=448,
+        n_text_state=state,
+        n_text_head=heads,
+        n_text_layer=layers,
+    )
     torch.manual_seed(seed)
     model = Whisper(dims)
     # TextDecoder.positional_embedding is torch.empty (checkpoints overwrite it): give it real values
@@ -64,9 +73,17 @@ def clips(count: int) -> tuple[list[np.ndarray], list[str]]:
 def loop_transcribe(model, waves, languages, max_tokens: int, fp16: bool) -> list[str]:
     out = []
     for wave, lang in zip(waves, languages, strict=True):
-        result = model.transcribe(wave, language=lang, temperature=0.0, condition_on_previous_text=False,
-                                  without_timestamps=True, sample_len=max_tokens, fp16=fp16, verbose=None,
-                                  no_speech_threshold=None)
+        result = model.transcribe(
+            wave,
+            language=lang,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            sample_len=max_tokens,
+            fp16=fp16,
+            verbose=None,
+            no_speech_threshold=None,
+        )
         text = "".join(s["text"] for s in result["segments"]).strip()  # special tokens dropped, as ours
         out.append(to_simplified(text) if lang == "zh" else text)
     return out
@@ -108,12 +125,16 @@ def main() -> None:
             best[name] = min(best[name], time.perf_counter() - start)
     same = sum(a == b for a, b in zip(texts["batched"], texts["loop"], strict=True))
     n = len(waves)
-    print(f"device={device} ({torch.cuda.get_device_name() if fp16 else 'cpu'}) threads={torch.get_num_threads()} "
-          f"dims={args.dims}{DIMS[args.dims]} utts={n} batch={args.batch_size} max_tokens={args.max_tokens}")
+    print(
+        f"device={device} ({torch.cuda.get_device_name() if fp16 else 'cpu'}) threads={torch.get_num_threads()} "
+        f"dims={args.dims}{DIMS[args.dims]} utts={n} batch={args.batch_size} max_tokens={args.max_tokens}"
+    )
     for name in runs:
         print(f"{name:>8}: {best[name]:7.2f} s  {n / best[name]:7.2f} utt/s")
-    print(f"speed-up batched/loop: {best['loop'] / best['batched']:.2f}x   identical transcripts: {same}/{n}   "
-          f"mean transcript length: {np.mean([len(t) for t in texts['batched']]):.0f} chars")
+    print(
+        f"speed-up batched/loop: {best['loop'] / best['batched']:.2f}x   identical transcripts: {same}/{n}   "
+        f"mean transcript length: {np.mean([len(t) for t in texts['batched']]):.0f} chars"
+    )
 
 
 if __name__ == "__main__":

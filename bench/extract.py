@@ -177,8 +177,12 @@ def main() -> None:
     parser.add_argument("--baseline-workers", type=int, default=8, help="upstream's --num_thread default")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--models", choices=("wide", "kit"), default="wide",
-                        help="wide stand-ins (default) or the tiny kit's ONNX files (`cosyml kit`)")
+    parser.add_argument(
+        "--models",
+        choices=("wide", "kit"),
+        default="wide",
+        help="wide stand-ins (default) or the tiny kit's ONNX files (`cosyml kit`)",
+    )
     parser.add_argument(
         "--baseline-features",
         choices=("auto", "torchaudio", "ours"),
@@ -202,9 +206,7 @@ def main() -> None:
             export_campplus(model_dir / "campplus.onnx")
             export_speech_tokenizer(model_dir / "speech_tokenizer_v2.onnx")
         split = make_corpus(root / "data", args.utts)
-        audio_s = sum(
-            len(load_mono(p, 24000)) / 24000 for p in read_kaldi_map(split / "wav.scp").values()
-        )
+        audio_s = sum(len(load_mono(p, 24000)) / 24000 for p in read_kaldi_map(split / "wav.scp").values())
         cfg = ExtractConfig(batch_size=args.batch_size, num_threads=1, workers=args.workers, device="cpu")
         base_times, ours_times, base_cpu, ours_cpu = [], [], [], []
         for _ in range(args.repeats):  # interleaved, so both see the same background load
@@ -229,21 +231,32 @@ def main() -> None:
 
     base, ours = min(base_times), min(ours_times)
     load = os.getloadavg()[0]
-    print(f"models: {args.models}; clips: {args.utts} ({audio_s:.0f} s of audio), cores: {os.cpu_count()}, load average: {load:.1f}; "
-          f"ours: {args.workers} workers x 1 ORT thread, batch {args.batch_size}; "
-          f"baseline: pool of {args.baseline_workers} x intra_op 1, "
-          f"features by {'torchaudio/whisper (upstream code path)' if torchaudio_path else 'our functions'}")
+    print(
+        f"models: {args.models}; clips: {args.utts} ({audio_s:.0f} s of audio), cores: {os.cpu_count()}, load average: {load:.1f}; "
+        f"ours: {args.workers} workers x 1 ORT thread, batch {args.batch_size}; "
+        f"baseline: pool of {args.baseline_workers} x intra_op 1, "
+        f"features by {'torchaudio/whisper (upstream code path)' if torchaudio_path else 'our functions'}"
+    )
     fmt = lambda xs: ", ".join(f"{x:.2f}" for x in xs)  # noqa: E731
-    print(f"upstream-style one at a time: wall {base:.2f} s ({audio_s / base:.0f}x realtime) [{fmt(base_times)}], "
-          f"CPU {min(base_cpu):.2f} s")
-    print(f"cosyml extract:               wall {ours:.2f} s ({audio_s / ours:.0f}x realtime) [{fmt(ours_times)}], "
-          f"CPU {min(ours_cpu):.2f} s")
-    print(f"speed-up: wall {base / ours:.2f}x, CPU time {min(base_cpu) / min(ours_cpu):.2f}x; "
-          f"identical tokens: {same_tokens}; max |embedding diff|: {emb_err:.2e}")
+    print(
+        f"upstream-style one at a time: wall {base:.2f} s ({audio_s / base:.0f}x realtime) [{fmt(base_times)}], "
+        f"CPU {min(base_cpu):.2f} s"
+    )
+    print(
+        f"cosyml extract:               wall {ours:.2f} s ({audio_s / ours:.0f}x realtime) [{fmt(ours_times)}], "
+        f"CPU {min(ours_cpu):.2f} s"
+    )
+    print(
+        f"speed-up: wall {base / ours:.2f}x, CPU time {min(base_cpu) / min(ours_cpu):.2f}x; "
+        f"identical tokens: {same_tokens}; max |embedding diff|: {emb_err:.2e}"
+    )
     cores = min(os.cpu_count() or 1, args.workers)
-    print(f"ONNX calls alone: CPU {onnx_cpu:.2f} s = {onnx_cpu / min(base_cpu):.0%} of the baseline's CPU time; "
-          f"bound for any method making the same ONNX calls on {cores} cores: wall {base / (onnx_cpu / cores):.2f}x, "
-          f"CPU time {min(base_cpu) / onnx_cpu:.2f}x")
+    print(
+        f"ONNX calls alone: CPU {onnx_cpu:.2f} s = {onnx_cpu / min(base_cpu):.0%} of the baseline's CPU time; "
+        f"bound for any method making the same ONNX calls on {cores} cores: wall {base / (onnx_cpu / cores):.2f}x, "
+        f"CPU time {min(base_cpu) / onnx_cpu:.2f}x"
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -113,5 +113,6 @@ def main() -> None:
             line += f"  max|diff| {(outputs[name] - outputs['upstream']).abs().max().item():.2e}"
         print(line)
 
+
 if __name__ == "__main__":
     main()

@@ -158,7 +158,9 @@ def flow_batch(b: int, ls: int, speech_vocab: int, g: torch.Generator) -> dict[s
             "speech_feat_len": 2 * token_len, "embedding": torch.randn(b, 192, generator=g)}  # fmt: skip
 
 
-def train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], amp: contextlib.AbstractContextManager) -> Callable[[], float]:
+def train_step(
+    model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], amp: contextlib.AbstractContextManager
+) -> Callable[[], float]:
     def step() -> float:
         with amp:
             loss = loss_fn()
@@ -169,7 +171,9 @@ def train_step(model: torch.nn.Module, loss_fn: Callable[[], torch.Tensor], amp:
     return step
 
 
-def bench_llm(args: argparse.Namespace, config: dict[str, Any], qwen: Any, device: torch.device, amp: Any) -> list[tuple[str, Timing, float]]:
+def bench_llm(
+    args: argparse.Namespace, config: dict[str, Any], qwen: Any, device: torch.device, amp: Any
+) -> list[tuple[str, Timing, float]]:
     """Rows (entry, timing, work units per run) for the LLM: train steps (utterances) and decode (tokens)."""
     b, lt, ls, n_decode = args.shape
     torch.manual_seed(0)
@@ -195,7 +199,9 @@ def bench_llm(args: argparse.Namespace, config: dict[str, Any], qwen: Any, devic
     runs: dict[str, Callable[[], Any]] = {}
     losses: dict[str, float] = {}
     ours.train()
-    runs["llm train step: ours"] = lambda: losses.__setitem__("ours", train_step(ours, lambda: ours(batch, mode="unistream").loss, amp)())
+    runs["llm train step: ours"] = lambda: losses.__setitem__(
+        "ours", train_step(ours, lambda: ours(batch, mode="unistream").loss, amp)()
+    )
     if upstream is not None:
         upstream.train()
         runs["llm train step: upstream"] = lambda: losses.__setitem__(
@@ -231,7 +237,9 @@ def bench_llm(args: argparse.Namespace, config: dict[str, Any], qwen: Any, devic
     return rows
 
 
-def bench_flow(args: argparse.Namespace, config: dict[str, Any], device: torch.device, amp: Any) -> list[tuple[str, Timing, float]]:
+def bench_flow(
+    args: argparse.Namespace, config: dict[str, Any], device: torch.device, amp: Any
+) -> list[tuple[str, Timing, float]]:
     """Rows for the flow training step (work unit: utterances)."""
     b, _, ls, _ = args.shape
     torch.manual_seed(0)
@@ -252,7 +260,9 @@ def bench_flow(args: argparse.Namespace, config: dict[str, Any], device: torch.d
 def print_table(rows: list[tuple[str, Timing, float]]) -> None:
     """One line per entry; ours lines also get ours/upstream time and the speed-up."""
     by_name = {name: t for name, t, _ in rows}
-    print(f"{'entry':26s} {'median s':>9s} {'cpu s':>8s} {'units/s':>9s} {'ours/up':>8s} {'speed-up':>8s} {'ours/up cpu':>11s}")
+    print(
+        f"{'entry':26s} {'median s':>9s} {'cpu s':>8s} {'units/s':>9s} {'ours/up':>8s} {'speed-up':>8s} {'ours/up cpu':>11s}"
+    )
     for name, t, units in rows:
         line = f"{name:26s} {t.median:9.4f} {statistics.median(t.cpu):8.3f} {units / t.median:9.2f}"
         other = by_name.get(name.replace(": ours", ": upstream"))

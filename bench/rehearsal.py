@@ -62,8 +62,9 @@ def tree_bytes(*roots: Path) -> int:
     return total
 
 
-def run_stage(name: str, cmd: list[str], cwd: Path, env: dict[str, str], measured: list[Path],
-              log: Path) -> StageFigure:
+def run_stage(
+    name: str, cmd: list[str], cwd: Path, env: dict[str, str], measured: list[Path], log: Path
+) -> StageFigure:
     """Run ``cmd``; wall time, the peak RSS of its process tree (``wait4`` counts waited-for descendants)."""
     before = tree_bytes(*measured)
     start = time.perf_counter()
@@ -74,11 +75,14 @@ def run_stage(name: str, cmd: list[str], cwd: Path, env: dict[str, str], measure
         _, status, usage = os.wait4(proc.pid, 0)
         proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.perf_counter() - start
-    figure = StageFigure(name, wall, usage.ru_maxrss / 2**20, (tree_bytes(*measured) - before) / 2**20,
-                         proc.returncode == 0)
+    figure = StageFigure(
+        name, wall, usage.ru_maxrss / 2**20, (tree_bytes(*measured) - before) / 2**20, proc.returncode == 0
+    )
     status_text = "ok" if figure.ok else f"FAILED (exit {proc.returncode}; see {log})"
-    print(f"{name:<16} {wall:>9.1f} s {figure.peak_rss_gb:>8.2f} GB {figure.written_mb:>10.1f} MB  {status_text}",
-          flush=True)
+    print(
+        f"{name:<16} {wall:>9.1f} s {figure.peak_rss_gb:>8.2f} GB {figure.written_mb:>10.1f} MB  {status_text}",
+        flush=True,
+    )
     return figure
 
 
@@ -116,16 +120,24 @@ def serve_one_request(project: Path, env: dict[str, str], log: Path, timeout_s: 
     port = free_port()
     start = time.perf_counter()
     with open(log, "ab") as out:
-        proc = subprocess.Popen(["cosyml", "serve", "--port", str(port)], cwd=project, env=env, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-    body = json.dumps({"dataframe_records": [{"text": "你好，我是派蒙。", "mode": "sft", "speaker": SPEAKER,
-                                              "seed": 1.0}]}).encode()
+        proc = subprocess.Popen(
+            ["cosyml", "serve", "--port", str(port)],
+            cwd=project,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    body = json.dumps(
+        {"dataframe_records": [{"text": "你好，我是派蒙。", "mode": "sft", "speaker": SPEAKER, "seed": 1.0}]}
+    ).encode()
     ok, answer = False, ""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and proc.poll() is None:
         try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=body,
-                                             headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/invocations", data=body, headers={"Content-Type": "application/json"}
+            )
             with urllib.request.urlopen(request, timeout=timeout_s) as response:
                 answer = response.read().decode()[:200]
                 ok = response.status == 200
@@ -139,8 +151,11 @@ def serve_one_request(project: Path, env: dict[str, str], log: Path, timeout_s: 
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
-    print(f"{'serve+request':<16} {wall:>9.1f} s {rss:>8.2f} GB {0.0:>10.1f} MB  {'ok' if ok else 'FAILED'} "
-          f"{answer[:80]!r}", flush=True)
+    print(
+        f"{'serve+request':<16} {wall:>9.1f} s {rss:>8.2f} GB {0.0:>10.1f} MB  {'ok' if ok else 'FAILED'} "
+        f"{answer[:80]!r}",
+        flush=True,
+    )
     return StageFigure("serve+request", wall, rss, 0.0, ok)
 
 
@@ -170,9 +185,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/cosyml-rehearsal"))
     parser.add_argument("--version", choices=("cosyvoice2", "cosyvoice3"), default="cosyvoice2")
-    parser.add_argument("--steps", type=int, default=0,
-                        help="optimiser steps per trained part; 0 = one whole epoch (averaging needs an epoch "
-                        "checkpoint: a run stopped by max_steps mid-epoch leaves only a step checkpoint)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="optimiser steps per trained part; 0 = one whole epoch (averaging needs an epoch "
+        "checkpoint: a run stopped by max_steps mid-epoch leaves only a step checkpoint)",
+    )
     parser.add_argument("--utts", type=int, default=1, help="evaluated utterances per test subset")
     parser.add_argument("--subsets", default="[zero_shot/zh, zero_shot/en]", help="evaluate.subsets (YAML list)")
     parser.add_argument("--max-frames", type=int, default=2000, help="train.data.max_frames_in_batch")
@@ -185,8 +204,12 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     kit, project, log = work / f"kit-{args.version}", work / "project", work / "rehearsal.log"
     log.write_text("")
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
-           "PYTHONUNBUFFERED": "1"}
+    env = {
+        **os.environ,
+        "DVC_NO_ANALYTICS": "1",
+        "MLFLOW_TRACKING_URI": f"sqlite:///{project / 'mlflow.db'}",
+        "PYTHONUNBUFFERED": "1",
+    }
     env.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
     env.pop("MLFLOW_RUN_ID", None)
     shutil.rmtree(project, ignore_errors=True)
@@ -197,40 +220,96 @@ def main() -> int:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"full-size rehearsal: {args.version}, {device}, {args.steps or 'one epoch of'} steps per part, {args.utts} utts per subset, "
-          f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; log: {log}")
+    print(
+        f"full-size rehearsal: {args.version}, {device}, {args.steps or 'one epoch of'} steps per part, {args.utts} utts per subset, "
+        f"OMP_NUM_THREADS={env['OMP_NUM_THREADS']}; log: {log}"
+    )
     print(f"{'stage':<16} {'wall':>11} {'peak RSS':>11} {'written':>13}")
     figures: list[StageFigure] = []
     measured = [project, work / "mlruns"]
     if not (kit / "llm.pt").is_file():
-        figures.append(run_stage("kit --size full", ["cosyml", "kit", str(kit), "--size", "full", "--version",
-                                                     args.version], work, env, [kit], log))
-    figures.append(run_stage("init", ["cosyml", "init", str(project), "--model-dir", str(kit), "--clips", str(clips),
-                                      "--speaker", SPEAKER, "--whisper", str(kit / "whisper.pt")], work, env,
-                             measured, log))
+        figures.append(
+            run_stage(
+                "kit --size full",
+                ["cosyml", "kit", str(kit), "--size", "full", "--version", args.version],
+                work,
+                env,
+                [kit],
+                log,
+            )
+        )
+    figures.append(
+        run_stage(
+            "init",
+            [
+                "cosyml",
+                "init",
+                str(project),
+                "--model-dir",
+                str(kit),
+                "--clips",
+                str(clips),
+                "--speaker",
+                SPEAKER,
+                "--whisper",
+                str(kit / "whisper.pt"),
+            ],
+            work,
+            env,
+            measured,
+            log,
+        )
+    )
     if not figures[-1].ok:
         return 1
     params = project / "params.yaml"
     text = params.read_text(encoding="utf-8")
     short_run = [  # SHORT_RUN: the only edits to the generated params
-        ("train", "max_epochs", "1"), ("train", "max_steps", str(args.steps)), ("train", "average_num", "1"),
-        ("train", "sample_every_epochs", "1"), ("train", "sample_max_tokens", str(args.synth_max_tokens)),
-        ("evaluate", "max_utts", str(args.utts)), ("evaluate", "subsets", args.subsets),
-        ("evaluate", "synth_max_tokens", str(args.synth_max_tokens)), ("evaluate", "report_max_utts", "1"),
-        ("tune", "n_trials", "1"), ("tune", "max_utts", "1"),
+        ("train", "max_epochs", "1"),
+        ("train", "max_steps", str(args.steps)),
+        ("train", "average_num", "1"),
+        ("train", "sample_every_epochs", "1"),
+        ("train", "sample_max_tokens", str(args.synth_max_tokens)),
+        ("evaluate", "max_utts", str(args.utts)),
+        ("evaluate", "subsets", args.subsets),
+        ("evaluate", "synth_max_tokens", str(args.synth_max_tokens)),
+        ("evaluate", "report_max_utts", "1"),
+        ("tune", "n_trials", "1"),
+        ("tune", "max_utts", "1"),
     ]
     for section, key, value in short_run:
         text = set_param(text, section, key, value)
     text = re.sub(r"(\n    max_frames_in_batch: )\d+", rf"\g<1>{args.max_frames}", text)
     params.write_text(text, encoding="utf-8")
-    for stage in ("prepare", "extract", "shards", "train_llm", "train_flow", "average@llm", "average@flow",
-                  "assemble", "evaluate", "tune", "promote"):
+    for stage in (
+        "prepare",
+        "extract",
+        "shards",
+        "train_llm",
+        "train_flow",
+        "average@llm",
+        "average@flow",
+        "assemble",
+        "evaluate",
+        "tune",
+        "promote",
+    ):
         figures.append(run_stage(stage, ["dvc", "repro", "-s", stage], project, env, measured, log))
         if not figures[-1].ok:
             break
     else:
-        synth = ["cosyml", "synth", "--model-dir", "models/sft", "--device", "auto", "--max-tokens",
-                 str(args.synth_max_tokens), "--seed", "1"]
+        synth = [
+            "cosyml",
+            "synth",
+            "--model-dir",
+            "models/sft",
+            "--device",
+            "auto",
+            "--max-tokens",
+            str(args.synth_max_tokens),
+            "--seed",
+            "1",
+        ]
         prompt = sorted(clips.glob("*.wav"))[0]
         prompt_text = prompt.with_suffix(".lab").read_text(encoding="utf-8").strip()
         modes = {
@@ -240,18 +319,23 @@ def main() -> int:
             "instruct": ["--instruct", "用开心的语气说这句话", "--speaker", SPEAKER, "--text", "今天天气很好。"],
         }
         for mode, extra in modes.items():
-            figures.append(run_stage(f"synth {mode}", [*synth, *extra, "--out", f"synth-{mode}.wav"], project, env,
-                                     measured, log))
+            figures.append(
+                run_stage(f"synth {mode}", [*synth, *extra, "--out", f"synth-{mode}.wav"], project, env, measured, log)
+            )
         figures.append(serve_one_request(project, env, log, args.serve_timeout))
 
     store = project / "mlruns"
     large, duplicates = duplicate_artifacts(store)
-    print(f"artifact store {store}: {tree_bytes(store) / 2**30:.2f} GB, {large} files over {LARGE >> 20} MB, "
-          f"{len(duplicates)} stored more than once" + (f": {duplicates}" if duplicates else ""))
+    print(
+        f"artifact store {store}: {tree_bytes(store) / 2**30:.2f} GB, {large} files over {LARGE >> 20} MB, "
+        f"{len(duplicates)} stored more than once" + (f": {duplicates}" if duplicates else "")
+    )
     total = sum(f.wall_s for f in figures)
-    print(f"total {total / 60:.1f} min, peak RSS {max(f.peak_rss_gb for f in figures):.2f} GB, "
-          f"{sum(f.written_mb for f in figures) / 1024:.2f} GB written; failed: "
-          f"{[f.name for f in figures if not f.ok] or 'none'}")
+    print(
+        f"total {total / 60:.1f} min, peak RSS {max(f.peak_rss_gb for f in figures):.2f} GB, "
+        f"{sum(f.written_mb for f in figures) / 1024:.2f} GB written; failed: "
+        f"{[f.name for f in figures if not f.ok] or 'none'}"
+    )
     if not args.keep:
         shutil.rmtree(project, ignore_errors=True)
     return 0 if all(f.ok for f in figures) and not duplicates else 1

@@ -79,11 +79,18 @@ def register_voice(work: Path) -> str:
         build_kit(model_dir, seed=0)
     speakers = work / "spk2embedding.pt"
     torch.save({SPEAKER: torch.randn(192, generator=torch.Generator().manual_seed(1)).tolist()}, speakers)
-    scores = {"cer": 0.1, "cer_ci": [0.05, 0.15], "ss": 0.5, "ss_ci": [0.4, 0.6], "n": 10, "missing": 0,
-              "over_50": 0.0}
+    scores = {"cer": 0.1, "cer_ci": [0.05, 0.15], "ss": 0.5, "ss_ci": [0.4, 0.6], "n": 10, "missing": 0, "over_50": 0.0}
     candidates = work / "candidates.json"
-    candidates.write_text(json.dumps({"speaker": SPEAKER, "model_dir": str(model_dir), "candidates": [
-        {"name": "base", "llm": "base", "flow": "base", "summary": scores, "base": True}]}), encoding="utf-8")
+    candidates.write_text(
+        json.dumps(
+            {
+                "speaker": SPEAKER,
+                "model_dir": str(model_dir),
+                "candidates": [{"name": "base", "llm": "base", "flow": "base", "summary": scores, "base": True}],
+            }
+        ),
+        encoding="utf-8",
+    )
     register_candidates(read_candidates(candidates), RegistryConfig(speakers=str(speakers)))
     (work / "registered").write_text("1\n", encoding="utf-8")
     return uri
@@ -116,14 +123,32 @@ def main() -> int:
 
     t = np.arange(int(16000 * 3.0)) / 16000
     prompt = work / "prompt.wav"
-    write_wav(prompt, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32),
-              16000)
+    write_wav(
+        prompt, (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))).astype(np.float32), 16000
+    )
     prompt_b64 = base64.b64encode(prompt.read_bytes()).decode()
     mlflow_cli = shutil.which("mlflow") or str(Path(sys.executable).with_name("mlflow"))
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "COSYML_CACHE_DIR": str(work / "cache"),
-           "MLFLOW_DISABLE_TELEMETRY": "true"}
-    cmd = [mlflow_cli, "models", "serve", "-m", f"models:/cosyml-{SPEAKER}/1", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(args.port), "-w", str(args.workers)]
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "COSYML_CACHE_DIR": str(work / "cache"),
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+    }
+    cmd = [
+        mlflow_cli,
+        "models",
+        "serve",
+        "-m",
+        f"models:/cosyml-{SPEAKER}/1",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(args.port),
+        "-w",
+        str(args.workers),
+    ]
     log = open(work / "serve.log", "w")  # noqa: SIM115 - the server's whole life
     server = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{args.port}"
@@ -163,8 +188,10 @@ def main() -> int:
                 rows.append((done, tree_rss_mb(server.pid), p50))
                 print(f"{done:>9} {rows[-1][1]:>8.0f} {p50:>7.2f}", flush=True)
         growth = rows[-1][1] - rows[1][1]
-        print(f"rss growth after the first {rows[1][0]} requests: {growth:+.0f} MB over {done - rows[1][0]} requests"
-              f"; errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else ""))
+        print(
+            f"rss growth after the first {rows[1][0]} requests: {growth:+.0f} MB over {done - rows[1][0]} requests"
+            f"; errors: {len(errors)}" + (f" (first: {errors[0]})" if errors else "")
+        )
     finally:
         os.killpg(server.pid, 15)
         server.wait(timeout=30)

@@ -48,7 +48,10 @@ def _kit(size: str, work: Path) -> Path:
         print(f"building the {size} kit in {root} ...", flush=True)
         build_kit(root, seed=0, dims=dims)
     if not (root / "spk2info.pt").is_file():
-        torch.save({SPEAKER: {"embedding": torch.randn(1, 192, generator=torch.Generator().manual_seed(0))}}, root / "spk2info.pt")
+        torch.save(
+            {SPEAKER: {"embedding": torch.randn(1, 192, generator=torch.Generator().manual_seed(0))}},
+            root / "spk2info.pt",
+        )
     return root
 
 
@@ -77,7 +80,9 @@ def _since(start: tuple[float, float]) -> tuple[float, float]:
 def _upstream(root: str, model_dir: Path):
     matcha = os.environ.get("MATCHA_PATH") or str(Path(root).resolve().parent / "paimon" / "third_party" / "Matcha-TTS")
     sys.path[:0] = [root, matcha]
-    sys.modules.setdefault("modelscope", types.SimpleNamespace(snapshot_download=lambda d: d))  # never called: dir exists
+    sys.modules.setdefault(
+        "modelscope", types.SimpleNamespace(snapshot_download=lambda d: d)
+    )  # never called: dir exists
     from cosyvoice.cli.cosyvoice import CosyVoice2
 
     return CosyVoice2(str(model_dir))
@@ -121,7 +126,9 @@ def token2wav_parity(engine: SynthEngine, upstream, seed: int = 7) -> None:
             this_hop = hop + pad if offset == 0 else hop
             if available - offset >= this_hop + t2w.pre_lookahead:
                 head = torch.tensor([toks[: offset + this_hop + t2w.pre_lookahead]])
-                chunks_up.append(model.token2wav(token=head, token_offset=offset, stream=True, finalize=False, **common)[0])
+                chunks_up.append(
+                    model.token2wav(token=head, token_offset=offset, stream=True, finalize=False, **common)[0]
+                )
                 offset += this_hop
                 hop = min(4 * t2w.chunk_size, 2 * hop)
         chunks_up.append(model.token2wav(token=tokens, token_offset=offset, finalize=True, **common)[0])
@@ -166,7 +173,9 @@ def main() -> None:
         return
     text = _text_with_tokens(engine, args.text_tokens)
     batch_texts = [_text_with_tokens(engine, args.text_tokens, offset=3 * i) for i in range(args.batch)]
-    llm_params = sum(p.numel() for n, p in engine.llm.named_parameters() if "embed_tokens" not in n and "lm_head" not in n)
+    llm_params = sum(
+        p.numel() for n, p in engine.llm.named_parameters() if "embed_tokens" not in n and "lm_head" not in n
+    )
     rows: list[str] = []
 
     def report(name: str, audio_s: float, wall: float, cpu: float, extra: str = "") -> None:
@@ -185,7 +194,10 @@ def main() -> None:
     tm = result.timings
     per_token = tm.llm_s / max(1, len(result.tokens))
     report(
-        "ours sft", result.duration_s, wall, cpu,
+        "ours sft",
+        result.duration_s,
+        wall,
+        cpu,
         f"  [llm {tm.llm_s:.2f} s = {1000 * per_token:.1f} ms/token ({llm_params * 4 / per_token / 1e9:.1f} GB/s of weights), "
         f"flow {tm.flow_s:.2f} s, hift {tm.hift_s:.2f} s]",
     )

@@ -71,7 +71,11 @@ class Counted(torch.nn.Module):
     def forward(self, batch: dict[str, Any]) -> Any:
         if self.log._start is None:
             self.log._start = time.perf_counter()
-        counts = (len(batch["utts"]), float(batch["speech_token_len"].sum()), float(batch.get("speech_feat_len", torch.zeros(1)).sum()))
+        counts = (
+            len(batch["utts"]),
+            float(batch["speech_token_len"].sum()),
+            float(batch.get("speech_feat_len", torch.zeros(1)).sum()),
+        )
         self.log._pending = [a + b for a, b in zip(self.log._pending, counts, strict=True)]
         return self.model(batch)
 
@@ -135,7 +139,9 @@ def run_ours(part: str, args: argparse.Namespace, shards: Path, kit: Path, devic
     model.to(device)
     cfg = TrainConfig(lr=1e-5, accum_grad=args.accum, max_steps=args.warmup_steps + args.steps, max_epochs=10_000,
                       log_every_steps=1, keep_last=1, keep_best=0, sample_every_epochs=0, data=data_cfg)  # fmt: skip
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    amp = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    )
     per_unit = flops_per_unit(model, train_set, device, part, amp) if device.type == "cuda" or args.flops else 0.0
     log = StepLog(batches_per_epoch=len(train_set.plan(cfg.seed, 0)), vocab_size=qwen.vocab_size)
 
@@ -151,7 +157,16 @@ def run_ours(part: str, args: argparse.Namespace, shards: Path, kit: Path, devic
           f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters", flush=True)  # fmt: skip
     with tempfile.TemporaryDirectory() as ckpt:
         dist = DistInfo(device=device)
-        train(Counted(model, log), train_set, None, cfg, ckpt, dist=dist, resume=None, callbacks=TrainCallbacks(on_log=on_log))
+        train(
+            Counted(model, log),
+            train_set,
+            None,
+            cfg,
+            ckpt,
+            dist=dist,
+            resume=None,
+            callbacks=TrainCallbacks(on_log=on_log),
+        )
     timed = slice(args.warmup_steps, None)
     secs, counts = sum(log.seconds[timed]), [sum(c[i] for c in log.counts[timed]) for i in range(3)]
     line = f"[{part}] ours: {len(log.seconds[timed])} timed steps, {secs / max(1, len(log.seconds[timed])):.3f} s/step, {counts[0] / secs:.2f} samples/s"
@@ -170,13 +185,17 @@ def upstream_blocker(args: argparse.Namespace, device: torch.device) -> str | No
         return "no --upstream checkout given"
     if device.type != "cuda":
         return "upstream's train.py initialises NCCL and moves the model with .cuda() (it asserts a GPU); this run is on the CPU"
-    probe = subprocess.run([args.upstream_python, "-c", "import deepspeed, hyperpyyaml, tensorboard"], capture_output=True, text=True)
+    probe = subprocess.run(
+        [args.upstream_python, "-c", "import deepspeed, hyperpyyaml, tensorboard"], capture_output=True, text=True
+    )
     if probe.returncode:
         return f"{args.upstream_python} cannot import upstream's trainer dependencies: {probe.stderr.strip().splitlines()[-1]}"
     return None
 
 
-def run_upstream(part: str, args: argparse.Namespace, shards: Path, kit: Path, ours: StepLog) -> tuple[float, list[float]]:
+def run_upstream(
+    part: str, args: argparse.Namespace, shards: Path, kit: Path, ours: StepLog
+) -> tuple[float, list[float]]:
     """Upstream's trainer on the same shards; returns (seconds per optimiser step after warm-up, step losses)."""
     from cosyml.kit.model_yaml import write_qwen_backbone
 
@@ -212,7 +231,9 @@ def run_upstream(part: str, args: argparse.Namespace, shards: Path, kit: Path, o
             stamps.append(time.mktime(time.strptime(m.group(1), "%Y-%m-%d %H:%M:%S")) + int(m.group(2)) / 1000)
             losses.append(float(m.group(4)) * args.accum)  # upstream logs the loss divided by accum_grad
     if len(stamps) <= args.warmup_steps + 1:
-        raise RuntimeError(f"upstream trainer logged {len(stamps)} steps (rc {proc.returncode}); see {out / 'train.log'}")
+        raise RuntimeError(
+            f"upstream trainer logged {len(stamps)} steps (rc {proc.returncode}); see {out / 'train.log'}"
+        )
     timed = stamps[args.warmup_steps :]
     return (timed[-1] - timed[0]) / (len(timed) - 1), losses
 
@@ -254,7 +275,9 @@ def main() -> None:
                 continue
             up_step, up_losses = run_upstream(part, args, shards, kit, ours)
             ours_step = sum(ours.seconds[args.warmup_steps :]) / max(1, len(ours.seconds[args.warmup_steps :]))
-            print(f"[{part}] upstream: {up_step:.3f} s/step; ours/upstream step time {ours_step / up_step:.3f} (speed-up {up_step / ours_step:.2f}x)")
+            print(
+                f"[{part}] upstream: {up_step:.3f} s/step; ours/upstream step time {ours_step / up_step:.3f} (speed-up {up_step / ours_step:.2f}x)"
+            )
             print(f"[{part}] loss per step (ours | upstream):")
             for i in range(min(len(ours.losses), len(up_losses))):
                 print(f"  {i + 1:4d} {ours.losses[i]:10.4f} | {up_losses[i]:10.4f}")

@@ -106,9 +106,21 @@ def _ffprobe_sample_rate(path: Path) -> int | None:
     if shutil.which("ffprobe") is None:
         return None
     result = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "a:0", "-show_entries", "stream=sample_rate",
-         "-of", "csv=p=0", str(path)],
-        capture_output=True, text=True, check=False,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "a:0",
+            "-show_entries",
+            "stream=sample_rate",
+            "-of",
+            "csv=p=0",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     text = result.stdout.strip()
     return int(text) if text.isdigit() else None

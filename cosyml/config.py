@@ -54,7 +54,9 @@ class PrepareConfig:
     min_dev: int = 2  # warn when dev gets fewer clips (the split never moves a clip to meet it)
     seed: int = 1986  # seed of the train/dev split
     instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file
-    placeholder_pattern: str = r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"  # transcripts matching this (game markup) are rejected
+    placeholder_pattern: str = (
+        r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"  # transcripts matching this (game markup) are rejected
+    )
     silence_floor_dbfs: float = -60.0  # frames below this level are silence whatever the peak
     slice_min_silence_s: float = 0.3  # a pause must be this long to cut a long recording there
     min_confidence: float = 0.3  # Whisper transcripts below this confidence are rejected (review them)
@@ -213,7 +215,9 @@ class TuneConfig:
     """``tune``: Optuna search over the synthesis sampling parameters of one candidate (``cosyml tune``)."""
 
     candidate: str = ""  # "llm=SRC,flow=SRC"; empty = sft-avg for each part that exists, else base
-    space: dict[str, list[float]] = field(default_factory=_default_space)  # name: [low, high] (top_p top_k win_size tau_r)
+    space: dict[str, list[float]] = field(
+        default_factory=_default_space
+    )  # name: [low, high] (top_p top_k win_size tau_r)
     n_trials: int = 20  # trials the study should hold in all (finished ones count; a rerun resumes)
     seed: int = 1986  # TPE sampler seed
     direction: str = "maximize"  # the objective is the registry composite ss_weight*SS - cer_weight*CER
@@ -287,9 +291,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, prefix: str = "") ->
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{prefix}{unknown[0]}: unknown parameter; known ones are: {', '.join(sorted(names))}"
-        )
+        raise ConfigError(f"{prefix}{unknown[0]}: unknown parameter; known ones are: {', '.join(sorted(names))}")
     kwargs: dict[str, Any] = {}
     for name, value in data.items():
         hint = hints[name]
@@ -364,8 +366,9 @@ def check_values(obj: Any, prefix: str = "") -> None:
             raise ConfigError(f"{prefix}{name}: {getattr(obj, name)!r} is not one of {', '.join(choices)}")
     if isinstance(obj, PrepareConfig):
         if obj.min_duration_s >= obj.max_duration_s:
-            raise ConfigError(f"{prefix}min_duration_s: {obj.min_duration_s:g} is not below "
-                              f"max_duration_s={obj.max_duration_s:g}")
+            raise ConfigError(
+                f"{prefix}min_duration_s: {obj.min_duration_s:g} is not below max_duration_s={obj.max_duration_s:g}"
+            )
         if obj.slice_min_s >= obj.slice_max_s:
             raise ConfigError(f"{prefix}slice_min_s: {obj.slice_min_s:g} is not below slice_max_s={obj.slice_max_s:g}")
     section_check = {EvaluateConfig: _check_evaluate, RegistryConfig: _check_registry, TuneConfig: _check_tune}
@@ -445,8 +448,15 @@ def as_flat_dict(obj: Any, prefix: str = "") -> dict[str, Any]:
 _SEED_MAX = 2**32 - 1  # numpy's and Optuna's seeds are unsigned 32-bit
 
 
-def _check_range(section: Any, prefix: str, name: str, low: float | None = None, high: float | None = None,
-                 low_open: bool = False, hint: str = "") -> None:
+def _check_range(
+    section: Any,
+    prefix: str,
+    name: str,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    hint: str = "",
+) -> None:
     """One-line :class:`ConfigError` unless ``low <= value <= high`` (``low < value`` when ``low_open``) and
     finite; ``None`` (meaning "the model's value") passes."""
     value = getattr(section, name)
@@ -460,7 +470,9 @@ def _check_range(section: Any, prefix: str, name: str, low: float | None = None,
     if too_low or too_high:
         lo = "" if low is None else (f"> {low:g}" if low_open else f">= {low:g}")
         hi = "" if high is None else f"<= {high:g}"
-        raise ConfigError(f"{key}: {value!r} is out of range; it must be {' and '.join(x for x in (lo, hi) if x)}{hint}")
+        raise ConfigError(
+            f"{key}: {value!r} is out of range; it must be {' and '.join(x for x in (lo, hi) if x)}{hint}"
+        )
 
 
 def check_evaluation_params(params: Params) -> None:
@@ -474,8 +486,14 @@ def check_evaluation_params(params: Params) -> None:
 def _check_evaluate(ev: EvaluateConfig, section: str = "evaluate") -> None:
     for name in ("batch_size", "synth_batch_size", "bootstrap_resamples"):
         _check_range(ev, "evaluate", name, 1)
-    for name in ("max_tokens", "max_utts", "synth_max_tokens", "report_max_utts", "min_token_text_ratio",
-                 "min_duration_ratio"):
+    for name in (
+        "max_tokens",
+        "max_utts",
+        "synth_max_tokens",
+        "report_max_utts",
+        "min_token_text_ratio",
+        "min_duration_ratio",
+    ):
         _check_range(ev, "evaluate", name, 0)
     for name in ("max_silence_ratio", "max_clipped_ratio", "max_no_speech_prob"):
         _check_range(ev, "evaluate", name, 0, 1)
@@ -487,10 +505,22 @@ def _check_evaluate(ev: EvaluateConfig, section: str = "evaluate") -> None:
     _check_range(ev, "evaluate", "silence_dbfs", None, 0, hint=" (dBFS: 0 is full scale)")
     _check_range(ev, "evaluate", "clip_threshold", 0, 1, low_open=True)
     _check_range(ev, "evaluate", "max_compression_ratio", 0, low_open=True)
-    _check_range(ev, "evaluate", "max_duration_ratio", ev.min_duration_ratio, low_open=True,
-                 hint=" (above evaluate.min_duration_ratio)")
-    _check_range(ev, "evaluate", "max_token_text_ratio", ev.min_token_text_ratio, low_open=True,
-                 hint=" (above evaluate.min_token_text_ratio)")
+    _check_range(
+        ev,
+        "evaluate",
+        "max_duration_ratio",
+        ev.min_duration_ratio,
+        low_open=True,
+        hint=" (above evaluate.min_duration_ratio)",
+    )
+    _check_range(
+        ev,
+        "evaluate",
+        "max_token_text_ratio",
+        ev.min_token_text_ratio,
+        low_open=True,
+        hint=" (above evaluate.min_token_text_ratio)",
+    )
     _check_range(ev, "evaluate", "top_p", 0, 1, low_open=True)
     _check_range(ev, "evaluate", "top_k", 1)
     _check_range(ev, "evaluate", "win_size", 1)

@@ -149,8 +149,7 @@ def output_lock(folder: str | Path, what: str | None = None) -> Iterator[None]:
         handle.seek(0)
         handle.truncate()
         handle.write(
-            f"pid {os.getpid()} on {socket.gethostname()} ({command[:200]}) since "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')}"
+            f"pid {os.getpid()} on {socket.gethostname()} ({command[:200]}) since {time.strftime('%Y-%m-%d %H:%M:%S')}"
         )
         handle.flush()
         yield

@@ -194,15 +194,23 @@ def cache_root(configured: str | None = None) -> Path:
 
 def fetch_base_assets(uri: str, base_hash: str, cache: Path) -> Path:
     """The local model directory of the base assets at ``uri``, downloaded once into ``cache``."""
-    return _fetch_once(uri, cache / "base" / base_hash, BASE_ARTIFACT, lambda p: tree_hash(tree_files(p)), base_hash,
-                       "base model assets", "the base-model run")
+    return _fetch_once(
+        uri,
+        cache / "base" / base_hash,
+        BASE_ARTIFACT,
+        lambda p: tree_hash(tree_files(p)),
+        base_hash,
+        "base model assets",
+        "the base-model run",
+    )
 
 
 def fetch_weights(uri: str, part: str, file_hash: str, cache: Path) -> Path:
     """The local copy of a version's shared ``part`` weights (``llm.pt``/``flow.pt``) at ``uri``, downloaded
     once into ``cache`` and checked against ``file_hash`` (sha256 of the file)."""
-    return _fetch_once(uri, cache / "weights" / file_hash, f"{part}.pt", file_sha256, file_hash,
-                       f"{part} weights", "the weights run")
+    return _fetch_once(
+        uri, cache / "weights" / file_hash, f"{part}.pt", file_sha256, file_hash, f"{part} weights", "the weights run"
+    )
 
 
 def _fetch_once(
@@ -348,7 +356,8 @@ class VoiceModel(PythonModel):
         self.batch_size = int(config.get("batch_size", 8))
         self.engine = SynthEngine.load(
             base_dir,
-            device=str(config.get("device") or "auto") if config.get("device") not in (None, "", "auto")
+            device=str(config.get("device") or "auto")
+            if config.get("device") not in (None, "", "auto")
             else os.environ.get("COSYML_DEVICE", "auto"),
             llm=weights["llm"],
             flow=weights["flow"],
@@ -391,8 +400,9 @@ class VoiceModel(PythonModel):
             results = [self._one(request) for _, request in todo]
         for (i, _), result in zip(todo, results, strict=True):
             if isinstance(result, BaseException):
-                rows[i] = _failed(_public(str(result) if isinstance(result, CosymlError) else _internal(result),
-                                          scratch))
+                rows[i] = _failed(
+                    _public(str(result) if isinstance(result, CosymlError) else _internal(result), scratch)
+                )
                 continue
             rows[i] = {
                 "audio": wav_to_base64(result.wav, result.sample_rate, scratch),
@@ -432,8 +442,7 @@ def _failed(message: str) -> dict[str, Any]:
     return {"audio": None, "sample_rate": 0, "duration_s": 0.0, "seed": -1, "error": message}
 
 
-def _part_file(context: PythonModelContext, part: str, spec: VoiceSpec, voice_path: Path,
-               cache: Path) -> str:
+def _part_file(context: PythonModelContext, part: str, spec: VoiceSpec, voice_path: Path, cache: Path) -> str:
     """The weights file of ``part``: ``base``, shared weights fetched into ``cache``, or a file in the version."""
     source = getattr(spec, part)
     if source == BASE:
@@ -506,4 +515,6 @@ def check_model_uri(model_uri: str) -> None:
         raise
     except MlflowException as exc:
         reason = str(exc).strip().splitlines()[0][:200]
-        raise ModelDirError(f"{model_uri}: the model registry cannot be reached ({reason}); check MLFLOW_TRACKING_URI") from None
+        raise ModelDirError(
+            f"{model_uri}: the model registry cannot be reached ({reason}); check MLFLOW_TRACKING_URI"
+        ) from None

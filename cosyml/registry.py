@@ -68,7 +68,9 @@ class Scores:
     @classmethod
     def from_dict(cls, data: Any, where: str) -> Scores | None:
         """Scores from ``candidates.json``; None when nothing was scored (``null`` summary or numbers)."""
-        if data is None or (isinstance(data, Mapping) and any(k in data and data[k] is None for k in ("cer", "cer_ci", "ss", "ss_ci"))):
+        if data is None or (
+            isinstance(data, Mapping) and any(k in data and data[k] is None for k in ("cer", "cer_ci", "ss", "ss_ci"))
+        ):
             return None
         if not isinstance(data, Mapping):
             raise InputError(f"{where}: expected an object with {', '.join(_SCORE_KEYS)}")
@@ -320,8 +322,9 @@ class BaseAssets:
     created: bool
 
 
-def _log_once(mlc: Any, experiment: str, match: dict[str, str], run_name: str, tags: dict[str, str],
-              files: list[tuple[str, Path]]) -> tuple[str, bool]:
+def _log_once(
+    mlc: Any, experiment: str, match: dict[str, str], run_name: str, tags: dict[str, str], files: list[tuple[str, Path]]
+) -> tuple[str, bool]:
     """The id of the complete run in ``experiment`` tagged with ``match``, or of a new one holding ``files``
     (``(artifact path, local file)`` pairs). Returns (run id, created). Only a complete upload is reused."""
     exp_id = _experiment_id(mlc, experiment)
@@ -349,7 +352,10 @@ def ensure_base_assets(mlc: Any, model_dir: str | Path) -> BaseAssets:
     files = base_asset_files(model_dir)
     digest = tree_hash(files)
     run_id, created = _log_once(
-        mlc, BASE_EXPERIMENT, {"cosyml.base_hash": digest}, f"base-{Path(model_dir).resolve().name}-{digest[:8]}",
+        mlc,
+        BASE_EXPERIMENT,
+        {"cosyml.base_hash": digest},
+        f"base-{Path(model_dir).resolve().name}-{digest[:8]}",
         {"cosyml.model_dir": str(Path(model_dir).resolve())},
         [(f"{BASE_ARTIFACT}/{name}", path) for name, path in files],
     )
@@ -372,7 +378,9 @@ def ensure_weights(mlc: Any, part: str, weights: PartWeights) -> SharedWeights:
 
     assert weights.file is not None
     run_id, created = _log_once(
-        mlc, WEIGHTS_EXPERIMENT, {"cosyml.part": part, "cosyml.weights_sha256": weights.sha256},
+        mlc,
+        WEIGHTS_EXPERIMENT,
+        {"cosyml.part": part, "cosyml.weights_sha256": weights.sha256},
         f"{part}-{weights.sha256[:8]}",
         {"cosyml.source": weights.source, "cosyml.file_sha256": file_sha256(weights.file)},
         [(f"{WEIGHTS_ARTIFACT}/{part}.pt", weights.file)],
@@ -551,7 +559,9 @@ def register_candidates(
     if only is not None and len(chosen) != len(set(only)):
         missing = sorted(set(only) - {c.name for c in chosen})
         raise InputError(f"{candidates.path}: no candidate named {', '.join(missing)}")
-    speakers = _speaker_table(candidates.speaker, speakers_file if speakers_file is not None else config.speakers, candidates.model_dir)
+    speakers = _speaker_table(
+        candidates.speaker, speakers_file if speakers_file is not None else config.speakers, candidates.model_dir
+    )
     sampling = dict(sampling or {})
     base = ensure_base_assets(mlc, candidates.model_dir)
     with contextlib.suppress(mlflow.exceptions.MlflowException):
@@ -571,9 +581,10 @@ def register_candidates(
     }
     out: list[RegisteredVersion] = []
     wheel: Path | None = None
-    with stage_run("register", candidates.speaker, logged, data_version=data_version) as run, tempfile.TemporaryDirectory(
-        prefix="cosyml-register-"
-    ) as tmp:
+    with (
+        stage_run("register", candidates.speaker, logged, data_version=data_version) as run,
+        tempfile.TemporaryDirectory(prefix="cosyml-register-") as tmp,
+    ):
         for cand in chosen:
             where = f"{candidates.path}: candidate '{cand.name}'"
             if cand.summary is None:
@@ -582,7 +593,9 @@ def register_candidates(
             stage = Path(tmp) / _sanitize(cand.name)
             stage.mkdir()
             parts = {p: _stage_part(p, getattr(cand, p), candidates.model_dir, stage, where) for p in ("llm", "flow")}  # type: ignore[arg-type]
-            weights_hash = hashlib.sha256(f"{base.hash}|{parts['llm'].sha256}|{parts['flow'].sha256}".encode()).hexdigest()
+            weights_hash = hashlib.sha256(
+                f"{base.hash}|{parts['llm'].sha256}|{parts['flow'].sha256}".encode()
+            ).hexdigest()
             identity = json.dumps([weights_hash, speaker_hash, sorted(sampling.items()), config.max_tokens])
             key = hashlib.sha256(identity.encode()).hexdigest()
             # A few headline tags; every score is a model metric and in scores.json, the storage
@@ -606,8 +619,12 @@ def register_candidates(
                 tags["cosyml.data_version"] = data_version
             metrics = score_metrics(cand)
             scores_doc = {
-                "candidate": cand.name, "llm": cand.llm, "flow": cand.flow, "eval_file": str(candidates.path),
-                "eval_sha": candidates.sha256, "register_run_id": run.run_id or None,
+                "candidate": cand.name,
+                "llm": cand.llm,
+                "flow": cand.flow,
+                "eval_file": str(candidates.path),
+                "eval_sha": candidates.sha256,
+                "register_run_id": run.run_id or None,
                 "summary": dataclasses.asdict(cand.summary),
                 "subsets": {k: dataclasses.asdict(v) for k, v in cand.subsets.items()},
             }
@@ -643,7 +660,10 @@ def register_candidates(
                 flow_file_sha256=shared["flow"].file_sha256 if "flow" in shared else "",
                 sampling=sampling,
                 max_tokens=config.max_tokens,
-                scores={"summary": dataclasses.asdict(cand.summary), "subsets": {k: dataclasses.asdict(v) for k, v in cand.subsets.items()}},
+                scores={
+                    "summary": dataclasses.asdict(cand.summary),
+                    "subsets": {k: dataclasses.asdict(v) for k, v in cand.subsets.items()},
+                },
             )
             (stage / "voice.json").write_text(spec.to_json(), encoding="utf-8")
             torch.save(speakers, stage / "spk2info.pt")
@@ -667,10 +687,19 @@ def register_candidates(
 
 
 #: Version tags older releases wrote that now live in voice.json / scores.json; removed on re-registration.
-_RETIRED_TAGS = frozenset({
-    "cosyml.weights_hash", "cosyml.base_hash", "cosyml.base_uri", "cosyml.eval_file", "cosyml.register_run_id",
-    "cosyml.llm_sha256", "cosyml.flow_sha256", "cosyml.llm_uri", "cosyml.flow_uri",
-})
+_RETIRED_TAGS = frozenset(
+    {
+        "cosyml.weights_hash",
+        "cosyml.base_hash",
+        "cosyml.base_uri",
+        "cosyml.eval_file",
+        "cosyml.register_run_id",
+        "cosyml.llm_sha256",
+        "cosyml.flow_sha256",
+        "cosyml.llm_uri",
+        "cosyml.flow_uri",
+    }
+)
 
 
 def score_metrics(cand: Candidate) -> dict[str, float]:
@@ -682,16 +711,18 @@ def score_metrics(cand: Candidate) -> dict[str, float]:
     return out
 
 
-def _log_scores(model_id: str, run_id: str | None, metrics: Mapping[str, float], doc: Mapping[str, Any],
-                folder: Path) -> None:
+def _log_scores(
+    model_id: str, run_id: str | None, metrics: Mapping[str, float], doc: Mapping[str, Any], folder: Path
+) -> None:
     """The scores as metrics of the logged model (its "Metrics" in the MLflow UI; the latest value wins on
     a refresh) and as its artifact ``scores.json``."""
     import mlflow
 
     mlflow.log_metrics(dict(metrics), model_id=model_id, run_id=run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scores.json").write_text(json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n",
-                                        encoding="utf-8")
+    (folder / "scores.json").write_text(
+        json.dumps(doc, indent=1, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
 
 
@@ -705,8 +736,9 @@ def _first_with_key(mlc: Any, name: str, key: str) -> Any | None:
     return min(same, key=lambda v: int(v.version)) if same else None
 
 
-def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: str, run_id: str | None,
-               wheel: Path) -> str:
+def _log_voice(
+    stage: Path, artifacts: dict[str, str], speaker: str, candidate: str, run_id: str | None, wheel: Path
+) -> str:
     """Log one voice as an MLflow logged model; returns its ``models:/<model_id>`` URI.
 
     ``mlflow.pyfunc.log_model`` would load the model and synthesise the input example to validate it
@@ -719,7 +751,9 @@ def _log_voice(stage: Path, artifacts: dict[str, str], speaker: str, candidate: 
     from cosyml.pyfunc import input_example, signature
 
     logged = mlflow.initialize_logged_model(
-        name=f"voice-{_sanitize(candidate)}", source_run_id=run_id, model_type="cosyml-voice",
+        name=f"voice-{_sanitize(candidate)}",
+        source_run_id=run_id,
+        model_type="cosyml-voice",
         tags={"cosyml.candidate": candidate, "cosyml.speaker": speaker},
     )
     try:
@@ -755,8 +789,17 @@ def requirements(cosyml_wheel: str) -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
-    for dist in ("mlflow", "torch", "numpy", "pandas", "soundfile", *ORT_DISTRIBUTIONS, "transformers", "wetext",
-                 "PyYAML"):  # the onnxruntime build installed here (cpu or gpu)
+    for dist in (
+        "mlflow",
+        "torch",
+        "numpy",
+        "pandas",
+        "soundfile",
+        *ORT_DISTRIBUTIONS,
+        "transformers",
+        "wetext",
+        "PyYAML",
+    ):  # the onnxruntime build installed here (cpu or gpu)
         with contextlib.suppress(PackageNotFoundError):
             out.append(f"{dist}=={version(dist).split('+', 1)[0]}")
     return [*out, cosyml_wheel]
@@ -782,8 +825,22 @@ def build_cosyml_wheel(out_dir: Path) -> Path:
             if (source / name).is_file():
                 shutil.copyfile(source / name, tree / name)
         done = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "-w",
-             str(out_dir), str(tree)], capture_output=True, text=True, check=False)
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--no-deps",
+                "--no-build-isolation",
+                "--quiet",
+                "-w",
+                str(out_dir),
+                str(tree),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
     wheels = sorted(out_dir.glob("cosyml-*.whl"))
     if done.returncode != 0 or not wheels:
         reason = (done.stderr.strip().splitlines() or ["no wheel written"])[-1][:200]
@@ -845,9 +902,7 @@ def beats(challenger: Scores, champion: Scores, config: RegistryConfig) -> tuple
     ss_better = challenger.ss_ci[0] > champion.ss_ci[1]
     cer_worse = challenger.cer_ci[0] > champion.cer_ci[1]
     ss_worse = challenger.ss_ci[1] < champion.ss_ci[0]
-    cis = (
-        f"CER {_fmt(challenger.cer_ci)} vs {_fmt(champion.cer_ci)}, SS {_fmt(challenger.ss_ci)} vs {_fmt(champion.ss_ci)}"
-    )
+    cis = f"CER {_fmt(challenger.cer_ci)} vs {_fmt(champion.cer_ci)}, SS {_fmt(challenger.ss_ci)} vs {_fmt(champion.ss_ci)}"
     if cer_worse or ss_worse:
         return False, f"significantly worse on {'CER' if cer_worse else 'SS'} ({cis})"
     if not (cer_better or ss_better):
@@ -876,27 +931,55 @@ def decide(pool: list[ScoredVersion], champion: ScoredVersion | None, config: Re
     """The promotion policy (see README "Promotion policy"). ``pool`` must hold the base model's version."""
     bases = [v for v in pool if v.is_base and v.scores is not None]
     if not bases:
-        raise InputError("no evaluated base model among the candidates; evaluate the base model (llm=base, flow=base) too")
+        raise InputError(
+            "no evaluated base model among the candidates; evaluate the base model (llm=base, flow=base) too"
+        )
     base = bases[0].scores
     assert base is not None
     verdicts = []
     for item in pool:
         ok, why = _eligibility(item, base, config)
-        verdicts.append(Verdict(item.version, item.candidate, composite(item.scores, config) if item.scores else None, ok, why))
+        verdicts.append(
+            Verdict(item.version, item.candidate, composite(item.scores, config) if item.scores else None, ok, why)
+        )
     ranked = sorted(
         (v for v in verdicts if v.eligible),
         key=lambda v: (-(v.composite or 0.0), int(v.version) if v.version.isdigit() else 0),
     )
     current = champion.version if champion else None
     if not ranked:
-        return Decision("keep", None, current, "no eligible candidate: " + "; ".join(f"v{v.version} {v.candidate}: {v.reason}" for v in verdicts), verdicts)
+        return Decision(
+            "keep",
+            None,
+            current,
+            "no eligible candidate: " + "; ".join(f"v{v.version} {v.candidate}: {v.reason}" for v in verdicts),
+            verdicts,
+        )
     best = ranked[0]
     if champion is None:
-        return Decision("promote", best.version, None, f"no champion yet; v{best.version} ({best.candidate}) is the best eligible candidate (composite {best.composite:.4f})", verdicts)
+        return Decision(
+            "promote",
+            best.version,
+            None,
+            f"no champion yet; v{best.version} ({best.candidate}) is the best eligible candidate (composite {best.composite:.4f})",
+            verdicts,
+        )
     if best.version == champion.version:
-        return Decision("keep", None, current, f"the champion v{current} ({champion.candidate}) is still the best eligible candidate", verdicts)
+        return Decision(
+            "keep",
+            None,
+            current,
+            f"the champion v{current} ({champion.candidate}) is still the best eligible candidate",
+            verdicts,
+        )
     if champion.scores is None:
-        return Decision("promote", best.version, current, f"the champion v{current} has no scores; v{best.version} ({best.candidate}) is the best eligible candidate", verdicts)
+        return Decision(
+            "promote",
+            best.version,
+            current,
+            f"the champion v{current} has no scores; v{best.version} ({best.candidate}) is the best eligible candidate",
+            verdicts,
+        )
     reasons = []
     for verdict in ranked:
         if verdict.version == champion.version:
@@ -905,9 +988,22 @@ def decide(pool: list[ScoredVersion], champion: ScoredVersion | None, config: Re
         assert scores is not None
         ok, why = beats(scores, champion.scores, config)
         if ok:
-            return Decision("promote", verdict.version, current, f"v{verdict.version} ({verdict.candidate}) beats champion v{current}: {why}", verdicts)
+            return Decision(
+                "promote",
+                verdict.version,
+                current,
+                f"v{verdict.version} ({verdict.candidate}) beats champion v{current}: {why}",
+                verdicts,
+            )
         reasons.append(f"v{verdict.version} ({verdict.candidate}): {why}")
-    return Decision("keep", None, current, f"no candidate beats champion v{current} ({champion.candidate}): " + "; ".join(reasons or ["none ranks above it"]), verdicts)
+    return Decision(
+        "keep",
+        None,
+        current,
+        f"no candidate beats champion v{current} ({champion.candidate}): "
+        + "; ".join(reasons or ["none ranks above it"]),
+        verdicts,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- promote
@@ -984,7 +1080,9 @@ def promote(candidates: CandidateSet, config: RegistryConfig, dry_run: bool = Fa
     try:
         versions = mlc.search_model_versions(f"name='{name}'")
     except Exception as exc:  # pragma: no cover - network trouble
-        raise CosymlError(f"model registry: cannot list versions of '{name}' ({exc}); check MLFLOW_TRACKING_URI") from None
+        raise CosymlError(
+            f"model registry: cannot list versions of '{name}' ({exc}); check MLFLOW_TRACKING_URI"
+        ) from None
     pool = [_version_score(mlc, v) for v in versions if (v.tags or {}).get("cosyml.eval_sha") == candidates.sha256]
     if not pool:
         raise InputError(
@@ -1002,7 +1100,9 @@ def promote(candidates: CandidateSet, config: RegistryConfig, dry_run: bool = Fa
         if champion is None or champion.version != decision.target:
             mlc.set_registered_model_alias(name, config.alias, decision.target)
             moved = True
-    with stage_run("promote", candidates.speaker, {**policy, "candidates": str(candidates.path), "dry_run": dry_run}) as run:
+    with stage_run(
+        "promote", candidates.speaker, {**policy, "candidates": str(candidates.path), "dry_run": dry_run}
+    ) as run:
         run.set_tags(
             {
                 "cosyml.decision": decision.action if not dry_run else f"{decision.action} (dry run)",
@@ -1040,7 +1140,9 @@ def describe_versions(speaker: str, config: RegistryConfig) -> Iterator[str]:
     try:  # search_model_versions leaves aliases empty; the registered model holds them
         by_alias = dict(mlc.get_registered_model(name).aliases or {})
     except MlflowException:
-        raise InputError(f"no registered model '{name}'; run `cosyml register` (or check MLFLOW_TRACKING_URI)") from None
+        raise InputError(
+            f"no registered model '{name}'; run `cosyml register` (or check MLFLOW_TRACKING_URI)"
+        ) from None
     aliases_of: dict[str, list[str]] = {}
     for alias, number in sorted(by_alias.items()):
         aliases_of.setdefault(str(number), []).append(alias)

@@ -248,8 +248,13 @@ def _bounded_http_retries() -> None:
 # ---------------------------------------------------------------------------------------------- outbox
 
 
-_KIND_WORDS = {"metrics": "metric batches", "params": "param batches", "tags": "tag batches",
-               "artifacts": "artifacts", "status": "run status"}
+_KIND_WORDS = {
+    "metrics": "metric batches",
+    "params": "param batches",
+    "tags": "tag batches",
+    "artifacts": "artifacts",
+    "status": "run status",
+}
 
 
 @dataclass
@@ -285,8 +290,10 @@ class _Outbox:
                 self.next_probe = time.monotonic() + self.retry_s
                 if not self.told_offline:
                     self.told_offline = True
-                    warn(f"tracking store {self.uri} went away ({reason}); the stage goes on, logging is "
-                         f"queued and retried every {self.retry_s:g} s")
+                    warn(
+                        f"tracking store {self.uri} went away ({reason}); the stage goes on, logging is "
+                        f"queued and retried every {self.retry_s:g} s"
+                    )
                 self._hold(kind, label, call)
             else:
                 self.failed[kind] += 1
@@ -330,8 +337,10 @@ class _Outbox:
                 if left[kind]:
                     names = [label for k, label, _ in self.pending if k == kind][:3]
                     more = f" ({', '.join(names)}{', ...' if left[kind] > len(names) else ''})" if names else ""
-                    lines.append(f"tracking: {left[kind]} {_KIND_WORDS[kind]} not logged to {self.uri}, which "
-                                 f"stayed unreachable{more}; the files on disk are complete")
+                    lines.append(
+                        f"tracking: {left[kind]} {_KIND_WORDS[kind]} not logged to {self.uri}, which "
+                        f"stayed unreachable{more}; the files on disk are complete"
+                    )
                 if self.failed[kind]:
                     lines.append(f"tracking: {self.failed[kind]} {_KIND_WORDS[kind]} refused by {self.uri}")
             return lines
@@ -361,7 +370,9 @@ class StageRun:
 
         now = int(time.time() * 1000)  # the time of the measurement, not of a delayed upload
         batch = [Metric(k, float(v), now, int(step or 0)) for k, v in metrics.items()]
-        self._send("metrics", f"metrics at step {step or 0}", lambda: self._client.log_batch(self.run_id, metrics=batch))
+        self._send(
+            "metrics", f"metrics at step {step or 0}", lambda: self._client.log_batch(self.run_id, metrics=batch)
+        )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         if not self.active:
@@ -397,8 +408,9 @@ class StageRun:
 
         self._send("artifacts", label, call)
 
-    def log_weights(self, checkpoint: str | Path, artifact_path: str, name: str | None = None,
-                    info: Mapping[str, Any] | None = None) -> None:
+    def log_weights(
+        self, checkpoint: str | Path, artifact_path: str, name: str | None = None, info: Mapping[str, Any] | None = None
+    ) -> None:
         """Log the model weights of a training checkpoint as ``<artifact_path>/<name>`` (default: the
         checkpoint's file name), an official-format state dict without optimizer, scaler or RNG state (a
         third of a full checkpoint's size with Adam): what averaging, assembling and synthesis read.
@@ -444,7 +456,10 @@ class StageRun:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         now = int(time.time() * 1000)
-        tag_list = {**{k: mask(v) for k, v in (tags or {}).items() if not _is_secret(k)}, MLFLOW_PARENT_RUN_ID: self.run_id}
+        tag_list = {
+            **{k: mask(v) for k, v in (tags or {}).items() if not _is_secret(k)},
+            MLFLOW_PARENT_RUN_ID: self.run_id,
+        }
 
         def call() -> None:
             parent = self._client.get_run(self.run_id)
@@ -489,7 +504,9 @@ def mark_abandoned_runs(client: Any, experiment_id: str) -> list[str]:
     host = socket.gethostname()
     marked = []
     runs = client.search_runs(
-        [experiment_id], filter_string=f"attributes.status = 'RUNNING' and tags.`cosyml.host` = '{host}'", max_results=200
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`cosyml.host` = '{host}'",
+        max_results=200,
     )
     for run in runs:
         tags = run.data.tags
@@ -617,8 +634,10 @@ def stage_run(
     except Exception as exc:  # the store answered the probe but cannot open a run
         monitor_log.removeFilter(quiet)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"tracking store {mask(uri)}: cannot open a run ({mask(first)[:300]}); check the server "
-                            "and MLFLOW_TRACKING_URI, or run without recording: COSYML_TRACKING=off") from None
+        raise TrackingError(
+            f"tracking store {mask(uri)}: cannot open a run ({mask(first)[:300]}); check the server "
+            "and MLFLOW_TRACKING_URI, or run without recording: COSYML_TRACKING=off"
+        ) from None
     outbox = _Outbox(mask(uri))
     handle = StageRun(active=True, run_id=run.info.run_id, _outbox=outbox, _client=client)
     status = "FAILED"
@@ -634,7 +653,9 @@ def stage_run(
         _end_run(handle, outbox, status, quiet, monitor_log)
 
 
-def _end_run(handle: StageRun, outbox: _Outbox, status: str, quiet: _QuietSystemMetrics, monitor_log: logging.Logger) -> None:
+def _end_run(
+    handle: StageRun, outbox: _Outbox, status: str, quiet: _QuietSystemMetrics, monitor_log: logging.Logger
+) -> None:
     import mlflow
     from mlflow.tracking import fluent
 
@@ -651,8 +672,10 @@ def _end_run(handle: StageRun, outbox: _Outbox, status: str, quiet: _QuietSystem
         if monitor is not None:
             with contextlib.suppress(Exception):
                 monitor.finish()
-        lines.append(f"tracking: run status {status} not recorded (the run shows RUNNING until the next cosyml "
-                     "stage on this host marks it KILLED)")
+        lines.append(
+            f"tracking: run status {status} not recorded (the run shows RUNNING until the next cosyml "
+            "stage on this host marks it KILLED)"
+        )
     monitor_log.removeFilter(quiet)
     if quiet.stopped:
         lines.append("tracking: system metrics sampling stopped at the outage")

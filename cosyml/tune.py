@@ -85,8 +85,9 @@ def parse_space(space: Mapping[str, Any], where: str = "tune.space") -> list[Par
     ranges: list[ParamRange] = []
     for name, bounds in space.items():
         if name not in SEARCHABLE:
-            raise ConfigError(f"{where}.{name}: unknown sampling parameter; searchable ones are: "
-                              f"{', '.join(SEARCHABLE)}")
+            raise ConfigError(
+                f"{where}.{name}: unknown sampling parameter; searchable ones are: {', '.join(SEARCHABLE)}"
+            )
         kind, lowest, highest = SEARCHABLE[name]
         ok = isinstance(bounds, list | tuple) and len(bounds) == 2
         ok = ok and all(isinstance(b, int | float) and not isinstance(b, bool) and math.isfinite(b) for b in bounds)
@@ -163,8 +164,16 @@ def suite_objective(
 
     def objective(sampling: dict[str, float | int], number: int) -> TrialScore:
         trial_dir = Path(out_dir) / "trials" / f"trial-{number:04d}"
-        result = run_suite(trial_params(params, sampling), [candidate], trial_dir, model_dir=params.model_dir,
-                           data_dir=data_dir or None, progress=False, log=log, models=models)
+        result = run_suite(
+            trial_params(params, sampling),
+            [candidate],
+            trial_dir,
+            model_dir=params.model_dir,
+            data_dir=data_dir or None,
+            progress=False,
+            log=log,
+            models=models,
+        )
         outcome = result.candidates[0]
         if outcome.error is not None:
             raise TrialFailed(outcome.error)
@@ -178,8 +187,10 @@ def suite_objective(
         if scores is None:
             raise TrialFailed("no CER/SS could be computed")
         if summary.missing / summary.n > registry.max_missing_ratio:
-            raise TrialPruned(f"{summary.missing}/{summary.n} outputs missing, above registry.max_missing_ratio "
-                              f"{registry.max_missing_ratio}")
+            raise TrialPruned(
+                f"{summary.missing}/{summary.n} outputs missing, above registry.max_missing_ratio "
+                f"{registry.max_missing_ratio}"
+            )
         return TrialScore(composite(scores, registry), scores.cer, scores.ss, summary.n, summary.missing)
 
     return objective
@@ -255,9 +266,13 @@ def mask_storage(url: str) -> str:
 def _record(trial: Any) -> TrialRecord:
     attrs = trial.user_attrs
     return TrialRecord(
-        number=trial.number, state=trial.state.name, params=dict(trial.params),
+        number=trial.number,
+        state=trial.state.name,
+        params=dict(trial.params),
         value=trial.value if trial.state.name == "COMPLETE" else None,
-        cer=attrs.get("cer"), ss=attrs.get("ss"), reason=attrs.get("fail_reason") or attrs.get("prune_reason"),
+        cer=attrs.get("cer"),
+        ss=attrs.get("ss"),
+        reason=attrs.get("fail_reason") or attrs.get("prune_reason"),
     )
 
 
@@ -276,15 +291,20 @@ def _rdb_storage(url: str, attempts: int = 5, heartbeat_s: int = 60, grace_s: in
 
     def fail(exc: BaseException, hint: str = "") -> ConfigError:
         reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-        return ConfigError(f"tune.storage: cannot open {mask_storage(url)}: {(reason or [type(exc).__name__])[0][:200]}{hint}")
+        return ConfigError(
+            f"tune.storage: cannot open {mask_storage(url)}: {(reason or [type(exc).__name__])[0][:200]}{hint}"
+        )
 
     for attempt in range(attempts):
         try:
             with warnings.catch_warnings():  # heartbeats are marked experimental in optuna 5
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(
-                    url, heartbeat_interval=heartbeat_s, grace_period=grace_s,
-                    failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1))
+                    url,
+                    heartbeat_interval=heartbeat_s,
+                    grace_period=grace_s,
+                    failed_trial_callback=optuna.storages.RetryFailedTrialCallback(max_retry=1),
+                )
         except (ImportError, ValueError, optuna.exceptions.StorageInternalError) as exc:
             missing_driver = url.startswith("postgresql") and "import" in str(exc).lower()
             raise fail(exc, "; install the driver: pip install -e .[postgres]" if missing_driver else "") from None
@@ -307,12 +327,18 @@ def open_study(settings: StudySettings) -> Any:
         Path(settings.storage.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     storage = _rdb_storage(settings.storage, heartbeat_s=settings.heartbeat_s, grace_s=settings.grace_s)
     sampler = optuna.samplers.TPESampler(seed=settings.seed)
-    study = optuna.create_study(storage=storage, study_name=settings.study_name, sampler=sampler,
-                                direction=optuna.study.StudyDirection[settings.direction.upper()],
-                                load_if_exists=True)
+    study = optuna.create_study(
+        storage=storage,
+        study_name=settings.study_name,
+        sampler=sampler,
+        direction=optuna.study.StudyDirection[settings.direction.upper()],
+        load_if_exists=True,
+    )
     if study.direction.name.lower() != settings.direction:
-        raise ConfigError(f"tune.direction: study '{settings.study_name}' was created to "
-                          f"{study.direction.name.lower()}; use that or another study name")
+        raise ConfigError(
+            f"tune.direction: study '{settings.study_name}' was created to "
+            f"{study.direction.name.lower()}; use that or another study name"
+        )
     return study
 
 
@@ -340,16 +366,23 @@ def run_study(
     study.sampler = optuna.samplers.TPESampler(seed=resumed_seed(settings.seed, len(existing)))
     names = ", ".join(r.name for r in space)
     if not existing:
-        fixed = {r.name: baseline[r.name] for r in space
-                 if baseline and r.name in baseline and r.low <= baseline[r.name] <= r.high}
+        fixed = {
+            r.name: baseline[r.name]
+            for r in space
+            if baseline and r.name in baseline and r.low <= baseline[r.name] <= r.high
+        }
         if fixed:
             study.enqueue_trial(fixed, user_attrs={"baseline": True}, skip_if_exists=True)
-        say(f"new study {settings.study_name}: searching {names}"
-            + ("; trial 0 is the model yaml's values" if fixed else ""))
+        say(
+            f"new study {settings.study_name}: searching {names}"
+            + ("; trial 0 is the model yaml's values" if fixed else "")
+        )
     else:
         finished = sum(t.state.name in FINISHED for t in existing)
-        say(f"resuming study {settings.study_name}: {len(existing)} trials in storage ({finished} finished), "
-            f"searching {names} up to {settings.n_trials} finished")
+        say(
+            f"resuming study {settings.study_name}: {len(existing)} trials in storage ({finished} finished), "
+            f"searching {names} up to {settings.n_trials} finished"
+        )
     ran: list[int] = []
 
     def optuna_objective(trial: Any) -> float:
@@ -378,8 +411,9 @@ def run_study(
 
     remaining = settings.n_trials - len(study.get_trials(deepcopy=False, states=_states(FINISHED)))
     if remaining > 0:
-        study.optimize(optuna_objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[after],
-                       gc_after_trial=True)
+        study.optimize(
+            optuna_objective, n_trials=remaining, catch=(TrialFailed,), callbacks=[after], gc_after_trial=True
+        )
     trials = [_record(t) for t in study.get_trials(deepcopy=False)]
     complete = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
     best = None
@@ -419,13 +453,21 @@ def write_sampling(result: StudyResult, path: str | Path) -> Path:
     :class:`CosymlError` when no trial completed."""
     if result.best is None:
         reasons = [f"trial {t.number}: {t.reason}" for t in result.trials if t.reason][:1]
-        raise CosymlError(f"study '{result.study_name}': no trial completed ({len(result.trials)} recorded"
-                          + (f"; {reasons[0]}" if reasons else "") + "); nothing to write")
+        raise CosymlError(
+            f"study '{result.study_name}': no trial completed ({len(result.trials)} recorded"
+            + (f"; {reasons[0]}" if reasons else "")
+            + "); nothing to write"
+        )
     best = result.best
     data = {
         "sampling": dict(sorted(best.params.items())),
-        "objective": best.value, "cer": best.cer, "ss": best.ss, "trial": best.number,
-        "study": result.study_name, "storage": result.storage, "finished_trials": result.finished,
+        "objective": best.value,
+        "cer": best.cer,
+        "ss": best.ss,
+        "trial": best.number,
+        "study": result.study_name,
+        "storage": result.storage,
+        "finished_trials": result.finished,
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -443,5 +485,7 @@ def describe_best(result: StudyResult) -> str:
     values = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(best.params.items()))
     cer = f"{best.cer:.4f}" if best.cer is not None else "-"
     ss = f"{best.ss:.4f}" if best.ss is not None else "-"
-    return (f"best trial {best.number} of {result.finished}: objective={best.value:.4f} cer={cer} ss={ss} "
-            f"{values} (study {result.study_name})")
+    return (
+        f"best trial {best.number} of {result.finished}: objective={best.value:.4f} cer={cer} ss={ss} "
+        f"{values} (study {result.study_name})"
+    )

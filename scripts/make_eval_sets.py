@@ -188,16 +188,22 @@ def copy_prompts(speaker_dir: Path, names: list[str], dest: Path, lang: str) -> 
     return out
 
 
-def lines_for(tag: str, texts: list[str], prompts: list[tuple[str, str]], prompt_dir: str,
-              instructs: list[str] | None = None) -> list[SubsetLine]:
+def lines_for(
+    tag: str, texts: list[str], prompts: list[tuple[str, str]], prompt_dir: str, instructs: list[str] | None = None
+) -> list[SubsetLine]:
     """Target lines with prompts assigned round-robin; ``prompt_dir`` is relative to the set root."""
     out = []
     for i, text in enumerate(texts, start=1):
         wav, transcript = prompts[(i - 1) % len(prompts)]
-        out.append(SubsetLine(
-            utt=f"{tag}_{i:03d}", text=text, prompt_text=transcript, prompt_wav=f"{prompt_dir}/waveform/{wav}",
-            instruct=instructs[i - 1] if instructs else None,
-        ))
+        out.append(
+            SubsetLine(
+                utt=f"{tag}_{i:03d}",
+                text=text,
+                prompt_text=transcript,
+                prompt_wav=f"{prompt_dir}/waveform/{wav}",
+                instruct=instructs[i - 1] if instructs else None,
+            )
+        )
     return out
 
 

@@ -190,8 +190,14 @@ def clip(text: str, voice: str, rng: np.random.Generator) -> np.ndarray:
     return with_margins(speak(text, voice), rng, rng.uniform(0.08, 0.15), rng.uniform(0.08, 0.15))
 
 
-def write_pair(folder: Path, stem: str, audio: np.ndarray | None, text: str | None, rate: int = SAMPLE_RATE,
-               subtype: str = "PCM_16") -> None:
+def write_pair(
+    folder: Path,
+    stem: str,
+    audio: np.ndarray | None,
+    text: str | None,
+    rate: int = SAMPLE_RATE,
+    subtype: str = "PCM_16",
+) -> None:
     if audio is not None:
         sf.write(str(folder / f"{stem}.wav"), np.clip(audio, -1, 1), rate, subtype=subtype)
     if text is not None:
@@ -203,9 +209,30 @@ def to_mp3(audio: np.ndarray, path: Path, bitrate: str) -> None:
         wav = Path(tmp) / "in.wav"
         sf.write(str(wav), audio, SAMPLE_RATE, subtype="PCM_16")
         subprocess.run(
-            ["ffmpeg", "-nostdin", "-v", "error", "-y", "-i", str(wav), "-ac", "1", "-ar", str(SAMPLE_RATE),
-             "-codec:a", "libmp3lame", "-b:a", bitrate, "-map_metadata", "-1", "-fflags", "+bitexact",
-             "-flags:a", "+bitexact", str(path)],
+            [
+                "ffmpeg",
+                "-nostdin",
+                "-v",
+                "error",
+                "-y",
+                "-i",
+                str(wav),
+                "-ac",
+                "1",
+                "-ar",
+                str(SAMPLE_RATE),
+                "-codec:a",
+                "libmp3lame",
+                "-b:a",
+                bitrate,
+                "-map_metadata",
+                "-1",
+                "-fflags",
+                "+bitexact",
+                "-flags:a",
+                "+bitexact",
+                str(path),
+            ],
             check=True,
         )
 
@@ -232,8 +259,14 @@ def make_speaker(folder: Path, rng: np.random.Generator) -> None:
     long_speech = np.concatenate([clip(t, VOICE_ZH, rng) for t in LONG_LINES[:8]])
     long_speech = np.concatenate([long_speech] * 2)[: int(31.0 * SAMPLE_RATE)]
     long_speech = np.pad(long_speech, (0, max(0, int(31.0 * SAMPLE_RATE) - long_speech.shape[0])))
-    write_pair(folder, "vo_x_too_long", resample(long_speech, SAMPLE_RATE, 8000), "".join(LONG_LINES[:8]),
-               rate=8000, subtype="ULAW")
+    write_pair(
+        folder,
+        "vo_x_too_long",
+        resample(long_speech, SAMPLE_RATE, 8000),
+        "".join(LONG_LINES[:8]),
+        rate=8000,
+        subtype="ULAW",
+    )
     silence = with_margins(np.zeros(int(2.0 * SAMPLE_RATE), np.float32), rng, 0.0, 0.0)
     write_pair(folder, "vo_x_silence", silence, "这句话没有声音。")
     write_pair(folder, "vo_x_truncated", clip("这个文件坏掉了。", VOICE_ZH, rng), "这个文件坏掉了。")
@@ -241,8 +274,9 @@ def make_speaker(folder: Path, rng: np.random.Generator) -> None:
     path.write_bytes(path.read_bytes()[:40])
     write_pair(folder, "vo_x_duplicate", kept["vo_en_003"], EN_LINES[3])
     write_pair(folder, "vo_x_clipped", np.clip(clip("声音太大了！", VOICE_ZH, rng) * 8.0, -1, 1), "声音太大了！")
-    write_pair(folder, "vo_x_too_short", with_margins(speak("嗯", VOICE_ZH)[: int(0.3 * SAMPLE_RATE)], rng,
-                                                      0.02, 0.02), "嗯。")
+    write_pair(
+        folder, "vo_x_too_short", with_margins(speak("嗯", VOICE_ZH)[: int(0.3 * SAMPLE_RATE)], rng, 0.02, 0.02), "嗯。"
+    )
     write_pair(folder, "vo_x_orphan_lab", None, "这句话的音频丢了。")
 
 

@@ -62,8 +62,7 @@ def speech(seconds: float = 1.5, seed: int = 0, rate: int = RATE) -> np.ndarray:
     return np.concatenate([pad, out, pad])
 
 
-def _wav(path: Path, samples: np.ndarray, text: str | None = None, subtype: str = "PCM_16",
-         rate: int = RATE) -> None:
+def _wav(path: Path, samples: np.ndarray, text: str | None = None, subtype: str = "PCM_16", rate: int = RATE) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, rate, subtype=subtype)
     if text is not None:
@@ -127,11 +126,12 @@ def kaldi_segments(raw: Path) -> Expect:
     kaldi = raw / "kaldi_seg"
     _wav(kaldi / "rec.wav", np.concatenate([speech(1.6, seed=8), speech(1.8, seed=9)]))
     (kaldi / "wav.scp").write_text("rec rec.wav\n", encoding="utf-8")
-    (kaldi / "segments").write_text("s1 rec 0.0 2.0\ns2 rec 2.0 4.2\ns3 rec 9.0 10.0\ns4 nope 0 1\n",
-                                    encoding="utf-8")
+    (kaldi / "segments").write_text("s1 rec 0.0 2.0\ns2 rec 2.0 4.2\ns3 rec 9.0 10.0\ns4 nope 0 1\n", encoding="utf-8")
     (kaldi / "text").write_text("s1 第一段\ns2 第二段\ns3 不存在\ns4 无\n", encoding="utf-8")
-    return Expect(accepted={"kaldi_seg/segments:s1": "第一段", "kaldi_seg/segments:s2": "第二段"},
-                  rejects={"kaldi_seg/segments:s3": "bad_kaldi_line", "kaldi_seg/segments:s4": "bad_kaldi_line"})
+    return Expect(
+        accepted={"kaldi_seg/segments:s1": "第一段", "kaldi_seg/segments:s2": "第二段"},
+        rejects={"kaldi_seg/segments:s3": "bad_kaldi_line", "kaldi_seg/segments:s4": "bad_kaldi_line"},
+    )
 
 
 def float32_wav(raw: Path) -> Expect:
@@ -149,8 +149,14 @@ def nan_wav(raw: Path) -> Expect:
 def lying_header(raw: Path) -> Expect:
     """A RIFF header whose data chunk claims 10x the bytes the file holds."""
     pcm = (speech(seed=12) * 32767).astype("<i2").tobytes()
-    header = b"RIFF" + struct.pack("<I", 36 + len(pcm) * 10) + b"WAVEfmt " + struct.pack(
-        "<IHHIIHH", 16, 1, 1, RATE, RATE * 2, 2, 16) + b"data" + struct.pack("<I", len(pcm) * 10)
+    header = (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(pcm) * 10)
+        + b"WAVEfmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, RATE, RATE * 2, 2, 16)
+        + b"data"
+        + struct.pack("<I", len(pcm) * 10)
+    )
     (raw / "liar.wav").write_bytes(header + pcm)
     (raw / "liar.lab").write_text("说谎", encoding="utf-8")
     return Expect(either=["liar.wav"])
@@ -201,8 +207,7 @@ def control_characters(raw: Path) -> Expect:
     _wav(raw / "ctrl.wav", speech(seed=20), "你\x07好\x7f")
     _wav(raw / "ansi.wav", speech(seed=21), "\x1b[31m红色\x1b[0m")
     _wav(raw / "escaped.wav", speech(seed=22), "第一行\\n第二行")
-    return Expect(rejects={"ctrl.wav": "bad_characters", "ansi.wav": "bad_characters",
-                           "escaped.wav": "bad_characters"})
+    return Expect(rejects={"ctrl.wav": "bad_characters", "ansi.wav": "bad_characters", "escaped.wav": "bad_characters"})
 
 
 def special_tokens(raw: Path) -> Expect:
@@ -256,11 +261,32 @@ def more_good_clips(raw: Path) -> Expect:
 KINDS: dict[str, Callable[[Path], Expect]] = {
     f.__name__: f
     for f in (
-        latin1_name, gbk_name, gbk_wav_scp, undecodable_kaldi_line, duplicate_kaldi_keys, empty_kaldi_path,
-        kaldi_segments, float32_wav, nan_wav, lying_header, one_hz_header, directory_named_wav,
-        name_with_spaces, name_with_newline, utf16_no_bom, punctuation_only, emoji_only, control_characters,
-        special_tokens, huge_transcript, white_noise, dc_offset, same_stem_other_format, symlink_loop,
-        empty_wav, more_good_clips,
+        latin1_name,
+        gbk_name,
+        gbk_wav_scp,
+        undecodable_kaldi_line,
+        duplicate_kaldi_keys,
+        empty_kaldi_path,
+        kaldi_segments,
+        float32_wav,
+        nan_wav,
+        lying_header,
+        one_hz_header,
+        directory_named_wav,
+        name_with_spaces,
+        name_with_newline,
+        utf16_no_bom,
+        punctuation_only,
+        emoji_only,
+        control_characters,
+        special_tokens,
+        huge_transcript,
+        white_noise,
+        dc_offset,
+        same_stem_other_format,
+        symlink_loop,
+        empty_wav,
+        more_good_clips,
     )
 }
 

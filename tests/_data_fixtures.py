@@ -33,14 +33,17 @@ def silence(seconds: float, rate: int = RATE, seed: int = 1, level_db: float = -
     return (rng.standard_normal(int(seconds * rate)) * 10 ** (level_db / 20)).astype(np.float32)
 
 
-def utterance(speech_s: float, lead_s: float = 0.2, tail_s: float = 0.2, seed: int = 0, level: float = 0.3,
-              rate: int = RATE) -> np.ndarray:
-    return np.concatenate([silence(lead_s, rate, seed + 100), syllables(speech_s, rate, seed, level),
-                           silence(tail_s, rate, seed + 200)])
+def utterance(
+    speech_s: float, lead_s: float = 0.2, tail_s: float = 0.2, seed: int = 0, level: float = 0.3, rate: int = RATE
+) -> np.ndarray:
+    return np.concatenate(
+        [silence(lead_s, rate, seed + 100), syllables(speech_s, rate, seed, level), silence(tail_s, rate, seed + 200)]
+    )
 
 
-def write(path: Path, samples: np.ndarray, rate: int = RATE, text: str | None = None,
-          text_suffix: str = ".lab", **kwargs) -> Path:
+def write(
+    path: Path, samples: np.ndarray, rate: int = RATE, text: str | None = None, text_suffix: str = ".lab", **kwargs
+) -> Path:
     """Write audio (format from the extension) and optionally a transcript next to it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     sf.write(str(path), samples, rate, **kwargs)
@@ -53,7 +56,10 @@ def write(path: Path, samples: np.ndarray, rate: int = RATE, text: str | None = 
 def lab_corpus(folder: Path, count: int, start_seed: int = 0, prefix: str = "vo") -> list[Path]:
     """``count`` clean wav+lab clips of 1.0-1.6 s speech."""
     return [
-        write(folder / f"{prefix}_{i:03d}.wav", utterance(1.0 + 0.1 * (i % 7), seed=start_seed + i),
-              text=f"第{i}句测试文本。")
+        write(
+            folder / f"{prefix}_{i:03d}.wav",
+            utterance(1.0 + 0.1 * (i % 7), seed=start_seed + i),
+            text=f"第{i}句测试文本。",
+        )
         for i in range(count)
     ]

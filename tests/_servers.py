@@ -91,18 +91,39 @@ def wait_http(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> No
 
 
 @contextmanager
-def mlflow_server(backend_store_uri: str, root: Path, artifacts_destination: str | None = None,
-                  server_env: dict[str, str] | None = None, timeout: float = 180,
-                  ) -> Iterator[tuple[str, subprocess.Popen, Path]]:
+def mlflow_server(
+    backend_store_uri: str,
+    root: Path,
+    artifacts_destination: str | None = None,
+    server_env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> Iterator[tuple[str, subprocess.Popen, Path]]:
     """``mlflow server`` on ``backend_store_uri`` with artifacts in ``root/artifacts`` (or
     ``artifacts_destination``, served through the server: clients need no store credentials);
     ``server_env`` (e.g. :meth:`S3Store.server_env`) is added to the server's environment only.
     Yields (URI, process, log)."""
     port = free_port()
-    cmd = [MLFLOW, "server", "--backend-store-uri", backend_store_uri, "--artifacts-destination",
-           artifacts_destination or str(root / "artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true",
-           **(server_env or {})}
+    cmd = [
+        MLFLOW,
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination or str(root / "artifacts"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "MLFLOW_DISABLE_TELEMETRY": "true",
+        "DO_NOT_TRACK": "true",
+        **(server_env or {}),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
     log = root / "server.log"
     with process(cmd, env, log) as proc:
@@ -129,13 +150,30 @@ def postgres_server(database: str = "optuna") -> Iterator[str]:
     data, port = root / "data", free_port()
     pg_ctl = [*run_as, str(bin_dir / "pg_ctl"), "-D", str(data)]
     try:
-        subprocess.run([*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "cosyml", "--auth=trust", "-E", "UTF8"],
-                       check=True, capture_output=True)
-        subprocess.run([*pg_ctl, "-l", str(root / "server.log"), "-w", "-t", "60",
-                        "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1", "start"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [*run_as, str(bin_dir / "initdb"), "-D", str(data), "-U", "cosyml", "--auth=trust", "-E", "UTF8"],
+            check=True,
+            capture_output=True,
+        )
+        subprocess.run(
+            [
+                *pg_ctl,
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-p {port} -k {root} -c listen_addresses=127.0.0.1",
+                "start",
+            ],
+            check=True,
+            capture_output=True,
+        )
         try:
-            with psycopg.connect(host="127.0.0.1", port=port, user="cosyml", dbname="postgres", autocommit=True) as conn:
+            with psycopg.connect(
+                host="127.0.0.1", port=port, user="cosyml", dbname="postgres", autocommit=True
+            ) as conn:
                 conn.execute(f"CREATE DATABASE {database}")
             yield f"postgresql://cosyml@127.0.0.1:{port}/{database}"
         finally:
@@ -149,8 +187,9 @@ def pg_dump(url: str) -> str:
     bin_dir = _bin_dir()
     if bin_dir is None:
         pytest.skip("PostgreSQL client binaries (pg_dump) not found: apt-get install postgresql")
-    return subprocess.run([str(bin_dir / "pg_dump"), "--dbname", url], check=True, capture_output=True,
-                          text=True).stdout
+    return subprocess.run(
+        [str(bin_dir / "pg_dump"), "--dbname", url], check=True, capture_output=True, text=True
+    ).stdout
 
 
 # ---------------------------------------------------------------------------------------------- S3
@@ -176,14 +215,23 @@ class S3Store:
 
     def server_env(self) -> dict[str, str]:
         """What a process that talks to the bucket directly (``mlflow server``, DVC, boto3) needs."""
-        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
-                "AWS_DEFAULT_REGION": "us-east-1", "MLFLOW_S3_ENDPOINT_URL": self.endpoint}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key,
+            "AWS_SECRET_ACCESS_KEY": self.secret_key,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "MLFLOW_S3_ENDPOINT_URL": self.endpoint,
+        }
 
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.access_key,
-                            aws_secret_access_key=self.secret_key, region_name="us-east-1")
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+            region_name="us-east-1",
+        )
 
     def objects(self, prefix: str = "") -> dict[str, int]:
         """Every object under ``prefix``: key -> size in bytes."""
@@ -215,15 +263,40 @@ def s3_server(root: Path | None = None, bucket: str = "cosyml", timeout: float =
         data.mkdir(parents=True, exist_ok=True)
         store_key, store_secret = f"cosyml{secrets.token_hex(6)}", secrets.token_hex(20)
         config = root / "s3.json"  # the one identity the gateway accepts
-        config.write_text(json.dumps({"identities": [{
-            "name": "cosyml", "credentials": [{"accessKey": store_key, "secretKey": store_secret}],
-            "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-        ports = {f"{server}.{kind}": free_port() for server in ("master", "volume", "filer", "s3")
-                 for kind in ("port", "port.grpc")}  # gRPC would default to port + 10000, maybe taken
-        cmd = [weed, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-filer", "-s3",
-               *(f"-{flag}={port}" for flag, port in ports.items()),
-               f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",  # no extra listeners
-               "-master.volumeSizeLimitMB=64", "-volume.max=0", "-volume.preStopSeconds=0"]
+        config.write_text(
+            json.dumps(
+                {
+                    "identities": [
+                        {
+                            "name": "cosyml",
+                            "credentials": [{"accessKey": store_key, "secretKey": store_secret}],
+                            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+                        }
+                    ]
+                }
+            )
+        )
+        ports = {
+            f"{server}.{kind}": free_port()
+            for server in ("master", "volume", "filer", "s3")
+            for kind in ("port", "port.grpc")
+        }  # gRPC would default to port + 10000, maybe taken
+        cmd = [
+            weed,
+            "server",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-filer",
+            "-s3",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
+            f"-s3.config={config}",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",  # no extra listeners
+            "-master.volumeSizeLimitMB=64",
+            "-volume.max=0",
+            "-volume.preStopSeconds=0",
+        ]
         log = root / "weed.log"
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         with process(cmd, {**os.environ, "HOME": str(root)}, log, grace=2) as proc:

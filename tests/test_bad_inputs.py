@@ -51,7 +51,8 @@ def _check(result, out: Path, expect: Expect, baseline) -> None:
         assert sum(s.endswith(suffix) for s in [*rejects, *accepted]) == 1, suffix
     # Nothing beyond the good corpus and what the kind adds; each source appears once.
     assert len(accepted) == len(baseline) + len(expect.accepted) + sum(
-        any(s.endswith(x) for x in expect.either) for s in accepted)
+        any(s.endswith(x) for x in expect.either) for s in accepted
+    )
     assert all(r.detail and "\n" not in r.detail for r in result.rejects)
     for split in ("train", "dev"):  # kaldi files: one clean line per utt
         lines = (out / split / "text").read_text(encoding="utf-8").splitlines()

@@ -39,4 +39,3 @@ def test_bad_override_is_one_line(tmp_path, capsys, override, message):
 def test_module_entry_point_runs():
     out = subprocess.run([sys.executable, "-m", "cosyml", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("cosyml ")
-

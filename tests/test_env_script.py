@@ -56,7 +56,7 @@ def test_a_second_clone_touches_nothing_shared_and_runs_its_own_code(tmp_path):
     clone = _clone(tmp_path / "clone2")
     second = _bash(
         'source scripts/env.sh; echo "LAUNCHER=$(command -v cosyml)";'
-        ' python -c "import cosyml; print(\'CODE=\' + cosyml.__file__)"',
+        " python -c \"import cosyml; print('CODE=' + cosyml.__file__)\"",
         clone,
     )
     assert second.returncode == 0, second.stderr

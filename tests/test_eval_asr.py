@@ -46,13 +46,24 @@ def test_batched_decoding_of_three_real_clips(tiny_whisper: Path):
     single = WhisperASR(asr.model, batch_size=1, max_tokens=12).transcribe(waves, languages)
     assert [h.text for h in single] == [h.text for h in hyps]
     loop = [  # segment texts: transcribe drops special tokens there (its "text" keeps those below timestamps)
-        "".join(s["text"] for s in asr.model.transcribe(
-            w, language=lang, temperature=0.0, condition_on_previous_text=False, without_timestamps=True,
-            sample_len=12, fp16=False, verbose=None)["segments"]).strip()
+        "".join(
+            s["text"]
+            for s in asr.model.transcribe(
+                w,
+                language=lang,
+                temperature=0.0,
+                condition_on_previous_text=False,
+                without_timestamps=True,
+                sample_len=12,
+                fp16=False,
+                verbose=None,
+            )["segments"]
+        ).strip()
         for w, lang in zip(waves, languages, strict=True)
     ]
     assert [to_simplified(t) if lang == "zh" else t for t, lang in zip(loop, languages, strict=True)] == [
-        h.text for h in hyps]
+        h.text for h in hyps
+    ]
     assert any(h.text for h in hyps)  # random weights still produce some text here
     # over 30 s: the long-form path (model.transcribe), input order kept
     long = np.tile(waves[1], 31 * 16000 // len(waves[1]) + 1)
@@ -74,11 +85,18 @@ def test_evaluate_stage_on_our_eval_set(tiny_whisper: Path, tmp_path: Path):
     outputs.mkdir(parents=True)
     for name, utt in (("vo_en_005", "hard_en_001"), ("vo_en_008", "hard_en_002")):
         (outputs / f"{utt}.wav").write_bytes((TOY / f"{name}.wav").read_bytes())
-    params = with_overrides(Params(), {
-        "evaluate.test_sets": str(REPO / "eval"), "evaluate.subsets": ["hard/hard_en"],
-        "evaluate.whisper_model": str(tiny_whisper), "evaluate.campplus_model": str(campplus),
-        "evaluate.device": "cpu", "evaluate.max_tokens": 8, "evaluate.bootstrap_resamples": 50,
-    })
+    params = with_overrides(
+        Params(),
+        {
+            "evaluate.test_sets": str(REPO / "eval"),
+            "evaluate.subsets": ["hard/hard_en"],
+            "evaluate.whisper_model": str(tiny_whisper),
+            "evaluate.campplus_model": str(campplus),
+            "evaluate.device": "cpu",
+            "evaluate.max_tokens": 8,
+            "evaluate.bootstrap_resamples": 50,
+        },
+    )
     report = evaluate_outputs(tmp_path / "outputs", params, out_dir=tmp_path / "report", progress=False)
     (summary,) = report.summaries
     assert (summary.subset, summary.n_items, summary.n_scored, summary.n_missing) == ("hard/hard_en", 12, 2, 10)

@@ -26,7 +26,7 @@ from cosyml.evaluation.metrics import (
 
 def test_punctuation_set_keeps_apostrophe_and_deletes_cjk_marks():
     assert "'" not in PUNCTUATION
-    for ch in "，。！？、；：“”‘’（）《》【】…—～·\u3000!\"#$%&()*+,-./:;<=>?@[\\]^_`{|}~":
+    for ch in '，。！？、；：“”‘’（）《》【】…—～·\u3000!"#$%&()*+,-./:;<=>?@[\\]^_`{|}~':
         assert ch in PUNCTUATION, ch
 
 

@@ -42,11 +42,14 @@ class LengthKeyedTranscriber:
         self.by_samples = by_samples
         self.calls: list[list[str]] = []
 
-    def transcribe(self, waveforms: Sequence[np.ndarray], languages: Sequence[str],
-                   progress: bool = False) -> list[Hypothesis]:
+    def transcribe(
+        self, waveforms: Sequence[np.ndarray], languages: Sequence[str], progress: bool = False
+    ) -> list[Hypothesis]:
         self.calls.append(list(languages))
-        return [Hypothesis(self.by_samples[len(w)], lang, -0.1, 0.01, compression_ratio(self.by_samples[len(w)]))
-                for w, lang in zip(waveforms, languages, strict=True)]
+        return [
+            Hypothesis(self.by_samples[len(w)], lang, -0.1, 0.01, compression_ratio(self.by_samples[len(w)]))
+            for w, lang in zip(waveforms, languages, strict=True)
+        ]
 
 
 def peak_embedding(waveforms: Sequence[np.ndarray]) -> np.ndarray:
@@ -59,16 +62,22 @@ def peak_embedding(waveforms: Sequence[np.ndarray]) -> np.ndarray:
 def test_set(tmp_path: Path) -> Path:
     root = tmp_path / "set"
     _tone(root / "zero_shot" / "zh" / "waveform" / "p.wav", 1.0, amplitude=0.6)
-    write_subset(root / "zero_shot" / "zh", [
-        SubsetLine("z1", "你好，世界！", "提示。", "zero_shot//zh/waveform/p.wav"),  # 4 chars
-        SubsetLine("z2", "今天天气很好。", "提示。", "zero_shot//zh/waveform/p.wav"),  # 6 chars
-        SubsetLine("z3", "我们走吧。", "提示。", "zero_shot//zh/waveform/p.wav"),  # 4 chars, output missing
-        SubsetLine("z4", "坏掉的提示。", "提示。", "zero_shot//zh/waveform/gone.wav"),  # bad prompt: skipped
-    ])
-    write_subset(root / "zero_shot" / "en", [
-        SubsetLine("e1", "Don't stop, Mr. Smith!", "Hi.", "zero_shot//zh/waveform/p.wav"),  # 4 words
-        SubsetLine("e2", "Hello world.", "Hi.", "zero_shot//zh/waveform/p.wav", language="xx"),  # bad code
-    ])
+    write_subset(
+        root / "zero_shot" / "zh",
+        [
+            SubsetLine("z1", "你好，世界！", "提示。", "zero_shot//zh/waveform/p.wav"),  # 4 chars
+            SubsetLine("z2", "今天天气很好。", "提示。", "zero_shot//zh/waveform/p.wav"),  # 6 chars
+            SubsetLine("z3", "我们走吧。", "提示。", "zero_shot//zh/waveform/p.wav"),  # 4 chars, output missing
+            SubsetLine("z4", "坏掉的提示。", "提示。", "zero_shot//zh/waveform/gone.wav"),  # bad prompt: skipped
+        ],
+    )
+    write_subset(
+        root / "zero_shot" / "en",
+        [
+            SubsetLine("e1", "Don't stop, Mr. Smith!", "Hi.", "zero_shot//zh/waveform/p.wav"),  # 4 words
+            SubsetLine("e2", "Hello world.", "Hi.", "zero_shot//zh/waveform/p.wav", language="xx"),  # bad code
+        ],
+    )
     return root
 
 
@@ -135,9 +144,10 @@ def test_scores_rows_and_summaries_by_hand(test_set: Path, tmp_path: Path):
 def test_broken_audio_is_flagged(tmp_path: Path):
     root = tmp_path / "set"
     _tone(root / "zero_shot" / "en" / "waveform" / "p.wav", 1.0)
-    write_subset(root / "zero_shot" / "en", [
-        SubsetLine(u, "one two three four", None, "waveform/p.wav") for u in ("quiet", "loud", "long", "junk")
-    ])
+    write_subset(
+        root / "zero_shot" / "en",
+        [SubsetLine(u, "one two three four", None, "waveform/p.wav") for u in ("quiet", "loud", "long", "junk")],
+    )
     out = tmp_path / "outputs" / "zero_shot" / "en"
     write_wav(out / "quiet.wav", np.zeros(SR, np.float32), SR)
     _tone(out / "loud.wav", 1.01, amplitude=3.0)

@@ -42,8 +42,11 @@ def cv3_clone(tmp_path: Path) -> Path:
     _tone(zh / "waveform" / "prompt_audio_2.wav")
     _write(zh / "text", "uttid_1 你好，世界。\nuttid_2\t今天  天气 很好\n\n")
     _write(zh / "prompt_text", "uttid_1 前面有宝箱。\nuttid_2 快过去！\n")
-    _write(zh / "prompt_wav.scp", "uttid_1 data/zero_shot//zh/waveform/prompt_audio_1.wav\n"
-                                  "uttid_2 data/zero_shot//zh/waveform/prompt_audio_2.wav\n")
+    _write(
+        zh / "prompt_wav.scp",
+        "uttid_1 data/zero_shot//zh/waveform/prompt_audio_1.wav\n"
+        "uttid_2 data/zero_shot//zh/waveform/prompt_audio_2.wav\n",
+    )
     en = repo / "data" / "zero_shot" / "en"  # as in the copy the reference read: no `text` here
     _tone(en / "waveform" / "prompt_audio_1.wav")
     _write(en / "prompt_text", "uttid_1 Hey look, a flying pig!\n")
@@ -60,8 +63,12 @@ def cv3_clone(tmp_path: Path) -> Path:
 
 def test_reads_a_cv3_clone_with_double_slash_paths(cv3_clone: Path):
     subsets = {s.name: s for s in read_test_set(cv3_clone / "data")}
-    assert sorted(subsets) == ["cross_lingual_zeroshot/to_en", "emotion_zeroshot/zh/happy", "zero_shot/en",
-                               "zero_shot/zh"]
+    assert sorted(subsets) == [
+        "cross_lingual_zeroshot/to_en",
+        "emotion_zeroshot/zh/happy",
+        "zero_shot/en",
+        "zero_shot/zh",
+    ]
     zh = subsets["zero_shot/zh"]
     assert zh.language == "zh" and not zh.problems
     assert [i.utt for i in zh.items] == ["uttid_1", "uttid_2"]
@@ -90,13 +97,18 @@ def test_bad_items_are_reported_and_the_rest_is_usable(tmp_path: Path):
     sub = tmp_path / "set" / "zero_shot" / "zh"
     _tone(sub / "waveform" / "a.wav")
     _write(sub / "text", "u1 第一句。\nu2 第二句。\nu3 第三句。\nu4 第四句。\nu5 ！？\n")
-    _write(sub / "prompt_wav.scp", "u1 waveform/a.wav\nu2 waveform/gone.wav\nu4 waveform/a.wav\n"
-                                   "u5 waveform/a.wav\nu9 waveform/a.wav\n")
+    _write(
+        sub / "prompt_wav.scp",
+        "u1 waveform/a.wav\nu2 waveform/gone.wav\nu4 waveform/a.wav\nu5 waveform/a.wav\nu9 waveform/a.wav\n",
+    )
     _write(sub / "language", "u4 xx\n")  # per-utterance codes; the others fall back to the folder name
     subset = read_subset(sub, tmp_path / "set")
     assert [i.utt for i in subset.items] == ["u1"]
     assert {p.utt: p.reason for p in subset.problems} == {
-        "u2": "missing_prompt_wav", "u3": "no_prompt_entry", "u4": "unknown_language", "u5": "empty_text",
+        "u2": "missing_prompt_wav",
+        "u3": "no_prompt_entry",
+        "u4": "unknown_language",
+        "u5": "empty_text",
         "u9": "no_text_entry",
     }
     assert subset.size == 6
@@ -120,11 +132,16 @@ def test_our_eval_sets_are_complete():
     subsets = read_test_set(REPO / "eval")
     counts = {s.name: (s.language, len(s.items), len(s.problems)) for s in subsets}
     assert counts == {
-        "cross_lingual/to_en": ("en", 10, 0), "cross_lingual/to_zh": ("zh", 10, 0),
-        "expressive/en": ("en", 12, 0), "expressive/zh": ("zh", 12, 0),
-        "hard/hard_en": ("en", 12, 0), "hard/hard_zh": ("zh", 14, 0),
-        "instruct/en": ("en", 6, 0), "instruct/zh": ("zh", 10, 0),
-        "zero_shot/en": ("en", 16, 0), "zero_shot/zh": ("zh", 16, 0),
+        "cross_lingual/to_en": ("en", 10, 0),
+        "cross_lingual/to_zh": ("zh", 10, 0),
+        "expressive/en": ("en", 12, 0),
+        "expressive/zh": ("zh", 12, 0),
+        "hard/hard_en": ("en", 12, 0),
+        "hard/hard_zh": ("zh", 14, 0),
+        "instruct/en": ("en", 6, 0),
+        "instruct/zh": ("zh", 10, 0),
+        "zero_shot/en": ("en", 16, 0),
+        "zero_shot/zh": ("zh", 16, 0),
     }
     inst = next(s for s in subsets if s.name == "instruct/zh")
     assert all(i.instruct and i.instruct.endswith("<|endofprompt|>") for i in inst.items)
@@ -146,9 +163,11 @@ def test_sft_subset_from_a_dev_split(tmp_path: Path):
     subset = write_sft_subset(data, tmp_path / "out" / "sft")
     assert subset.name == "sft" and not subset.problems
     assert [(i.utt, i.language, i.speaker) for i in subset.items] == [
-        ("toy_a", "zh", "toy"), ("toy_b", "en", "toy"), ("toy_c", "ja", "toy")]  # manifest language wins
-    assert all(i.prompt_wav is None and i.reference_wav is not None and i.reference_wav.is_file()
-               for i in subset.items)
+        ("toy_a", "zh", "toy"),
+        ("toy_b", "en", "toy"),
+        ("toy_c", "ja", "toy"),
+    ]  # manifest language wins
+    assert all(i.prompt_wav is None and i.reference_wav is not None and i.reference_wav.is_file() for i in subset.items)
     assert read_kaldi(tmp_path / "out" / "sft" / "text")["toy_b"] == "Look out!"
     with pytest.raises(InputError, match=r"wav\.scp"):
         write_sft_subset(tmp_path / "nothing", tmp_path / "out2")

@@ -51,7 +51,9 @@ def _perturbed_llm(kit: Path, out: Path, seed: int) -> Path:
     """The kit's llm.pt with every float tensor nudged: a stand-in for fine-tuned weights."""
     state = torch.load(kit / "llm.pt", map_location="cpu", weights_only=True)
     gen = torch.Generator().manual_seed(seed)
-    tuned = {k: (v + 0.02 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v) for k, v in state.items()}
+    tuned = {
+        k: (v + 0.02 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v) for k, v in state.items()
+    }
     torch.save(tuned, out)
     return out
 
@@ -64,12 +66,15 @@ def setup(kit_dir: Path, tmp_path_factory) -> Setup:
     (subset / "waveform").mkdir(parents=True)
     shutil.copyfile(TOY / "vo_en_000.wav", subset / "waveform" / "p.wav")
     prompt_text = (TOY / "vo_en_000.lab").read_text(encoding="utf-8").strip()
-    write_subset(subset, [
-        SubsetLine("ok_1", "Good morning to you.", prompt_text, "zero_shot//en/waveform/p.wav"),
-        SubsetLine("ok_2", "See you tomorrow.", prompt_text, "zero_shot//en/waveform/p.wav"),  # cut by max_utts
-        SubsetLine("gone", "Hello there.", prompt_text, "zero_shot//en/waveform/gone.wav"),  # missing wav
-        SubsetLine("klingon", "Hello.", prompt_text, "zero_shot//en/waveform/p.wav", language="xx"),
-    ])
+    write_subset(
+        subset,
+        [
+            SubsetLine("ok_1", "Good morning to you.", prompt_text, "zero_shot//en/waveform/p.wav"),
+            SubsetLine("ok_2", "See you tomorrow.", prompt_text, "zero_shot//en/waveform/p.wav"),  # cut by max_utts
+            SubsetLine("gone", "Hello there.", prompt_text, "zero_shot//en/waveform/gone.wav"),  # missing wav
+            SubsetLine("klingon", "Hello.", prompt_text, "zero_shot//en/waveform/p.wav", language="xx"),
+        ],
+    )
     with (subset / "prompt_wav.scp").open("a", encoding="utf-8") as f:
         f.write("orphan zero_shot//en/waveform/p.wav\n")  # an id with no text: mismatched files
 
@@ -91,9 +96,19 @@ def setup(kit_dir: Path, tmp_path_factory) -> Setup:
     broken = root / "broken_llm.pt"
     broken.write_bytes(b"this is not a checkpoint")
     config = EvaluateConfig(
-        test_sets=str(sets), whisper_model=str(kit_dir / "whisper.pt"), device="cpu", batch_size=4, max_tokens=4,
-        bootstrap_resamples=200, max_utts=1, synth_max_tokens=10, synth_batch_size=4,
-        speaker_file=str(speaker_file), sft_data=str(root / "data"), eval_dir=str(root / "eval"), report_max_utts=2,
+        test_sets=str(sets),
+        whisper_model=str(kit_dir / "whisper.pt"),
+        device="cpu",
+        batch_size=4,
+        max_tokens=4,
+        bootstrap_resamples=200,
+        max_utts=1,
+        synth_max_tokens=10,
+        synth_batch_size=4,
+        speaker_file=str(speaker_file),
+        sft_data=str(root / "data"),
+        eval_dir=str(root / "eval"),
+        report_max_utts=2,
     )
     params = Params(model_dir=str(kit_dir), prepare=PrepareConfig(speaker="toy"), evaluate=config)
     specs = ["llm=base,flow=base", f"llm={llm_ft},flow=base,name=llm-ft", f"llm={broken},flow=base,name=broken"]
@@ -122,7 +137,9 @@ def test_grid_runs_end_to_end_and_reports_bad_input(first: SuiteResult, setup: S
     for c in (base, tuned):
         assert (c.synthesized, c.reused, c.synth_failures) == (2, 0, [])
         assert {(r.subset, r.utt, r.status) for r in c.report.rows} == {
-            ("zero_shot/en", "ok_1", "scored"), ("sft", "vo_zh_000", "scored")}
+            ("zero_shot/en", "ok_1", "scored"),
+            ("sft", "vo_zh_000", "scored"),
+        }
         assert c.summary.n == 2 and c.summary.missing == 0
         assert 0.0 <= c.summary.cer_ci[0] <= c.summary.cer <= c.summary.cer_ci[1]
         assert all(r.ss is not None and -1.0 <= r.ss <= 1.0 for r in c.report.rows)
@@ -165,8 +182,11 @@ def test_candidates_json_has_the_agreed_shape(first: SuiteResult):
 
 
 def _file_stats(root: Path) -> dict[str, tuple[int, int]]:
-    return {p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_rerun_uses_the_cache_and_redoes_only_what_changed(first: SuiteResult, setup: Setup):
@@ -188,15 +208,23 @@ def test_rerun_uses_the_cache_and_redoes_only_what_changed(first: SuiteResult, s
     assert counts == {"llm=base,flow=base": (0, 2), "llm-ft": (2, 0)}
 
 
-def test_cli_logs_one_mlflow_run_with_metrics_and_artifacts(first: SuiteResult, setup: Setup, tmp_path: Path,
-                                                            capsys, monkeypatch):
+def test_cli_logs_one_mlflow_run_with_metrics_and_artifacts(
+    first: SuiteResult, setup: Setup, tmp_path: Path, capsys, monkeypatch
+):
     from cosyml.cli import main
 
     params_file = tmp_path / "params.yaml"
     params_file.write_text(yaml.safe_dump(dataclasses.asdict(setup.params), allow_unicode=True), encoding="utf-8")
     monkeypatch.setenv("COSYML_TRACKING", "on")
-    code = main(["evaluate", "--params", str(params_file), "--no-progress", *[a for s in setup.specs[:2]
-                                                                               for a in ("--candidates", s)]])
+    code = main(
+        [
+            "evaluate",
+            "--params",
+            str(params_file),
+            "--no-progress",
+            *[a for s in setup.specs[:2] for a in ("--candidates", s)],
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "llm-ft" in out and "skipped 3 test items" in out and "tiny kit" in out
@@ -240,15 +268,34 @@ def test_report_renders_in_a_headless_browser(first: SuiteResult):
     report = write_outputs(first, 2).report  # the first run's page (later tests rewrite the folder's files)
     html = report.read_text(encoding="utf-8")
     assert "http://" not in html and "https://" not in html  # self-contained: nothing to fetch
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-             "--disable-component-update", "--disable-sync", "--no-first-run", "--window-size=1280,2000"]
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,2000",
+    ]
     with tempfile.TemporaryDirectory() as profile:
         shot = first.eval_dir / "report.png"
         base = [browser, *flags, f"--user-data-dir={profile}"]
-        subprocess.run([*base, f"--screenshot={shot}", report.as_uri()], check=True, capture_output=True, timeout=60,
-                       env={**os.environ, "HOME": profile})
-        dom = subprocess.run([*base, "--dump-dom", report.as_uri()], check=True, capture_output=True, text=True,
-                             timeout=60, env={**os.environ, "HOME": profile}).stdout
+        subprocess.run(
+            [*base, f"--screenshot={shot}", report.as_uri()],
+            check=True,
+            capture_output=True,
+            timeout=60,
+            env={**os.environ, "HOME": profile},
+        )
+        dom = subprocess.run(
+            [*base, "--dump-dom", report.as_uri()],
+            check=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "HOME": profile},
+        ).stdout
     assert _png_size(shot) == (1280, 2000) and shot.stat().st_size > 20_000
     table = re.search(r'<table id="candidates">.*?</table>', dom, re.S)
     assert table and table.group(0).count("<tr") == 4  # header + 2 scored + 1 failed
@@ -287,11 +334,14 @@ def _eos_index(kit_dir: Path) -> int:
     return ModelDir(kit_dir).hparams.speech_token_size
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--candidates", "llm"], "expected llm=SOURCE,flow=SOURCE"),
-    (["--candidates", "llm=base,llm=base"], "given twice"),
-    (["--candidates", "llm=base,name=a b", "--candidates", "llm=x.pt,name=a_b"], "same folder"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--candidates", "llm"], "expected llm=SOURCE,flow=SOURCE"),
+        (["--candidates", "llm=base,llm=base"], "given twice"),
+        (["--candidates", "llm=base,name=a b", "--candidates", "llm=x.pt,name=a_b"], "same folder"),
+    ],
+)
 def test_bad_candidate_specs_stop_with_one_line(argv, needle, capsys):
     from cosyml.cli import main
 
@@ -305,9 +355,16 @@ def test_model_fingerprint_covers_every_file_synthesis_reads(tmp_path: Path):
     from cosyml.evaluation.suite import model_fingerprint
 
     model = tmp_path / "model"
-    files = ["cosyvoice3.yaml", "hift.pt", "campplus.onnx", "speech_tokenizer_v3.onnx",
-             "speech_tokenizer_v3.batch.onnx", "spk2info.pt", "CosyVoice-BlankEN/tokenizer_config.json",
-             "CosyVoice-BlankEN/vocab.json"]
+    files = [
+        "cosyvoice3.yaml",
+        "hift.pt",
+        "campplus.onnx",
+        "speech_tokenizer_v3.onnx",
+        "speech_tokenizer_v3.batch.onnx",
+        "spk2info.pt",
+        "CosyVoice-BlankEN/tokenizer_config.json",
+        "CosyVoice-BlankEN/vocab.json",
+    ]
     for name in files:
         (model / name).parent.mkdir(parents=True, exist_ok=True)
         (model / name).write_text(f"{name} v1", encoding="utf-8")
@@ -354,23 +411,31 @@ def test_dvc_plots_and_metrics_declared_in_dvc_yaml_are_readable(first: SuiteRes
     def top_level(entries: list) -> list:  # a stage's outputs declared as top-level plots/metrics
         out = []
         for entry in entries:
-            (path, options), = entry.items()
+            ((path, options),) = entry.items()
             options = {k: v for k, v in (options or {}).items() if k != "cache"}
             out.append({path: options} if options else path)
         return out
 
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"metrics": top_level(stage["metrics"]),
-                                                   "plots": top_level(stage["plots"])}), encoding="utf-8")
+    (repo / "dvc.yaml").write_text(
+        yaml.safe_dump({"metrics": top_level(stage["metrics"]), "plots": top_level(stage["plots"])}), encoding="utf-8"
+    )
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     subprocess.run(["dvc", "init", "--no-scm", "-q"], cwd=repo, check=True, env=env)
-    metrics = json.loads(subprocess.run(["dvc", "metrics", "show", "--json"], cwd=repo, check=True, env=env,
-                                        capture_output=True, text=True).stdout)
+    metrics = json.loads(
+        subprocess.run(
+            ["dvc", "metrics", "show", "--json"], cwd=repo, check=True, env=env, capture_output=True, text=True
+        ).stdout
+    )
     data = next(iter(metrics.values()))["data"]["exp/eval/metrics.json"]["data"]
     flat = {f"{k}.{kk}" for k, v in data.items() if isinstance(v, dict) for kk in v} | {
-        k for k, v in data.items() if not isinstance(v, dict)}
+        k for k, v in data.items() if not isinstance(v, dict)
+    }
     assert len(flat) == 2 * len(first.scored) + 2, sorted(flat)  # cer and ss per candidate + two counts
-    plots = json.loads(subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, check=True, env=env,
-                                      capture_output=True, text=True).stdout)["data"]
+    plots = json.loads(
+        subprocess.run(
+            ["dvc", "plots", "show", "--json"], cwd=repo, check=True, env=env, capture_output=True, text=True
+        ).stdout
+    )["data"]
     images = {p for p, renders in plots.items() if any(r.get("type") == "image" for r in renders)}
     assert images == {"exp/eval/plots/cer.svg", "exp/eval/plots/ss.svg"}
     for name in ("cer", "ss"):  # standalone SVG: renders in an <img>, no script, nothing fetched

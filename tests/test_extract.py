@@ -142,8 +142,19 @@ def test_token_batching_follows_the_provider():
 def test_cli_extract_records_a_run(kit, data, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    code = main(["extract", "--data", str(data), "--model-dir", str(kit), "--set", "extract.num_threads=1",
-                 "--set", "extract.device=cpu"])
+    code = main(
+        [
+            "extract",
+            "--data",
+            str(data),
+            "--model-dir",
+            str(kit),
+            "--set",
+            "extract.num_threads=1",
+            "--set",
+            "extract.device=cpu",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "train: 6/6 embeddings, 5 with tokens" in out
@@ -168,7 +179,10 @@ def test_missing_onnxruntime_is_one_line_naming_the_extra(kit, data, monkeypatch
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # the import fails as when it is not installed
     assert main(["extract", "--data", str(data), "--model-dir", str(kit)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err == "cosyml: error: onnxruntime is not installed; run `pip install -e .[cpu]` (or `.[gpu]` on a CUDA machine)"
+    assert (
+        err
+        == "cosyml: error: onnxruntime is not installed; run `pip install -e .[cpu]` (or `.[gpu]` on a CUDA machine)"
+    )
 
 
 def test_rewritten_wavs_are_not_up_to_date(kit, data):

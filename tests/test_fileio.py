@@ -40,20 +40,25 @@ def test_write_if_changed_keeps_an_unchanged_file(tmp_path):
     time.sleep(0.01)
     assert not write_if_changed(path, b"{}\n")
     assert path.stat().st_mtime_ns == mtime
-    assert write_if_changed(path, b"{\"a\": 1}\n")
+    assert write_if_changed(path, b'{"a": 1}\n')
 
 
 def test_a_second_writer_is_refused_with_the_holder_named(tmp_path):
     out = tmp_path / "prepared"
     holder = subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(f"""
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
             import sys, time
             from cosyml.fileio import output_lock
             with output_lock({str(out)!r}, "cosyml prepare (holder)"):
                 print("locked", flush=True)
                 time.sleep(60)
-        """)],
-        stdout=subprocess.PIPE, text=True,
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert holder.stdout.readline().strip() == "locked"

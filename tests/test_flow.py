@@ -19,7 +19,9 @@ TINY_YAML = ROOT / "tests" / "fixtures" / "parity" / "flow" / "tiny_flow.yaml"
 def _reference_rows() -> list[tuple[str, str]]:
     local = ROOT / "tests" / "fixtures" / "upstream-state-dicts.tsv"
     path = local if local.exists() else Path("/work/shared/reference/upstream-state-dicts.tsv")
-    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    rows = [
+        line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")
+    ]
     return [(r[2], r[3]) for r in rows if r[0] == "v2" and r[1] == "flow.pt"]
 
 
@@ -30,10 +32,31 @@ def _official_v2_config() -> dict:
     enc = flow.args["encoder"]
     cfm = flow.args["decoder"]
     est = cfm.args["estimator"]
-    enc = Tagged(enc.kind, enc.target, {**enc.args, "input_size": 512, "attention_heads": 8, "linear_units": 2048,
-                                        "num_blocks": 6, "static_chunk_size": 25})
-    est = Tagged(est.kind, est.target, {**est.args, "channels": [256], "attention_head_dim": 64, "n_blocks": 4,
-                                        "num_mid_blocks": 12, "num_heads": 8, "static_chunk_size": 50})
+    enc = Tagged(
+        enc.kind,
+        enc.target,
+        {
+            **enc.args,
+            "input_size": 512,
+            "attention_heads": 8,
+            "linear_units": 2048,
+            "num_blocks": 6,
+            "static_chunk_size": 25,
+        },
+    )
+    est = Tagged(
+        est.kind,
+        est.target,
+        {
+            **est.args,
+            "channels": [256],
+            "attention_head_dim": 64,
+            "n_blocks": 4,
+            "num_mid_blocks": 12,
+            "num_heads": 8,
+            "static_chunk_size": 50,
+        },
+    )
     cfm = Tagged(cfm.kind, cfm.target, {**cfm.args, "estimator": est})
     config["flow"] = Tagged(flow.kind, flow.target, {**flow.args, "vocab_size": 6561, "encoder": enc, "decoder": cfm})
     return config
@@ -130,7 +153,13 @@ def test_inference_shapes_and_determinism(tiny_flow: Flow) -> None:
     partial = tiny_flow.inference(*args, streaming=True, finalize=False, n_timesteps=2)
     assert partial.shape == (1, 80, 14 - 2 * tiny_flow.config.pre_lookahead_len)
     no_prompt = tiny_flow.inference(
-        token, torch.tensor([7]), token[:, :0], torch.tensor([0]), prompt_feat[:, :0], torch.tensor([0]), spk,
+        token,
+        torch.tensor([7]),
+        token[:, :0],
+        torch.tensor([0]),
+        prompt_feat[:, :0],
+        torch.tensor([0]),
+        spk,
         n_timesteps=2,
     )
     assert no_prompt.shape == (1, 80, 14)

@@ -31,7 +31,9 @@ ATOL = 1e-5
 def _reference_rows() -> list[tuple[str, str]]:
     local = ROOT / "tests" / "fixtures" / "upstream-state-dicts.tsv"
     path = local if local.exists() else Path("/work/shared/reference/upstream-state-dicts.tsv")
-    rows = [line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    rows = [
+        line.rstrip("\n").split("\t") for line in path.read_text().splitlines() if line and not line.startswith("#")
+    ]
     return [(r[2], r[3]) for r in rows if r[0] == "v3" and r[1] == "flow.pt"]
 
 
@@ -46,9 +48,7 @@ def _official_v3_config() -> dict:
     pre = _with_args(flow.args["pre_lookahead_layer"], channels=1024)
     cfm = flow.args["decoder"]
     est = _with_args(cfm.args["estimator"], dim=1024, depth=22, heads=16, dim_head=64, static_chunk_size=50)
-    config["flow"] = _with_args(
-        flow, vocab_size=6561, pre_lookahead_layer=pre, decoder=_with_args(cfm, estimator=est)
-    )
+    config["flow"] = _with_args(flow, vocab_size=6561, pre_lookahead_layer=pre, decoder=_with_args(cfm, estimator=est))
     return config
 
 
@@ -171,7 +171,11 @@ def test_estimator_matches_upstream(flow: DiTFlow, io: dict, streaming: bool) ->
 def test_estimator_accepts_a_scalar_time(flow: DiTFlow, io: dict) -> None:
     with torch.no_grad():
         out = flow.decoder.estimator(
-            io["est.x"][:1], io["est.mask"][:1], io["est.mu"][:1], torch.tensor(0.5), io["est.spks"][:1],
+            io["est.x"][:1],
+            io["est.mask"][:1],
+            io["est.mu"][:1],
+            torch.tensor(0.5),
+            io["est.spks"][:1],
             io["est.cond"][:1],
         )
     _assert_close(out, io["est.out.scalar_t"])
@@ -255,8 +259,15 @@ def test_inference_options(flow: DiTFlow, io: dict) -> None:
     assert not torch.equal(custom, full)  # the noise argument is used
     two = torch.zeros(2, 3, dtype=torch.long)
     with pytest.raises(InputError, match="one utterance"):
-        flow.inference(two, torch.tensor([3, 3]), two[:, :0], torch.tensor([0, 0]), torch.zeros(2, 0, 80),
-                       torch.tensor([0, 0]), torch.zeros(2, 192))
+        flow.inference(
+            two,
+            torch.tensor([3, 3]),
+            two[:, :0],
+            torch.tensor([0, 0]),
+            torch.zeros(2, 0, 80),
+            torch.tensor([0, 0]),
+            torch.zeros(2, 192),
+        )
     batch = {k.split(".", 1)[1]: v for k, v in io.items() if k.startswith("batch.")}
     batch["speech_feat"] = batch["speech_feat"][:, :19]
     with pytest.raises(InputError, match="2 × tokens"):

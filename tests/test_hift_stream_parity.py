@@ -63,9 +63,7 @@ def _replay(model: HiFT, run: dict) -> list[tuple[float, float]]:
         cache = call["cache_source"] if call["cache_source"].shape[2] > 0 else None
         wav, source = model.inference(call["mel"], cache_source=cache, generator=generator)
         assert wav.shape == call["wav"].shape and source.shape == call["source"].shape
-        errors.append(
-            ((wav - call["wav"]).abs().max().item(), (source - call["source"]).abs().max().item())
-        )
+        errors.append(((wav - call["wav"]).abs().max().item(), (source - call["source"]).abs().max().item()))
     return errors
 
 

@@ -291,7 +291,9 @@ def test_v2_yaml_still_builds_the_v2_vocoder(tmp_path: Path) -> None:
     yaml_path = tmp_path / "cosyvoice2.yaml"
     text = OFFICIAL_V3_HIFT_YAML.replace("CausalHiFTGenerator", "HiFTGenerator")
     text = text.replace("CausalConvRNNF0Predictor", "ConvRNNF0Predictor").replace("    conv_pre_look_right: 4\n", "")
-    yaml_path.write_text(text.replace("base_channels: 512", "base_channels: 16").replace("cond_channels: 512", "cond_channels: 16"))
+    yaml_path.write_text(
+        text.replace("base_channels: 512", "base_channels: 16").replace("cond_channels: 512", "cond_channels: 16")
+    )
     hift = build_hift(read_model_yaml(yaml_path), yaml_path)
     assert type(hift) is HiFT and not isinstance(hift.config, CausalHiFTConfig)
 

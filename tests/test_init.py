@@ -43,13 +43,17 @@ def test_init_reports_checks_and_writes_a_project(tmp_path, kit_dir, clips):
     result = _init(project, kit_dir, clips, language="zh")
     assert result.model_dir.version == "v2"
     names = [n for n, _ in result.model_dir.files]
-    assert {"cosyvoice2.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx"} <= set(names)
+    assert {"cosyvoice2.yaml", "llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "speech_tokenizer_v2.onnx"} <= set(
+        names
+    )
     wavs = sorted(clips.glob("*.wav"))
     labs = {p.stem for p in clips.glob("*.lab") if p.read_text(encoding="utf-8", errors="replace").strip()}
     assert result.clips.audio_files == len(wavs)
     assert result.clips.without_text == sum(1 for p in wavs if p.stem not in labs)
-    assert result.clips.layouts == {"wav+lab": sum(1 for p in wavs if (clips / f"{p.stem}.lab").is_file()),
-                                    "audio only": sum(1 for p in wavs if not (clips / f"{p.stem}.lab").is_file())}
+    assert result.clips.layouts == {
+        "wav+lab": sum(1 for p in wavs if (clips / f"{p.stem}.lab").is_file()),
+        "audio only": sum(1 for p in wavs if not (clips / f"{p.stem}.lab").is_file()),
+    }
     assert 0 < result.clips.hours < 1
     assert result.whisper is not None and result.whisper.n_mels == 128
     assert sorted(result.written) == sorted(project_init.PROJECT_FILES)
@@ -69,8 +73,20 @@ def test_init_reports_checks_and_writes_a_project(tmp_path, kit_dir, clips):
 
 def test_cli_prints_the_checks_and_next_commands(tmp_path, kit_dir, clips, capsys, monkeypatch):
     monkeypatch.setattr(project_init, "_run", _no_repos)
-    code = main(["init", str(tmp_path / "p"), "--model-dir", str(kit_dir), "--clips", str(clips),
-                 "--speaker", "派蒙", "--whisper", str(kit_dir / "whisper.pt")])
+    code = main(
+        [
+            "init",
+            str(tmp_path / "p"),
+            "--model-dir",
+            str(kit_dir),
+            "--clips",
+            str(clips),
+            "--speaker",
+            "派蒙",
+            "--whisper",
+            str(kit_dir / "whisper.pt"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "CosyVoice2" in out and "wav+lab" in out and "without text" in out and "dvc repro" in out

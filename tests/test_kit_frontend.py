@@ -44,8 +44,9 @@ def test_speech_tokenizer_interface(kit):
     (out,) = sess.get_outputs()
     assert (out.name, out.type) == ("indices", "tensor(int32)")
     for t in (1, 2, 5, 203, 1000):
-        ids = sess.run(None, {"feats": np.zeros((2, 128, t), np.float32),
-                              "feats_length": np.array([t, t], np.int32)})[0]
+        ids = sess.run(None, {"feats": np.zeros((2, 128, t), np.float32), "feats_length": np.array([t, t], np.int32)})[
+            0
+        ]
         assert ids.shape == (2, num_tokens(t))
         assert ids.min() >= 0 and ids.max() < 6561
 

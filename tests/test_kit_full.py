@@ -42,8 +42,11 @@ def test_full_kit_modules_have_the_official_keys_and_shapes(tmp_path, version):
     config = read_model_yaml(Path(yaml_path), overrides={"qwen_pretrain_path": str(tmp_path / "q")})
     qwen = Qwen2Config(**qwen_config_dict(dims, OFFICIAL_TEXT_ROWS, 151643))
     with torch.device("meta"):
-        modules = {"llm.pt": build_llm(config, qwen_config=qwen), "flow.pt": build_flow(config),
-                   "hift.pt": build_hift(config)}
+        modules = {
+            "llm.pt": build_llm(config, qwen_config=qwen),
+            "flow.pt": build_flow(config),
+            "hift.pt": build_hift(config),
+        }
     official = _official_shapes("v2" if version == "cosyvoice2" else "v3")
     for file, module in modules.items():
         ours = {k: tuple(v.shape) for k, v in module.state_dict().items()}

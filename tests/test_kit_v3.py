@@ -180,7 +180,12 @@ def test_official_text_ids_kit_matches_the_official_ids_and_encodes_text_alike(k
     md = ModelDir(kit)
     md.check()
     tok = TextTokenizer(kit, "cosyvoice3")
-    official = {"<|endoftext|>": 151643, "<|endofprompt|>": keys.END_OF_PROMPT_ID, "<|endofsystem|>": 151663, "[ǜ]": 151923}
+    official = {
+        "<|endoftext|>": 151643,
+        "<|endofprompt|>": keys.END_OF_PROMPT_ID,
+        "<|endofsystem|>": 151663,
+        "[ǜ]": 151923,
+    }
     assert {t: tok.token_id(t) for t in official} == official
     assert json.loads((md.qwen_dir / "config.json").read_text())["vocab_size"] == OFFICIAL_QWEN_VOCAB
     tiny = TextTokenizer(kit3, "cosyvoice3")

@@ -187,17 +187,32 @@ def test_models_have_no_import_cycle() -> None:
     ("module", "source", "rule"),
     [
         ("cosyml.models.x", "import cosyml.synth.engine\n", "models must not import cosyml.synth"),
-        ("cosyml.models.x", "from cosyml.synth.sampling import SamplingParams\n", "models must not import cosyml.synth"),
+        (
+            "cosyml.models.x",
+            "from cosyml.synth.sampling import SamplingParams\n",
+            "models must not import cosyml.synth",
+        ),
         ("cosyml.models.flow.x", "from ...synth import engine\n", "models must not import cosyml.synth"),
         ("cosyml.models.x", "from cosyml import registry\n", "models must not import cosyml.registry"),
-        ("cosyml.models.x", "def f():\n    from cosyml.train.loop import train\n", "models must not import cosyml.train"),
-        ("cosyml.models.x", "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import cosyml.data\n",
-         "models must not import cosyml.data"),
+        (
+            "cosyml.models.x",
+            "def f():\n    from cosyml.train.loop import train\n",
+            "models must not import cosyml.train",
+        ),
+        (
+            "cosyml.models.x",
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import cosyml.data\n",
+            "models must not import cosyml.data",
+        ),
         ("cosyml.synth.x", "import mlflow.pytorch as mp\n", "components must not import mlflow"),
         ("cosyml.text.x", "from argparse import Namespace\n", "components must not import argparse"),
         ("cosyml.train.x", "from ..tracking import Tracker\n", "components must not import cosyml.tracking"),
         ("cosyml.data.x", "from cosyml import cli\n", "components must not import cosyml.cli"),
-        ("cosyml.evaluation.x", "from cosyml.commands.train import run\n", "components must not import cosyml.commands"),
+        (
+            "cosyml.evaluation.x",
+            "from cosyml.commands.train import run\n",
+            "components must not import cosyml.commands",
+        ),
         ("cosyml.features.x", "from cosyml.config import Params\n", "components must not import cosyml.config"),
         ("cosyml.features.x", "from .. import config\n", "components must not import cosyml.config"),
     ],
@@ -226,15 +241,19 @@ def test_allow_list_covers_config_only_and_goes_stale() -> None:
     assert violations(found, {"cosyml.train.loop": "why"}) == [
         "cosyml.train.loop:2 imports mlflow (components must not import mlflow)"
     ]
-    assert stale_allowances(found, {"cosyml.train.loop": "why", "cosyml.data.prepare": "why"}) == ["cosyml.data.prepare"]
+    assert stale_allowances(found, {"cosyml.train.loop": "why", "cosyml.data.prepare": "why"}) == [
+        "cosyml.data.prepare"
+    ]
 
 
 def test_cycle_finder() -> None:
     found = [
         *imports_of("from cosyml.models.b import B\n", "cosyml.models.a"),
         *imports_of("from cosyml.models.a import A\n", "cosyml.models.b"),
-        *imports_of("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cosyml.models.a import A\n",
-                    "cosyml.models.c"),
+        *imports_of(
+            "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from cosyml.models.a import A\n",
+            "cosyml.models.c",
+        ),
         *imports_of("from cosyml.models.c import C\n", "cosyml.models.a"),
     ]
     assert cycles(found, "cosyml.models") == [["cosyml.models.a", "cosyml.models.b", "cosyml.models.a"]]

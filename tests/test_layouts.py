@@ -31,8 +31,12 @@ def test_wav_lab_pairs_and_orphans(tmp_path: Path) -> None:
 
 
 def test_normalized_txt_layout_nested(tmp_path: Path) -> None:
-    write(tmp_path / "103" / "1241" / "103_1241_000000_000001.wav", utterance(1.0),
-          text="Hello there.", text_suffix=".normalized.txt")
+    write(
+        tmp_path / "103" / "1241" / "103_1241_000000_000001.wav",
+        utterance(1.0),
+        text="Hello there.",
+        text_suffix=".normalized.txt",
+    )
     (tmp_path / "103" / "1241" / "103_1241_000000_000001.original.txt").write_text("hello there")
     scan = scan_inputs([tmp_path])
     (clip,) = scan.clips

@@ -20,3 +20,11 @@ def test_ruff_clean():
         [ruff, "check", "cosyml", "tests", "scripts", "bench"], cwd=ROOT, capture_output=True, text=True
     )
     assert result.returncode == 0, result.stdout[-4000:]
+
+
+def test_ruff_format_clean():
+    ruff = shutil.which("ruff") or str(Path(sys.executable).parent / "ruff")
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed in this environment (it is in the dev extra)")
+    result = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, "run `ruff format .`:\n" + result.stdout[-4000:]

@@ -66,7 +66,9 @@ def test_v3_is_detected_and_its_fmax_and_tokenizer_version_are_read(tmp_path: Pa
     md = ModelDir(tmp_path)
     assert md.version == "v3" and md.speech_tokenizer_path.name == "speech_tokenizer_v3.onnx"
     assert md.hparams.mel.fmax is None and md.hparams.tokenizer_version == "cosyvoice3"
-    with pytest.raises(ModelDirError, match=r"cosyvoice3\.yaml: 'llm' is Qwen2LM but a v3 directory needs CosyVoice3LM"):
+    with pytest.raises(
+        ModelDirError, match=r"cosyvoice3\.yaml: 'llm' is Qwen2LM but a v3 directory needs CosyVoice3LM"
+    ):
         md.check()
 
 

@@ -100,13 +100,28 @@ def test_every_reject_reason(tmp_path: Path) -> None:
     result = run(tmp_path, [raw])
     reasons = {Path(r.source).stem: r.reason for r in result.rejects}
     assert reasons == {
-        "placeholder": "placeholder_text", "empty": "empty_text", "notext": "no_text", "short": "too_short",
-        "long": "too_long", "broken": "undecodable", "zdup": "duplicate_audio", "silent": "mostly_silence",
-        "quiet": "too_quiet", "clipped": "clipped", "orphan": "no_audio",
+        "placeholder": "placeholder_text",
+        "empty": "empty_text",
+        "notext": "no_text",
+        "short": "too_short",
+        "long": "too_long",
+        "broken": "undecodable",
+        "zdup": "duplicate_audio",
+        "silent": "mostly_silence",
+        "quiet": "too_quiet",
+        "clipped": "clipped",
+        "orphan": "no_audio",
     }
     # The text, kaldi and noise reasons have their kinds in tests/_bad_inputs.py (test_bad_inputs.py).
-    covered_elsewhere = {"low_confidence", "bad_kaldi_line", "text_too_long", "bad_characters", "special_token",
-                         "no_words", "noise"}
+    covered_elsewhere = {
+        "low_confidence",
+        "bad_kaldi_line",
+        "text_too_long",
+        "bad_characters",
+        "special_token",
+        "no_words",
+        "noise",
+    }
     assert set(reasons.values()) | covered_elsewhere == set(REJECT_REASONS)
     assert sum(result.counts.values()) == 4
     assert all(r.detail and "\n" not in r.detail for r in result.rejects)
@@ -157,8 +172,7 @@ def test_nothing_is_lost(tmp_path: Path) -> None:
     write(raw / "kaldi" / "a.wav", utterance(1.0, seed=50))
     (raw / "kaldi" / "wav.scp").write_text("a a.wav\nb missing.wav\n")
     (raw / "kaldi" / "text").write_text("a 一\nb 二\n", encoding="utf-8")
-    write(raw / "libri" / "x.flac", utterance(1.0, seed=51), text="三", text_suffix=".normalized.txt",
-          format="FLAC")
+    write(raw / "libri" / "x.flac", utterance(1.0, seed=51), text="三", text_suffix=".normalized.txt", format="FLAC")
     result = run(tmp_path, [raw])
     accepted = {e.source for e in all_entries(result.output)}
     rejected = {r.source for r in result.rejects}
@@ -169,8 +183,9 @@ def test_nothing_is_lost(tmp_path: Path) -> None:
     covered = accepted | rejected
     for s in inputs - covered:  # a transcript is covered by its audio file
         assert s in transcripts, f"input lost: {s}"
-        assert any(c.startswith(s.rsplit(".", 2 if s.endswith(".normalized.txt") else 1)[0] + ".")
-                   for c in covered), f"transcript lost: {s}"
+        assert any(c.startswith(s.rsplit(".", 2 if s.endswith(".normalized.txt") else 1)[0] + ".") for c in covered), (
+            f"transcript lost: {s}"
+        )
     assert not accepted & rejected
     assert next(r for r in result.rejects if r.source.endswith("wav.scp:b")).reason == "no_audio"
 
@@ -261,8 +276,20 @@ def test_cli_runs_and_tracks(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     lab_corpus(tmp_path / "raw", 5)
     write(tmp_path / "raw" / "notext.wav", utterance(1.0, seed=9))
-    code = main(["prepare", "--input", "raw", "--output", "data", "--speaker", "cli-spk", "--no-progress",
-                 "--set", "prepare.min_dev=1"])
+    code = main(
+        [
+            "prepare",
+            "--input",
+            "raw",
+            "--output",
+            "data",
+            "--speaker",
+            "cli-spk",
+            "--no-progress",
+            "--set",
+            "prepare.min_dev=1",
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "prepared 5 utterances" in captured.out

@@ -23,13 +23,31 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _tree(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(folder).as_posix(): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _prepare_cmd(raw: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "cosyml", "prepare", "--input", str(raw), "--output", str(out), "--speaker", "toy",
-            "--no-transcribe", "--no-progress", "--set", "prepare.dev_ratio=0.3", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "cosyml",
+        "prepare",
+        "--input",
+        str(raw),
+        "--output",
+        str(out),
+        "--speaker",
+        "toy",
+        "--no-transcribe",
+        "--no-progress",
+        "--set",
+        "prepare.dev_ratio=0.3",
+        *extra,
+    ]
 
 
 def test_kill_9_mid_run_keeps_the_previous_output_and_a_rerun_completes(tmp_path: Path) -> None:
@@ -43,8 +61,13 @@ def test_kill_9_mid_run_keeps_the_previous_output_and_a_rerun_completes(tmp_path
     before = _tree(out)
     assert "summary.json" in before and len([k for k in before if k.startswith("wavs/")]) == 4
 
-    proc = subprocess.Popen(_prepare_cmd(big, out, "--set", "prepare.target_peak=0.5"), env=env, cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _prepare_cmd(big, out, "--set", "prepare.target_peak=0.5"),
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     staging = tmp_path / ".data.new" / "wavs"
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
@@ -58,13 +81,26 @@ def test_kill_9_mid_run_keeps_the_previous_output_and_a_rerun_completes(tmp_path
     proc.wait()
     assert _tree(out) == before  # the old output, untouched (and its summary still tells the truth)
 
-    subprocess.run(_prepare_cmd(big, out, "--set", "prepare.target_peak=0.5"), check=True, env=env, cwd=tmp_path,
-                   capture_output=True)
+    subprocess.run(
+        _prepare_cmd(big, out, "--set", "prepare.target_peak=0.5"),
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     after = _tree(out)
-    assert len([k for k in after if k.startswith("wavs/")]) == len(list(big.glob("*.wav"))) and not (tmp_path / ".data.new").exists()
+    assert (
+        len([k for k in after if k.startswith("wavs/")]) == len(list(big.glob("*.wav")))
+        and not (tmp_path / ".data.new").exists()
+    )
     reference = tmp_path / "reference"
-    subprocess.run(_prepare_cmd(big, reference, "--set", "prepare.target_peak=0.5"), check=True, env=env,
-                   cwd=tmp_path, capture_output=True)
+    subprocess.run(
+        _prepare_cmd(big, reference, "--set", "prepare.target_peak=0.5"),
+        check=True,
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+    )
     ref = _tree(reference)
     same = {k for k in ref if k != "summary.json"}
     assert {k: after[k] for k in same} == {k: ref[k] for k in same}
@@ -86,8 +122,10 @@ def test_second_prepare_into_a_locked_folder_is_one_line(tmp_path: Path) -> None
     raw = tmp_path / "raw"
     make_good(raw, 2)
     out = tmp_path / "data"
-    with output_lock(out, "cosyml prepare (the first one)"), \
-            pytest.raises(InputError, match=r"in use by pid \d+ .*the first one"):
+    with (
+        output_lock(out, "cosyml prepare (the first one)"),
+        pytest.raises(InputError, match=r"in use by pid \d+ .*the first one"),
+    ):
         prepare([raw], out, PrepareConfig(speaker="toy", transcribe=False), progress=False)
     assert not out.exists()
 
@@ -107,10 +145,31 @@ def test_kill_9_during_transcription_resumes_from_the_cache(tmp_path: Path) -> N
         write(raw / f"c{i:02d}.wav", utterance(1.2 + 0.05 * i, seed=300 + i))
     out = tmp_path / "data"
     env = {**os.environ, "COSYML_TRACKING": "off", "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "cosyml", "prepare", "--input", str(raw), "--output", str(out), "--speaker", "toy",
-           "--whisper", str(whisper), "--no-progress", "--set", "prepare.whisper_batch_size=1",
-           "--set", "prepare.whisper_max_tokens=12", "--set", "prepare.whisper_device=cpu",
-           "--set", "prepare.min_confidence=0", "--set", "prepare.dev_ratio=0.3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cosyml",
+        "prepare",
+        "--input",
+        str(raw),
+        "--output",
+        str(out),
+        "--speaker",
+        "toy",
+        "--whisper",
+        str(whisper),
+        "--no-progress",
+        "--set",
+        "prepare.whisper_batch_size=1",
+        "--set",
+        "prepare.whisper_max_tokens=12",
+        "--set",
+        "prepare.whisper_device=cpu",
+        "--set",
+        "prepare.min_confidence=0",
+        "--set",
+        "prepare.dev_ratio=0.3",
+    ]
     cache = out / "whisper_cache.jsonl"
 
     def lines() -> list[str]:

@@ -64,8 +64,23 @@ def project(tmp_path_factory):
     env.pop("MLFLOW_RUN_ID", None)
     _run(["cosyml", "kit", str(base / "model")], base, env)
     shutil.copytree(ROOT / "examples" / "toy_speaker", base / "clips")
-    out = _run(["cosyml", "init", str(base / "p"), "--model-dir", str(base / "model"), "--clips", str(base / "clips"),
-                "--speaker", SPEAKER, "--whisper", str(base / "model" / "whisper.pt")], base, env)
+    out = _run(
+        [
+            "cosyml",
+            "init",
+            str(base / "p"),
+            "--model-dir",
+            str(base / "model"),
+            "--clips",
+            str(base / "clips"),
+            "--speaker",
+            SPEAKER,
+            "--whisper",
+            str(base / "model" / "whisper.pt"),
+        ],
+        base,
+        env,
+    )
     assert "dvc repro" in out
     proj = base / "p"
     params = proj / "params.yaml"
@@ -84,8 +99,14 @@ def test_killed_repro_resumes_training_and_matches_an_uninterrupted_run(project)
     proj, env = project
     _run(["dvc", "repro", "shards"], proj, env)
     checkpoints = proj / "exp" / "llm" / "checkpoints"
-    proc = subprocess.Popen(["dvc", "repro", "train_llm"], cwd=proj, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        ["dvc", "repro", "train_llm"],
+        cwd=proj,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 600
     while not (checkpoints / "epoch_0.json").exists():
         assert proc.poll() is None, "train_llm ended before its first checkpoint"
@@ -100,8 +121,23 @@ def test_killed_repro_resumes_training_and_matches_an_uninterrupted_run(project)
     assert "trained llm: 4 epochs" in out
 
     # the same training, uninterrupted, through the project's MLproject
-    _run(["mlflow", "run", ".", "-e", "train_llm", "--env-manager", "local",
-          "-P", "output=exp/llm-uninterrupted", "-P", "resume=none"], proj, env)
+    _run(
+        [
+            "mlflow",
+            "run",
+            ".",
+            "-e",
+            "train_llm",
+            "--env-manager",
+            "local",
+            "-P",
+            "output=exp/llm-uninterrupted",
+            "-P",
+            "resume=none",
+        ],
+        proj,
+        env,
+    )
     resumed = _model_state(checkpoints / "epoch_3.pt")
     reference = _model_state(proj / "exp" / "llm-uninterrupted" / "checkpoints" / "epoch_3.pt")
     assert resumed.keys() == reference.keys()

@@ -100,11 +100,23 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     t = np.arange(int(16000 * 1.5)) / 16000
     prompt = root / "prompt.wav"
     write_wav(prompt, (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32), 16000)
-    return SimpleNamespace(root=root, model_dir=model_dir, spk2embedding=spk2embedding, llm=llm_pt, flow=flow_ckpt, prompt=prompt)
+    return SimpleNamespace(
+        root=root, model_dir=model_dir, spk2embedding=spk2embedding, llm=llm_pt, flow=flow_ckpt, prompt=prompt
+    )
 
 
-def _scores(cer: float, cer_ci: tuple[float, float], ss: float, ss_ci: tuple[float, float], n: int = 40, missing: int = 0) -> dict:
-    return {"cer": cer, "cer_ci": list(cer_ci), "ss": ss, "ss_ci": list(ss_ci), "n": n, "missing": missing, "over_50": 0.0}
+def _scores(
+    cer: float, cer_ci: tuple[float, float], ss: float, ss_ci: tuple[float, float], n: int = 40, missing: int = 0
+) -> dict:
+    return {
+        "cer": cer,
+        "cer_ci": list(cer_ci),
+        "ss": ss,
+        "ss_ci": list(ss_ci),
+        "n": n,
+        "missing": missing,
+        "over_50": 0.0,
+    }
 
 
 def _candidates(path: Path, kit: SimpleNamespace, scores: dict[str, dict]) -> Path:
@@ -188,7 +200,9 @@ def test_register_stores_each_candidate_once_and_the_base_assets_once(server, ki
     cands = read_candidates(_candidates(kit.root / "eval1.json", kit, FIRST))
     out = register_candidates(cands, _config(kit), data_version="md5-of-shards")
     assert [(r.candidate, r.version, r.created) for r in out] == [
-        ("base", "1", True), ("llm_sft", "2", True), ("both_sft", "3", True)
+        ("base", "1", True),
+        ("llm_sft", "2", True),
+        ("both_sft", "3", True),
     ]
     versions = _versions()
     tags = versions["llm_sft"].tags
@@ -235,7 +249,10 @@ def test_registering_the_same_weights_again_adds_no_version_and_refreshes_scores
     cands = read_candidates(_candidates(kit.root / "eval1b.json", kit, rescored))
     out = register_candidates(cands, _config(kit))
     assert [(r.version, r.created, r.skipped) for r in out] == [
-        ("1", False, ""), ("2", False, ""), ("3", False, ""), ("", False, "no scores")
+        ("1", False, ""),
+        ("2", False, ""),
+        ("3", False, ""),
+        ("", False, "no scores"),
     ]
     assert len(_client().search_model_versions(f"name='{NAME}'")) == 3
     assert _versions()["llm_sft"].tags["score.cer"] == "0.061" and _model_metrics("llm_sft")["cer"] == 0.061
@@ -246,7 +263,9 @@ def test_registering_the_same_weights_again_adds_no_version_and_refreshes_scores
 
 def test_first_promotion_picks_the_best_candidate_that_does_not_regress_cer(server, kit, capsys) -> None:
     assert _alias("champion") is None
-    code = main(["promote", "--candidates", str(kit.root / "eval1b.json"), "--set", f"registry.speakers={kit.spk2embedding}"])
+    code = main(
+        ["promote", "--candidates", str(kit.root / "eval1b.json"), "--set", f"registry.speakers={kit.spk2embedding}"]
+    )
     printed = capsys.readouterr().out
     assert code == 0
     assert _alias("champion") == "2" and _alias("previous") is None  # llm_sft; both_sft regresses CER vs base
@@ -327,8 +346,21 @@ def test_champion_loads_on_a_fresh_machine_and_bad_rows_get_errors(server, kit, 
 def test_mlflow_models_serve_answers_wavs_and_survives_bad_requests(server, kit, tmp_path) -> None:
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COSYML_CACHE_DIR": str(tmp_path / "serve_cache")}
-    cmd = [MLFLOW, "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
-           "-h", "127.0.0.1", "-p", str(port), "-w", "1"]
+    cmd = [
+        MLFLOW,
+        "models",
+        "serve",
+        "-m",
+        f"models:/{NAME}@champion",
+        "--env-manager",
+        "local",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-w",
+        "1",
+    ]
     log = tmp_path / "serve.log"
     url = f"http://127.0.0.1:{port}"
     with process(cmd, env, log) as proc:
@@ -354,7 +386,10 @@ def test_mlflow_models_serve_answers_wavs_and_survives_bad_requests(server, kit,
         assert status == 400 and body.get("message")
         assert proc.poll() is None
 
-        status, body = _post(f"{url}/invocations", {"dataframe_split": {"columns": ["text", "seed", "max_tokens"], "data": [["Again.", 3, CAP]]}})
+        status, body = _post(
+            f"{url}/invocations",
+            {"dataframe_split": {"columns": ["text", "seed", "max_tokens"], "data": [["Again.", 3, CAP]]}},
+        )
         assert status == 200 and body["predictions"][0]["error"] is None
         assert _decode_wav(body["predictions"][0]["audio"])[1] == 24000
 
@@ -405,25 +440,45 @@ def test_shared_weights_missing_or_altered_in_the_store_are_one_line(server, kit
     with pytest.raises(ModelDirError, match=r"llm weights runs:/0123/weights/llm.pt: cannot be downloaded"):
         fetch_weights("runs:/0123/weights/llm.pt", "llm", "f" * 64, tmp_path)
     uri = _voice(_versions()["llm_sft"])["llm"]
-    with pytest.raises(ModelDirError, match=r"llm weights .*: content hash \w+ differs from the registered ffffffffffff"):
+    with pytest.raises(
+        ModelDirError, match=r"llm weights .*: content hash \w+ differs from the registered ffffffffffff"
+    ):
         fetch_weights(uri, "llm", "f" * 64, tmp_path)
     assert not list(tmp_path.rglob(".complete")) and not list(tmp_path.rglob("*.pt"))
 
 
 def test_two_register_processes_at_once_leave_one_version(server, kit) -> None:
     path = _candidates(kit.root / "eval3.json", kit, {"flow_sft": _scores(0.1, (0.08, 0.12), 0.6, (0.58, 0.62))})
-    command = [sys.executable, "-m", "cosyml", "register", "--candidates", str(path), "--speakers", str(kit.spk2embedding)]
+    command = [
+        sys.executable,
+        "-m",
+        "cosyml",
+        "register",
+        "--candidates",
+        str(path),
+        "--speakers",
+        str(kit.spk2embedding),
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    workers = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                                cwd=kit.root)  # no params.yaml there: the built-in defaults
-               for _ in range(2)]
+    workers = [
+        subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=kit.root
+        )  # no params.yaml there: the built-in defaults
+        for _ in range(2)
+    ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
-    same = [v for v in _client().search_model_versions(f"name='{NAME}'") if v.tags.get("cosyml.candidate") == "flow_sft"]
+    same = [
+        v for v in _client().search_model_versions(f"name='{NAME}'") if v.tags.get("cosyml.candidate") == "flow_sft"
+    ]
     assert len(same) == 1, [v.version for v in same]
     lines = sorted(line for out in outputs for line in out.splitlines() if "flow_sft" in line)
-    assert lines == sorted([f"{NAME} v{same[0].version}: flow_sft registered",
-                            f"{NAME} v{same[0].version}: flow_sft already registered (scores refreshed)"]), outputs
+    assert lines == sorted(
+        [
+            f"{NAME} v{same[0].version}: flow_sft registered",
+            f"{NAME} v{same[0].version}: flow_sft already registered (scores refreshed)",
+        ]
+    ), outputs
 
 
 def test_bad_candidates_files_are_one_line(tmp_path) -> None:
@@ -434,7 +489,13 @@ def test_bad_candidates_files_are_one_line(tmp_path) -> None:
         ("{", "not valid JSON"),
         (json.dumps({"speaker": "x", "model_dir": "m", "candidates": []}), "'candidates' must be a non-empty list"),
         (
-            json.dumps({"speaker": "x", "model_dir": "m", "candidates": [{"name": "a", "llm": "base", "flow": "base", "summary": {"cer": 0.1}}]}),
+            json.dumps(
+                {
+                    "speaker": "x",
+                    "model_dir": "m",
+                    "candidates": [{"name": "a", "llm": "base", "flow": "base", "summary": {"cer": 0.1}}],
+                }
+            ),
             "candidates[0].summary: missing cer_ci",
         ),
     ]
@@ -463,8 +524,10 @@ def test_a_part_stored_in_the_version_itself_is_read_from_its_artifacts(tmp_path
 def test_candidate_names_become_distinct_names_mlflow_accepts() -> None:
     from cosyml.registry import _sanitize
 
-    long = ["llm=/tmp/run/exp/llm/checkpoints/epoch_1_whole.pt,flow=base",
-            "llm=/tmp/run/exp/llm/checkpoints/epoch_2_whole.pt,flow=base"]
+    long = [
+        "llm=/tmp/run/exp/llm/checkpoints/epoch_1_whole.pt,flow=base",
+        "llm=/tmp/run/exp/llm/checkpoints/epoch_2_whole.pt,flow=base",
+    ]
     names = [_sanitize(n) for n in [*long, "llm=a.pt,flow=base", "llm=a-pt,flow=base", "base"]]
     assert len(set(names)) == len(names) and names[-1] == "base"
     assert all(len(n) <= 60 and not set(n) & set("./:%'\"") for n in names)

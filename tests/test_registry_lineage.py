@@ -38,8 +38,11 @@ def test_the_run_that_wrote_the_weights_is_found_and_no_other(store) -> None:
     names = {"cosyml.averaged_from": "epoch_1_whole.pt,epoch_2_whole.pt", "cosyml.part": "llm"}
     trained = run("train_llm", {"output": "exp/llm", "part": "llm"}, names)
     run("train_llm", {"output": "exp/other_llm", "part": "llm"})  # did not average: wrote no llm.pt
-    averaged = run("average_llm", {"out": "exp/avg/llm.pt", "checkpoints": "exp/llm/checkpoints"},
-                   {"cosyml.averaged_from": "epoch_2_whole.pt"})
+    averaged = run(
+        "average_llm",
+        {"out": "exp/avg/llm.pt", "checkpoints": "exp/llm/checkpoints"},
+        {"cosyml.averaged_from": "epoch_2_whole.pt"},
+    )
     assert _producer_run(mlc, SPEAKER, "llm", "exp/llm/llm.pt") == trained
     assert _producer_run(mlc, SPEAKER, "llm", str(Path("exp/llm/llm.pt").resolve())) == trained
     assert _producer_run(mlc, SPEAKER, "llm", "exp/avg/llm.pt") == averaged
@@ -108,8 +111,12 @@ def test_two_processes_opening_a_fresh_sqlite_store_at_once_both_work(tmp_path: 
         db = tmp_path / f"fresh{attempt}" / "mlflow.db"
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{db}", "COSYML_TRACKING": "on"}
         start = str(time.time() + 6.0)  # both processes past their imports, then released together
-        procs = [subprocess.Popen([sys.executable, "-c", RACE, start], env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for _ in range(2)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACE, start], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+            for _ in range(2)
+        ]
         outs = [p.communicate(timeout=120) for p in procs]
         assert [p.returncode for p in procs] == [0, 0], [err[-600:] for _, err in outs]
         assert all("store ready" in out for out, _ in outs)

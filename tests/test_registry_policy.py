@@ -11,7 +11,9 @@ from cosyml.errors import ConfigError, InputError
 from cosyml.registry import ScoredVersion, Scores, beats, decide
 
 
-def _s(cer: float, cer_ci: tuple[float, float], ss: float, ss_ci: tuple[float, float], n: int = 50, missing: int = 0) -> Scores:
+def _s(
+    cer: float, cer_ci: tuple[float, float], ss: float, ss_ci: tuple[float, float], n: int = 50, missing: int = 0
+) -> Scores:
     return Scores(cer, cer_ci, ss, ss_ci, n, missing, 0.0)
 
 

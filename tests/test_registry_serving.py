@@ -51,14 +51,24 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
     monkeypatch.chdir(tmp_path)
     speakers = tmp_path / "spk2embedding.pt"
     torch.save({"toy": torch.randn(192, generator=torch.Generator().manual_seed(1)).tolist()}, speakers)
-    scores = {"cer": 0.1, "cer_ci": [0.05, 0.15], "ss": 0.5, "ss_ci": [0.4, 0.6], "n": 10, "missing": 0,
-              "over_50": 0.0}
+    scores = {"cer": 0.1, "cer_ci": [0.05, 0.15], "ss": 0.5, "ss_ci": [0.4, 0.6], "n": 10, "missing": 0, "over_50": 0.0}
     candidates = tmp_path / "candidates.json"
-    candidates.write_text(json.dumps({"speaker": "toy", "model_dir": str(kit_dir), "candidates": [
-        {"name": "base", "llm": "base", "flow": "base", "summary": scores, "base": True}]}), encoding="utf-8")
+    candidates.write_text(
+        json.dumps(
+            {
+                "speaker": "toy",
+                "model_dir": str(kit_dir),
+                "candidates": [{"name": "base", "llm": "base", "flow": "base", "summary": scores, "base": True}],
+            }
+        ),
+        encoding="utf-8",
+    )
     (version,) = register_candidates(read_candidates(candidates), RegistryConfig(speakers=str(speakers)))
-    model = Path(mlflow.artifacts.download_artifacts(f"models:/{version.name}/{version.version}",
-                                                     dst_path=str(tmp_path / "model")))
+    model = Path(
+        mlflow.artifacts.download_artifacts(
+            f"models:/{version.name}/{version.version}", dst_path=str(tmp_path / "model")
+        )
+    )
     lines = (model / "requirements.txt").read_text(encoding="utf-8").split()
     assert not [line for line in lines if "+" in line], lines  # no local builds (2.13.0+cpu)
     assert any(line.startswith("torch==") for line in lines)
@@ -68,8 +78,12 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
     pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(model / "wheels")]
     done = subprocess.run([*pip, "-r", "requirements.txt"], cwd=model, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    fresh = subprocess.run([*pip, "--no-deps", "--ignore-installed", "--target", str(tmp_path / "t"), wheel],
-                           cwd=model, capture_output=True, text=True)
+    fresh = subprocess.run(
+        [*pip, "--no-deps", "--ignore-installed", "--target", str(tmp_path / "t"), wheel],
+        cwd=model,
+        capture_output=True,
+        text=True,
+    )
     assert fresh.returncode == 0 and "Would install cosyml" in fresh.stdout, fresh.stdout + fresh.stderr
 
 
@@ -87,8 +101,16 @@ def test_error_replies_name_no_server_paths(kit_dir: Path, tmp_path: Path) -> No
     voice._lock = __import__("threading").Lock()
     short = tmp_path / "short.wav"
     write_wav(short, np.zeros(80, dtype=np.float32), 16000)  # 5 ms: too short for one speech token
-    frame = __import__("pandas").DataFrame([{"text": "Hello.", "mode": "zero_shot", "prompt_text": "Hi.",
-                                             "prompt_wav": base64.b64encode(short.read_bytes()).decode()}])
+    frame = __import__("pandas").DataFrame(
+        [
+            {
+                "text": "Hello.",
+                "mode": "zero_shot",
+                "prompt_text": "Hi.",
+                "prompt_wav": base64.b64encode(short.read_bytes()).decode(),
+            }
+        ]
+    )
     error = voice.predict(None, frame)["error"][0]
     assert error.startswith("prompt_wav: prompt wav is") and "too short" in error, error
     assert "/" not in error.split("prompt wav is", 1)[0] and "/tmp" not in error and "cosyml-voice" not in error

@@ -16,10 +16,18 @@ from cosyml.evaluation.testset import TestSubset as Subset
 def _result(tmp_path: Path) -> SuiteResult:
     evil = parse_candidate('llm=base,flow=base,name=<script>alert("x")</script>')
     broken = CandidateResult(evil, tmp_path / evil.slug, error="weights do not load: <bad> & worse")
-    subset = Subset("zero_shot/en", tmp_path, "en", [], [ItemProblem("zero_shot/en", "u1", "missing_prompt_wav",
-                                                                         "p.wav not found")])
-    return SuiteResult(eval_dir=tmp_path / "eval", speaker="toy", model_dir=tmp_path, tiny_kit=False,
-                       subsets=[subset], candidates=[broken], settings={"ci_level": 0.9})
+    subset = Subset(
+        "zero_shot/en", tmp_path, "en", [], [ItemProblem("zero_shot/en", "u1", "missing_prompt_wav", "p.wav not found")]
+    )
+    return SuiteResult(
+        eval_dir=tmp_path / "eval",
+        speaker="toy",
+        model_dir=tmp_path,
+        tiny_kit=False,
+        subsets=[subset],
+        candidates=[broken],
+        settings={"ci_level": 0.9},
+    )
 
 
 def test_names_and_errors_are_escaped_and_a_failed_only_run_still_reports(tmp_path: Path):
@@ -59,9 +67,12 @@ def test_candidate_aliases_grid_and_slugs(tmp_path: Path):
     for epoch in (2, 10):
         (tmp_path / "llm" / "checkpoints" / f"epoch_{epoch}.pt").write_bytes(b"")
     grid = select_candidates([], [], ["base", "sft-avg", "epoch-3", "last"], ["base"], tmp_path)
-    assert [c.llm for c in grid] == ["base", str(tmp_path / "llm" / "llm.pt"),
-                                     str(tmp_path / "llm" / "checkpoints" / "epoch_3.pt"),
-                                     str(tmp_path / "llm" / "checkpoints" / "epoch_10.pt")]
+    assert [c.llm for c in grid] == [
+        "base",
+        str(tmp_path / "llm" / "llm.pt"),
+        str(tmp_path / "llm" / "checkpoints" / "epoch_3.pt"),
+        str(tmp_path / "llm" / "checkpoints" / "epoch_10.pt"),
+    ]
     assert grid[0].is_base and not grid[1].is_base and grid[1].name == "llm=sft-avg,flow=base"
     assert slugify("llm=sft-avg,flow=base") == "llm-sft-avg_flow-base"
     long = slugify("llm=" + "x" * 200)

@@ -34,8 +34,14 @@ from cosyml.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
 TOY = REPO / "examples" / "toy_speaker"
-CLIENT_SECRETS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_S3_ENDPOINT_URL",
-                  "AWS_ENDPOINT_URL", "MLFLOW_RUN_ID")
+CLIENT_SECRETS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "MLFLOW_S3_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL",
+    "MLFLOW_RUN_ID",
+)
 
 
 @pytest.fixture(scope="module")
@@ -57,15 +63,31 @@ def store() -> Iterator[S3Store]:
 
 
 @pytest.fixture(scope="module")
-def stack(store: S3Store, databases: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory,
-          ) -> Iterator[SimpleNamespace]:
+def stack(
+    store: S3Store,
+    databases: SimpleNamespace,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[SimpleNamespace]:
     """`mlflow server --backend-store-uri postgresql://... --artifacts-destination s3://...`, the S3
     credentials in its environment only."""
     root = tmp_path_factory.mktemp("scaling")
-    with mlflow_server(databases.mlflow, root, artifacts_destination=f"s3://{store.bucket}/mlflow",
-                       server_env=store.server_env(), timeout=180) as (uri, proc, log):
-        yield SimpleNamespace(store=store, database=databases.mlflow, optuna=databases.optuna, uri=uri, proc=proc,
-                              log=log, root=root, output=[])
+    with mlflow_server(
+        databases.mlflow,
+        root,
+        artifacts_destination=f"s3://{store.bucket}/mlflow",
+        server_env=store.server_env(),
+        timeout=180,
+    ) as (uri, proc, log):
+        yield SimpleNamespace(
+            store=store,
+            database=databases.mlflow,
+            optuna=databases.optuna,
+            uri=uri,
+            proc=proc,
+            log=log,
+            root=root,
+            output=[],
+        )
 
 
 @pytest.fixture
@@ -104,8 +126,13 @@ def test_the_s3_store_takes_only_its_own_credentials(store: S3Store):
 
     store.client().put_object(Bucket=store.bucket, Key="probe/x.bin", Body=b"\0" * 1000)
     assert store.objects("probe/") == {"probe/x.bin": 1000}
-    wrong = boto3.client("s3", endpoint_url=store.endpoint, aws_access_key_id=store.access_key,
-                         aws_secret_access_key="not-the-secret", region_name="us-east-1")
+    wrong = boto3.client(
+        "s3",
+        endpoint_url=store.endpoint,
+        aws_access_key_id=store.access_key,
+        aws_secret_access_key="not-the-secret",
+        region_name="us-east-1",
+    )
     with pytest.raises(botocore.exceptions.ClientError, match=r"SignatureDoesNotMatch|AccessDenied"):
         wrong.list_objects_v2(Bucket=store.bucket)
     store.client().delete_object(Bucket=store.bucket, Key="probe/x.bin")
@@ -121,18 +148,55 @@ def work(stack: SimpleNamespace, kit_dir: Path, tmp_path_factory: pytest.TempPat
     (root / "kit").symlink_to(kit_dir, target_is_directory=True)
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COSYML_TRACKING", "off")
-        _run(["prepare", "--input", str(TOY), "--output", str(root / "data"), "--speaker", "toy",
-              "--set", "prepare.transcribe=false"])
-        _run(["extract", "--data", str(root / "data"), "--model-dir", str(root / "kit"), "--output", str(root / "feats")])
-        _run(["shards", "--data", str(root / "data"), "--features", str(root / "feats"), "--output", str(root / "shards")])
+        _run(
+            [
+                "prepare",
+                "--input",
+                str(TOY),
+                "--output",
+                str(root / "data"),
+                "--speaker",
+                "toy",
+                "--set",
+                "prepare.transcribe=false",
+            ]
+        )
+        _run(
+            ["extract", "--data", str(root / "data"), "--model-dir", str(root / "kit"), "--output", str(root / "feats")]
+        )
+        _run(
+            [
+                "shards",
+                "--data",
+                str(root / "data"),
+                "--features",
+                str(root / "feats"),
+                "--output",
+                str(root / "shards"),
+            ]
+        )
     return root
 
 
 @pytest.mark.slow
 def test_training_logs_checkpoints_and_wavs_to_s3_through_the_server(client_env, work: Path, capfd):
     stack = client_env
-    _run(["train", "llm", "--data", str(work / "shards"), "--model-dir", str(work / "kit"),
-          "--output", str(work / "exp" / "llm"), "--max-epochs", "1", "--set", "train.log_checkpoints=all"])
+    _run(
+        [
+            "train",
+            "llm",
+            "--data",
+            str(work / "shards"),
+            "--model-dir",
+            str(work / "kit"),
+            "--output",
+            str(work / "exp" / "llm"),
+            "--max-epochs",
+            "1",
+            "--set",
+            "train.log_checkpoints=all",
+        ]
+    )
     stack.output.append(capfd.readouterr())
     run = _stage_run(stack, "train_llm")
     client = _client(stack)
@@ -143,8 +207,11 @@ def test_training_logs_checkpoints_and_wavs_to_s3_through_the_server(client_env,
     assert wavs and all(p.endswith(".wav") for p in wavs)
     # the files are objects in the bucket, under the server's artifacts destination
     objects = stack.store.objects("mlflow/")
-    in_run = {k.split(f"/{run.info.run_id}/artifacts/", 1)[1]: size for k, size in objects.items()
-              if f"/{run.info.run_id}/artifacts/" in k}
+    in_run = {
+        k.split(f"/{run.info.run_id}/artifacts/", 1)[1]: size
+        for k, size in objects.items()
+        if f"/{run.info.run_id}/artifacts/" in k
+    }
     assert set(checkpoints) | set(wavs) | {"weights/llm.pt"} <= set(in_run)
     local = work / "exp" / "llm" / "checkpoints" / Path(checkpoints[0]).name
     assert in_run[checkpoints[0]] == local.stat().st_size
@@ -162,7 +229,8 @@ def _count(objects: dict[str, int], suffix: str) -> int:
 
 @pytest.mark.slow
 def test_register_promote_and_load_the_champion_from_a_fresh_cache(
-        client_env, work: Path, workdir: Path, tmp_path: Path, capfd, monkeypatch):  # noqa: F811  (test_tune's fixture)
+    client_env, work: Path, workdir: Path, tmp_path: Path, capfd, monkeypatch
+):
     import mlflow
     import pandas as pd
 
@@ -171,12 +239,42 @@ def test_register_promote_and_load_the_champion_from_a_fresh_cache(
     monkeypatch.setenv("COSYML_CACHE_DIR", str(tmp_path / "registering_cache"))
     eval_dir = work / "eval"
     speakers = work / "feats" / "train" / "spk2embedding.pt"
-    _run(["evaluate", "--model-dir", str(work / "kit"), "--data", str(work / "data"), "--out", str(eval_dir),
-          "--test-sets", str(workdir / "sets"), "--max-utts", "1", "--no-progress", "--speaker-file", str(speakers),  # 1 utt
-          "--candidates", "llm=base,flow=base", "--candidates", f"llm={work / 'exp' / 'llm' / 'llm.pt'},flow=base",
-          "--set", f"evaluate.whisper_model={work / 'kit' / 'whisper.pt'}", "--set", "prepare.speaker=toy"])
-    promote = ["promote", "--register", "--candidates", str(eval_dir / "candidates.json"),
-               "--set", f"registry.speakers={speakers}", "--set", "prepare.speaker=toy"]
+    _run(
+        [
+            "evaluate",
+            "--model-dir",
+            str(work / "kit"),
+            "--data",
+            str(work / "data"),
+            "--out",
+            str(eval_dir),
+            "--test-sets",
+            str(workdir / "sets"),
+            "--max-utts",
+            "1",
+            "--no-progress",
+            "--speaker-file",
+            str(speakers),  # 1 utt
+            "--candidates",
+            "llm=base,flow=base",
+            "--candidates",
+            f"llm={work / 'exp' / 'llm' / 'llm.pt'},flow=base",
+            "--set",
+            f"evaluate.whisper_model={work / 'kit' / 'whisper.pt'}",
+            "--set",
+            "prepare.speaker=toy",
+        ]
+    )
+    promote = [
+        "promote",
+        "--register",
+        "--candidates",
+        str(eval_dir / "candidates.json"),
+        "--set",
+        f"registry.speakers={speakers}",
+        "--set",
+        "prepare.speaker=toy",
+    ]
     _run(promote)
     client = _client(stack)
     versions = client.search_model_versions("name='cosyml-toy'")
@@ -186,8 +284,9 @@ def test_register_promote_and_load_the_champion_from_a_fresh_cache(
     _run(promote)  # registering the same candidates again stores nothing new
     assert len(client.search_model_versions("name='cosyml-toy'")) == 2
     after = stack.store.objects("mlflow/")
-    assert set(after) - set(before) <= {k for k in after if "/models/" not in k and "/artifacts/weights/" not in k
-                                        and "/artifacts/base_model/" not in k}  # at most the promote run's own files
+    assert set(after) - set(before) <= {
+        k for k in after if "/models/" not in k and "/artifacts/weights/" not in k and "/artifacts/base_model/" not in k
+    }  # at most the promote run's own files
 
     # content-addressed on S3 as on disk: one copy of each base asset and of the fine-tuned llm.pt
     from cosyml.registry import BASE_EXPERIMENT, WEIGHTS_EXPERIMENT
@@ -202,8 +301,10 @@ def test_register_promote_and_load_the_champion_from_a_fresh_cache(
     for key in after:  # the model versions hold no weights, only references (and the speaker table)
         if "/models/" in key:
             assert not key.endswith(("llm.pt", "flow.pt", "hift.pt", ".onnx", "cosyvoice2.yaml")), key
-    _figure(f"registry upload (base assets + fine-tuned weights, once): {len(base_objects) + len(weight_objects)} "
-            f"objects, {sum(base_objects.values()) + sum(weight_objects.values())} bytes")
+    _figure(
+        f"registry upload (base assets + fine-tuned weights, once): {len(base_objects) + len(weight_objects)} "
+        f"objects, {sum(base_objects.values()) + sum(weight_objects.values())} bytes"
+    )
 
     # a fresh machine: only the tracking URI, an empty cache
     fresh = tmp_path / "fresh_cache"
@@ -248,8 +349,11 @@ def _dvc(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 
 def _tree_digest(root: Path) -> dict[str, str]:
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_a_dvc_s3_remote_pushes_pulls_and_repro_has_nothing_to_do(store: S3Store, tmp_path: Path):
@@ -257,13 +361,29 @@ def test_a_dvc_s3_remote_pushes_pulls_and_repro_has_nothing_to_do(store: S3Store
     pytest.importorskip("dvc_s3", reason="dvc-s3 not installed: pip install -e .[s3]")
     ws = tmp_path / "project"
     shutil.copytree(TOY, ws / "corpus")
-    (ws / "dvc.yaml").write_text(json.dumps({"stages": {"prepare": {
-        "cmd": f"{sys.executable} -m cosyml prepare --input corpus --output data --speaker toy "
-               "--set prepare.transcribe=false",
-        "deps": ["corpus"], "outs": ["data"]}}}))
+    (ws / "dvc.yaml").write_text(
+        json.dumps(
+            {
+                "stages": {
+                    "prepare": {
+                        "cmd": f"{sys.executable} -m cosyml prepare --input corpus --output data --speaker toy "
+                        "--set prepare.transcribe=false",
+                        "deps": ["corpus"],
+                        "outs": ["data"],
+                    }
+                }
+            }
+        )
+    )
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_SECRETS}
-    env.update({"COSYML_TRACKING": "off", "DVC_NO_ANALYTICS": "1",
-                "AWS_ACCESS_KEY_ID": store.access_key, "AWS_SECRET_ACCESS_KEY": store.secret_key})
+    env.update(
+        {
+            "COSYML_TRACKING": "off",
+            "DVC_NO_ANALYTICS": "1",
+            "AWS_ACCESS_KEY_ID": store.access_key,
+            "AWS_SECRET_ACCESS_KEY": store.secret_key,
+        }
+    )
     subprocess.run(["git", "init", "-q"], cwd=ws, check=True)
     _dvc(["init", "-q"], ws, env)
     _dvc(["repro"], ws, env)
@@ -289,8 +409,9 @@ def test_a_dvc_s3_remote_pushes_pulls_and_repro_has_nothing_to_do(store: S3Store
     assert "Data and pipelines are up to date" in _dvc(["status"], ws, env)
     for path in [ws / "dvc.yaml", ws / "dvc.lock", *(ws / ".dvc").glob("config*")]:
         assert store.secret_key not in path.read_text()  # the credentials stayed in the environment
-    _figure(f"dvc push: {len(remote)} objects, {sum(remote.values())} bytes in {pushed_s:.1f} s; "
-            f"dvc pull: {pulled_s:.1f} s")
+    _figure(
+        f"dvc push: {len(remote)} objects, {sum(remote.values())} bytes in {pushed_s:.1f} s; dvc pull: {pulled_s:.1f} s"
+    )
 
 
 # ---------------------------------------------------------------------------------------------- tuning workers
@@ -298,15 +419,36 @@ def test_a_dvc_s3_remote_pushes_pulls_and_repro_has_nothing_to_do(store: S3Store
 
 @pytest.mark.slow
 def test_cosyml_tune_workers_on_postgresql_record_into_mlflow_with_s3_artifacts(
-        client_env, workdir: Path, tmp_path: Path):  # noqa: F811  (test_tune's fixture)
+    client_env, workdir: Path, tmp_path: Path
+):
     import optuna
 
     stack = client_env
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_SECRETS}  # the tracking URI, no S3 credentials
-    command = [sys.executable, "-m", "cosyml", "tune", "--params", str(workdir / "params.yaml"),
-               "--storage", stack.optuna, "--study-name", "toy-s3", "--n-trials", "3"]
-    workers = [subprocess.Popen([*command, "--out", str(tmp_path / f"worker{i}"), "--seed", str(i)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in (1, 2)]
+    command = [
+        sys.executable,
+        "-m",
+        "cosyml",
+        "tune",
+        "--params",
+        str(workdir / "params.yaml"),
+        "--storage",
+        stack.optuna,
+        "--study-name",
+        "toy-s3",
+        "--n-trials",
+        "3",
+    ]
+    workers = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / f"worker{i}"), "--seed", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in (1, 2)
+    ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     trials = optuna.load_study(study_name="toy-s3", storage=stack.optuna).get_trials()
@@ -314,7 +456,9 @@ def test_cosyml_tune_workers_on_postgresql_record_into_mlflow_with_s3_artifacts(
     assert 3 <= len(complete) <= 4
     client = _client(stack)
     exp = client.get_experiment_by_name("cosyml/toy")
-    parents = client.search_runs([exp.experiment_id], filter_string="tags.`cosyml.study` = 'toy-s3' and tags.`cosyml.stage` = 'tune'")
+    parents = client.search_runs(
+        [exp.experiment_id], filter_string="tags.`cosyml.study` = 'toy-s3' and tags.`cosyml.stage` = 'tune'"
+    )
     assert len(parents) == 2  # one tune run per worker
     children = client.search_runs([exp.experiment_id], filter_string="tags.`cosyml.stage` = 'tune-trial'")
     objects = stack.store.objects("mlflow/")
@@ -346,8 +490,12 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried(databas
     import optuna
 
     marker = tmp_path / "started"
-    doomed = subprocess.Popen([sys.executable, "-c", HANGING_WORKER, databases.optuna, str(marker), "hang", "1"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    doomed = subprocess.Popen(
+        [sys.executable, "-c", HANGING_WORKER, databases.optuna, str(marker), "hang", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 120
     while not marker.exists():
         assert doomed.poll() is None and time.monotonic() < deadline, doomed.communicate()
@@ -358,8 +506,12 @@ def test_a_worker_killed_mid_trial_leaves_a_failed_trial_that_is_retried(databas
     (stuck,) = study.get_trials()
     assert stuck.state.name == "RUNNING"  # dead, but nobody knows yet
     time.sleep(3)  # past the grace period: the next worker to start a trial declares it failed
-    worker = subprocess.run([sys.executable, "-c", HANGING_WORKER, databases.optuna, str(marker), "run", "2"],
-                            capture_output=True, text=True, timeout=180)
+    worker = subprocess.run(
+        [sys.executable, "-c", HANGING_WORKER, databases.optuna, str(marker), "run", "2"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert worker.returncode == 0, worker.stderr[-3000:]
     trials = optuna.load_study(study_name="killed", storage=databases.optuna).get_trials()
     states = {t.number: t.state.name for t in trials}

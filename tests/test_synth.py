@@ -43,7 +43,10 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     build_kit(model_dir, seed=0, dims=KitDims())  # tiny everywhere (the flow too)
     gen = torch.Generator().manual_seed(7)
     torch.save(
-        {"alice": {"embedding": torch.randn(1, 192, generator=gen)}, "bob": {"embedding": torch.randn(1, 192, generator=gen)}},
+        {
+            "alice": {"embedding": torch.randn(1, 192, generator=gen)},
+            "bob": {"embedding": torch.randn(1, 192, generator=gen)},
+        },
         model_dir / "spk2info.pt",
     )
     md = ModelDir(model_dir)
@@ -67,7 +70,9 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     t = np.arange(int(16000 * 2.5)) / 16000
     rng = np.random.default_rng(0)
-    voice = (0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(t.size))
+    voice = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t)) + 0.02 * rng.standard_normal(
+        t.size
+    )
     prompt = root / "prompt.wav"
     write_wav(prompt, voice.astype(np.float32), 16000)
     short = root / "short.wav"
@@ -133,7 +138,9 @@ def test_every_mode_gives_24khz_audio_of_two_mel_frames_per_token(engine, kit, m
 def test_modes_feed_different_prompts(engine, kit) -> None:
     """Same text and seed: the prompt changes what the LLM sees (zero_shot / instruct) or only the flow."""
     outs = {m: engine.synthesize(mode_request(m, kit)) for m in ("zero_shot", "cross_lingual", "instruct")}
-    sft_other = engine.synthesize(SynthRequest(text="Good morning.", mode="sft", speaker="alice", seed=3, max_tokens=CAP))
+    sft_other = engine.synthesize(
+        SynthRequest(text="Good morning.", mode="sft", speaker="alice", seed=3, max_tokens=CAP)
+    )
     sft_bob = engine.synthesize(mode_request("sft", kit))
     # cross_lingual and sft give the LLM the same input: identical tokens; the voice differs in the flow.
     assert outs["cross_lingual"].tokens == sft_bob.tokens == sft_other.tokens
@@ -143,7 +150,9 @@ def test_modes_feed_different_prompts(engine, kit) -> None:
 
 
 def test_instruct_with_a_stored_speaker_and_speaker_files(engine, kit, tmp_path) -> None:
-    result = engine.synthesize(SynthRequest(text="Hi there.", mode="instruct", instruct="whisper", speaker="bob", max_tokens=CAP))
+    result = engine.synthesize(
+        SynthRequest(text="Hi there.", mode="instruct", instruct="whisper", speaker="bob", max_tokens=CAP)
+    )
     assert result.wav.shape[0] == len(result.tokens) * SAMPLES_PER_TOKEN
     # spk2embedding.pt from `cosyml extract` ({name: list of 192 floats}) and a lone embedding tensor
     spk2emb = tmp_path / "spk2embedding.pt"
@@ -170,7 +179,9 @@ def test_a_stored_zero_shot_speaker_equals_its_prompt_wav(engine, kit, tmp_path)
     spk2info = tmp_path / "spk2info.pt"
     torch.save({"eve": entry}, spk2info)
     stored = engine.synthesize(
-        SynthRequest(text="Good morning.", mode="zero_shot", speaker="eve", speaker_file=spk2info, seed=3, max_tokens=CAP)
+        SynthRequest(
+            text="Good morning.", mode="zero_shot", speaker="eve", speaker_file=spk2info, seed=3, max_tokens=CAP
+        )
     )
     from_wav = engine.synthesize(mode_request("zero_shot", kit))
     assert stored.tokens == from_wav.tokens and np.array_equal(stored.wav, from_wav.wav)
@@ -276,7 +287,10 @@ def test_speed_stretches_the_mel(engine) -> None:
 
 
 def test_text_is_one_segment_unless_split_is_asked(engine) -> None:
-    text = " ".join(f"This is sentence number {w} of a long paragraph about nothing." for w in ["one", "two", "three", "four", "five", "six"])
+    text = " ".join(
+        f"This is sentence number {w} of a long paragraph about nothing."
+        for w in ["one", "two", "three", "four", "five", "six"]
+    )
     whole = engine.synthesize(sft(text))
     assert len(whole.segments) == 1 and whole.segments[0].startswith("This is sentence number one")
     split = engine.synthesize(sft(text, split_sentences=True))
@@ -312,13 +326,33 @@ def test_batched_decoding_gives_the_tokens_of_one_by_one_decoding(engine, kit) -
         (lambda k: sft().replace(speaker="nobody"), UnknownSpeakerError, "known speakers: alice, bob"),
         (lambda k: sft("   "), EmptyTextError, "empty"),
         (lambda k: sft("?!..."), EmptyTextError, "nothing speakable"),
-        (lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["root"] / "missing.wav"), PromptAudioError, "not found"),
-        (lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["broken"]), PromptAudioError, "cannot decode"),
-        (lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["short"]), PromptAudioError, "too short"),
-        (lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["long"]), PromptAudioError, "at most 30 s"),
+        (
+            lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["root"] / "missing.wav"),
+            PromptAudioError,
+            "not found",
+        ),
+        (
+            lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["broken"]),
+            PromptAudioError,
+            "cannot decode",
+        ),
+        (
+            lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["short"]),
+            PromptAudioError,
+            "too short",
+        ),
+        (
+            lambda k: SynthRequest(text="Hi.", mode="cross_lingual", prompt_wav=k["long"]),
+            PromptAudioError,
+            "at most 30 s",
+        ),
         (lambda k: sft(speed=0.0), SynthParamError, "speed"),
         (lambda k: sft(speed=-1.0), SynthParamError, "speed"),
-        (lambda k: SynthRequest(text="Hi.", mode="zero_shot", prompt_wav=k["prompt"]), SynthParamError, "--prompt-text"),
+        (
+            lambda k: SynthRequest(text="Hi.", mode="zero_shot", prompt_wav=k["prompt"]),
+            SynthParamError,
+            "--prompt-text",
+        ),
         (lambda k: sft(llm=str(k["mute_llm"]), min_token_text_ratio=0.0), NoSpeechError, "no speech tokens"),
     ],
 )
@@ -363,15 +397,37 @@ def test_cli_batch_of_all_modes_with_one_bad_request(kit, tmp_path, capsys) -> N
     requests = kit["root"] / "requests.jsonl"
     requests.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
     out = tmp_path / "batch"
-    code = main(["synth", "--model-dir", str(kit["model_dir"]), "--requests", str(requests), "--out-dir", str(out),
-                 "--seed", "5", "--max-tokens", str(CAP), "--no-log-text"])
+    code = main(
+        [
+            "synth",
+            "--model-dir",
+            str(kit["model_dir"]),
+            "--requests",
+            str(requests),
+            "--out-dir",
+            str(out),
+            "--seed",
+            "5",
+            "--max-tokens",
+            str(CAP),
+            "--no-log-text",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1
     assert "1 failed" in err and "unknown speaker 'nobody'" in err and "Traceback" not in err
-    assert sorted(p.name for p in out.glob("*.wav")) == ["0001.wav", "0002.wav", "0003.wav", "0006.wav", "instructed.wav"]
+    assert sorted(p.name for p in out.glob("*.wav")) == [
+        "0001.wav",
+        "0002.wav",
+        "0003.wav",
+        "0006.wav",
+        "instructed.wav",
+    ]
     log = json.loads((out / "run.json").read_text())
     assert [i["status"] for i in log["items"]] == ["ok", "ok", "ok", "ok", "error", "ok"]
-    assert [i["weights"]["llm"] for i in log["items"] if i["status"] == "ok"] == ["base"] * 4 + [str(kit["llm_ckpt"].resolve())]
+    assert [i["weights"]["llm"] for i in log["items"] if i["status"] == "ok"] == ["base"] * 4 + [
+        str(kit["llm_ckpt"].resolve())
+    ]
     assert [i["request"]["mode"] for i in log["items"][:4]] == ["sft", "zero_shot", "cross_lingual", "instruct"]
     assert [i["seed"] for i in log["items"][:4]] == [5, 6, 7, 8]
     assert "Good morning" not in (out / "run.json").read_text()  # --no-log-text
@@ -381,9 +437,28 @@ def test_cli_batch_of_all_modes_with_one_bad_request(kit, tmp_path, capsys) -> N
 
 def test_cli_single_sft_with_swapped_weights_and_stream(kit, tmp_path, capsys) -> None:
     out = tmp_path / "one" / "out.wav"
-    code = main(["synth", "--model-dir", str(kit["model_dir"]), "--llm", str(kit["llm_ckpt"]), "--mode", "sft",
-                 "--speaker", "alice", "--text", "Hello there.", "--out", str(out), "--seed", "1",
-                 "--max-tokens", "40", "--stream"])
+    code = main(
+        [
+            "synth",
+            "--model-dir",
+            str(kit["model_dir"]),
+            "--llm",
+            str(kit["llm_ckpt"]),
+            "--mode",
+            "sft",
+            "--speaker",
+            "alice",
+            "--text",
+            "Hello there.",
+            "--out",
+            str(out),
+            "--seed",
+            "1",
+            "--max-tokens",
+            "40",
+            "--stream",
+        ]
+    )
     assert code == 0 and out.is_file()
     assert "first chunk" in capsys.readouterr().out
     log = json.loads((out.parent / "out.run.json").read_text())
@@ -402,14 +477,35 @@ def test_cli_single_sft_with_swapped_weights_and_stream(kit, tmp_path, capsys) -
     ],
 )
 def test_cli_bad_single_request_is_one_line(kit, tmp_path, capsys, extra, needle) -> None:
-    code = main(["synth", "--model-dir", str(kit["model_dir"]), "--text", "Hi.", "--out", str(tmp_path / "x.wav"),
-                 "--max-tokens", "5", *extra])
+    code = main(
+        [
+            "synth",
+            "--model-dir",
+            str(kit["model_dir"]),
+            "--text",
+            "Hi.",
+            "--out",
+            str(tmp_path / "x.wav"),
+            "--max-tokens",
+            "5",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and needle in err
 
 
-@pytest.mark.parametrize("case", ["binary_text_file", "latin1_text_file", "out_under_a_file", "out_is_a_folder", "seed_overflow",
-                                  "batch_seed_overflow"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "binary_text_file",
+        "latin1_text_file",
+        "out_under_a_file",
+        "out_is_a_folder",
+        "seed_overflow",
+        "batch_seed_overflow",
+    ],
+)
 def test_cli_bad_files_and_seeds_are_one_line_without_traceback(kit, tmp_path, capsys, case) -> None:
     """Before: a binary --text-file, an unwritable --out and a seed beyond 64 bits ended in tracebacks."""
     (tmp_path / "a_file").write_text("x")
@@ -418,13 +514,33 @@ def test_cli_bad_files_and_seeds_are_one_line_without_traceback(kit, tmp_path, c
     (tmp_path / "ok.txt").write_text("Hi.\n")
     single = ["--text", "Hi.", "--speaker", "alice", "--max-tokens", "5"]
     argv, needle = {
-        "binary_text_file": (["--text-file", str(tmp_path / "binary.txt"), "--out-dir", str(tmp_path / "o")], "a binary file, not text"),
-        "latin1_text_file": (["--text-file", str(tmp_path / "latin1.txt"), "--out-dir", str(tmp_path / "o")], "not UTF-8 text"),
+        "binary_text_file": (
+            ["--text-file", str(tmp_path / "binary.txt"), "--out-dir", str(tmp_path / "o")],
+            "a binary file, not text",
+        ),
+        "latin1_text_file": (
+            ["--text-file", str(tmp_path / "latin1.txt"), "--out-dir", str(tmp_path / "o")],
+            "not UTF-8 text",
+        ),
         "out_under_a_file": ([*single, "--out", str(tmp_path / "a_file" / "x.wav")], "cannot write there"),
         "out_is_a_folder": ([*single, "--out", str(tmp_path)], "is a folder"),
-        "seed_overflow": ([*single, "--out", str(tmp_path / "x.wav"), "--seed", str(2**64)], "--seed must be from 0 to"),
-        "batch_seed_overflow": (["--text-file", str(tmp_path / "ok.txt"), "--out-dir", str(tmp_path / "o"), "--speaker", "alice",
-                                 "--seed", str(2**80)], "--seed must be from 0 to"),
+        "seed_overflow": (
+            [*single, "--out", str(tmp_path / "x.wav"), "--seed", str(2**64)],
+            "--seed must be from 0 to",
+        ),
+        "batch_seed_overflow": (
+            [
+                "--text-file",
+                str(tmp_path / "ok.txt"),
+                "--out-dir",
+                str(tmp_path / "o"),
+                "--speaker",
+                "alice",
+                "--seed",
+                str(2**80),
+            ],
+            "--seed must be from 0 to",
+        ),
     }[case]
     code = main(["synth", "--model-dir", str(kit["model_dir"]), *argv])
     err = capsys.readouterr().err.strip()

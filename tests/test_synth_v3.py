@@ -89,7 +89,9 @@ def _row(run: dict, sampling: SamplingParams, max_tokens: int | None = None) -> 
     )
 
 
-def test_v3_decode_ids_match_upstream_and_keep_its_min_length_quirk(tiny_v3_llm: Qwen2LM, upstream_decode: dict) -> None:
+def test_v3_decode_ids_match_upstream_and_keep_its_min_length_quirk(
+    tiny_v3_llm: Qwen2LM, upstream_decode: dict
+) -> None:
     sampling = SamplingParams(**upstream_decode["sampling"])
     s = upstream_decode["speech_token_size"]
     assert tiny_v3_llm.layout.stop_ids == tuple(range(s, s + 200))
@@ -103,8 +105,14 @@ def test_v3_decode_ids_match_upstream_and_keep_its_min_length_quirk(tiny_v3_llm:
         min_len = 2 * run["text"].numel()
         up = run["scores"]
         assert torch.isinf(up[:min_len, s]).all() and torch.isfinite(up[:min_len, s + 1]).all()
-        for _ in tiny_v3_llm.inference(run["text"], run["prompt_text"], run["prompt_speech_token"], sampling=sampling,
-                                          generator=torch.Generator().manual_seed(run["seed"]), scores_out=scores):
+        for _ in tiny_v3_llm.inference(
+            run["text"],
+            run["prompt_text"],
+            run["prompt_speech_token"],
+            sampling=sampling,
+            generator=torch.Generator().manual_seed(run["seed"]),
+            scores_out=scores,
+        ):
             pass
         got = torch.stack(scores[: up.shape[0]])
         finite = torch.isfinite(up)
@@ -136,7 +144,9 @@ def tiny_t2w() -> Token2Wav:
     flow.load_state_dict({**_script("make_flow_fixtures").hashed_weights(shapes), inv_key: inv_freq}, strict=True)
     args = dict(json.loads((PARITY / "hift_v3" / "meta.json").read_text())["hift"])
     f0 = Tagged("new", "cosyvoice.hifigan.f0_predictor.CausalConvRNNF0Predictor", args.pop("f0_predictor"))
-    hift = build_hift({"hift": Tagged("new", "cosyvoice.hifigan.generator.CausalHiFTGenerator", {**args, "f0_predictor": f0})})
+    hift = build_hift(
+        {"hift": Tagged("new", "cosyvoice.hifigan.generator.CausalHiFTGenerator", {**args, "f0_predictor": f0})}
+    )
     assert isinstance(hift, CausalHiFT)
     hift.load_state_dict(torch.load(PARITY / "hift_v3" / "hift_tiny.pt", weights_only=True), strict=True)
     hift.fold_weight_norm()
@@ -222,7 +232,10 @@ def kit(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     assert md.version == "v3"
     gen = torch.Generator().manual_seed(7)
     torch.save(
-        {"alice": {"embedding": torch.randn(1, 192, generator=gen)}, "bob": {"embedding": torch.randn(1, 192, generator=gen)}},
+        {
+            "alice": {"embedding": torch.randn(1, 192, generator=gen)},
+            "bob": {"embedding": torch.randn(1, 192, generator=gen)},
+        },
         model_dir / "spk2info.pt",
     )
 
@@ -286,7 +299,10 @@ def test_v3_prompt_conventions(engine: SynthEngine) -> None:
     assert text.tts_text("Be calm.<|endofprompt|>Hi.", llm_has_prompt=False) == "Be calm.<|endofprompt|>Hi."
     assert text.prompt_text("a short prompt", False) == "You are a helpful assistant.<|endofprompt|>a short prompt"
     assert text.instruct_text("请用广东话表达。") == "You are a helpful assistant. 请用广东话表达。<|endofprompt|>"
-    assert text.instruct_text("You are a helpful assistant. Speak fast.") == "You are a helpful assistant. Speak fast.<|endofprompt|>"
+    assert (
+        text.instruct_text("You are a helpful assistant. Speak fast.")
+        == "You are a helpful assistant. Speak fast.<|endofprompt|>"
+    )
     assert text.instruct_text("Mine.<|endofprompt|>") == "Mine.<|endofprompt|>"
     # a text with <|...|> is neither normalised nor split (upstream)
     assert text.segments("Room 101.<|endofprompt|>Two. Three.", True, True) == ["Room 101.<|endofprompt|>Two. Three."]
@@ -315,7 +331,9 @@ def test_plain_text_equals_text_with_the_explicit_prefix(engine: SynthEngine, ki
     explicit = engine.synthesize(sft("You are a helpful assistant.<|endofprompt|>Good morning."))
     assert plain.tokens == explicit.tokens and np.array_equal(plain.wav, explicit.wav)
     instruct = engine.synthesize(mode_request("instruct", kit))
-    spelled = engine.synthesize(mode_request("instruct", kit).replace(instruct="You are a helpful assistant. speak slowly<|endofprompt|>"))
+    spelled = engine.synthesize(
+        mode_request("instruct", kit).replace(instruct="You are a helpful assistant. speak slowly<|endofprompt|>")
+    )
     assert instruct.tokens == spelled.tokens
     # cross_lingual and sft give the LLM the same input; zero_shot and instruct do not
     cross = engine.synthesize(mode_request("cross_lingual", kit))

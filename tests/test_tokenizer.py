@@ -83,7 +83,10 @@ def test_autotokenizer_and_raw_bpe_agree(kit_dir, tok2):
     raw = Tokenizer(models.BPE.from_file(str(d / "vocab.json"), str(d / "merges.txt")))
     raw.normalizer = normalizers.NFC()
     raw.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), "isolated"), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), "isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     for text in ("你好，世界！Hello world 123.", "The quick brown fox's 2024 jumps.", "春眠不觉晓 ok?"):
         ids = tok2.encode(text)

@@ -62,8 +62,19 @@ def test_a_stage_records_its_run_and_artifacts_in_an_mlflow_server_on_postgresql
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         monkeypatch.setenv("COSYML_TRACKING", "on")
         monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
-        code = main(["prepare", "--input", str(TOY), "--output", str(tmp_path / "data"), "--speaker", "toy",
-                     "--set", "prepare.transcribe=false"])
+        code = main(
+            [
+                "prepare",
+                "--input",
+                str(TOY),
+                "--output",
+                str(tmp_path / "data"),
+                "--speaker",
+                "toy",
+                "--set",
+                "prepare.transcribe=false",
+            ]
+        )
         assert code == 0
         client = mlflow.MlflowClient(tracking_uri=uri)
         (run,) = client.search_runs([client.get_experiment_by_name("cosyml/toy").experiment_id])
@@ -94,9 +105,27 @@ def shards(kit_dir, tmp_path_factory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("COSYML_TRACKING", "off")
         for argv in (
-            ["prepare", "--input", str(TOY), "--output", str(root / "data"), "--speaker", "toy", "--set", "prepare.transcribe=false"],
+            [
+                "prepare",
+                "--input",
+                str(TOY),
+                "--output",
+                str(root / "data"),
+                "--speaker",
+                "toy",
+                "--set",
+                "prepare.transcribe=false",
+            ],
             ["extract", "--data", str(root / "data"), "--model-dir", str(kit_dir), "--output", str(root / "feats")],
-            ["shards", "--data", str(root / "data"), "--features", str(root / "feats"), "--output", str(root / "shards")],
+            [
+                "shards",
+                "--data",
+                str(root / "data"),
+                "--features",
+                str(root / "feats"),
+                "--output",
+                str(root / "shards"),
+            ],
         ):
             assert main(argv) == 0, argv
     yield root / "shards"
@@ -104,8 +133,21 @@ def shards(kit_dir, tmp_path_factory) -> Iterator[Path]:
 
 def _train_argv(shards: Path, kit_dir: Path, out: Path, epochs: int, *sets: str) -> list[str]:
     extra = [x for s in sets for x in ("--set", s)]
-    return _cosyml("train", "llm", "--data", str(shards), "--model-dir", str(kit_dir), "--output", str(out),
-                   "--max-epochs", str(epochs), "--set", "prepare.speaker=toy", *extra)
+    return _cosyml(
+        "train",
+        "llm",
+        "--data",
+        str(shards),
+        "--model-dir",
+        str(kit_dir),
+        "--output",
+        str(out),
+        "--max-epochs",
+        str(epochs),
+        "--set",
+        "prepare.speaker=toy",
+        *extra,
+    )
 
 
 def _assert_complete_weights(weights: Path, kit_dir: Path) -> None:
@@ -119,8 +161,22 @@ def test_an_unreachable_tracking_store_is_one_line_before_any_work(tmp_path):
 
     out = tmp_path / "data"
     proc = subprocess.run(
-        _cosyml("prepare", "--input", str(TOY), "--output", str(out), "--speaker", "toy", "--set", "prepare.transcribe=false"),
-        env=_env(MLFLOW_TRACKING_URI=closed_port_uri()), capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        _cosyml(
+            "prepare",
+            "--input",
+            str(TOY),
+            "--output",
+            str(out),
+            "--speaker",
+            "toy",
+            "--set",
+            "prepare.transcribe=false",
+        ),
+        env=_env(MLFLOW_TRACKING_URI=closed_port_uri()),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
     )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -152,15 +208,30 @@ def test_a_tracking_server_killed_mid_training_loses_nothing_on_disk(shards, kit
 
     with mlflow_server(store, tmp_path) as (uri, _, _):  # the server is back: the next stage marks the run
         env = _env(MLFLOW_TRACKING_URI=uri)
-        done = subprocess.run(_cosyml("average", "--checkpoints", str(out / "checkpoints"), "--out", str(tmp_path / "avg" / "llm.pt"),
-                                      "--set", "prepare.speaker=toy"), env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            _cosyml(
+                "average",
+                "--checkpoints",
+                str(out / "checkpoints"),
+                "--out",
+                str(tmp_path / "avg" / "llm.pt"),
+                "--set",
+                "prepare.speaker=toy",
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         client = mlflow.MlflowClient(tracking_uri=uri)
         runs = client.search_runs([client.get_experiment_by_name("cosyml/toy").experiment_id])
         by_stage = {r.data.tags["cosyml.stage"]: r for r in runs}
         assert by_stage["train_llm"].info.status == "KILLED" and "cosyml.end" in by_stage["train_llm"].data.tags
         assert by_stage["average_llm"].info.status == "FINISHED"
-        assert len(client.get_metric_history(by_stage["train_llm"].info.run_id, "epoch/cv_loss")) < 4  # not all reached it
+        assert (
+            len(client.get_metric_history(by_stage["train_llm"].info.run_id, "epoch/cv_loss")) < 4
+        )  # not all reached it
 
 
 @pytest.mark.slow
@@ -181,8 +252,21 @@ def test_a_killed_stage_does_not_leave_its_run_running(shards, kit_dir, tmp_path
     (run,) = client.search_runs([exp.experiment_id])
     if how == "SIGKILL":
         assert run.info.status == "RUNNING"  # nothing could close it ...
-        done = subprocess.run(_cosyml("average", "--checkpoints", str(out / "checkpoints"), "--out", str(tmp_path / "avg" / "llm.pt"),
-                                      "--set", "prepare.speaker=toy"), env=env, capture_output=True, text=True, timeout=300)
+        done = subprocess.run(
+            _cosyml(
+                "average",
+                "--checkpoints",
+                str(out / "checkpoints"),
+                "--out",
+                str(tmp_path / "avg" / "llm.pt"),
+                "--set",
+                "prepare.speaker=toy",
+            ),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert done.returncode == 0, done.stderr
         assert "marked KILLED" in done.stderr
         run = client.get_run(run.info.run_id)  # ... until the next stage on this host
@@ -225,7 +309,9 @@ def test_secrets_and_project_paths_are_masked_in_everything_logged(tmp_path, mon
     assert recorded.data.params["tune.storage"] == "postgresql://cosyml:***@db.example:5432/optuna"
     assert recorded.data.tags["cosyml.candidates"] == "exp/candidates.json"
     assert recorded.info.run_name == "tune exp"
-    stored = (tmp_path / "mlflow.db").read_bytes() + b"".join(p.read_bytes() for p in (tmp_path / "mlruns").rglob("*") if p.is_file())
+    stored = (tmp_path / "mlflow.db").read_bytes() + b"".join(
+        p.read_bytes() for p in (tmp_path / "mlruns").rglob("*") if p.is_file()
+    )
     for secret in ("pgSecret1", "qsSecret2", "httpSecret3", "envSecret42"):
         assert secret.encode() not in stored
     assert str(tmp_path).encode() + b"/exp" not in stored
@@ -240,7 +326,9 @@ def test_secrets_and_project_paths_are_masked_in_everything_logged(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_a_training_run_logs_weights_not_optimizer_state_curves_first_and_named_samples(shards, kit_dir, tmp_path, monkeypatch):
+def test_a_training_run_logs_weights_not_optimizer_state_curves_first_and_named_samples(
+    shards, kit_dir, tmp_path, monkeypatch
+):
     """Before: every better epoch uploaded a full checkpoint (optimizer state: 3x the weights), the data counts
     opened the run page as one-point bar charts, and samples were named `llm_only_0.wav`."""
     from cosyml.train.samples import OUT_OF_DOMAIN, sentence_slug
@@ -250,13 +338,36 @@ def test_a_training_run_logs_weights_not_optimizer_state_curves_first_and_named_
     monkeypatch.setenv("COSYML_TRACKING", "on")
     monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
     out = tmp_path / "exp" / "llm"
-    assert main(["train", "llm", "--data", str(shards), "--model-dir", str(kit_dir), "--output", str(out), "--max-epochs", "2",
-                 "--set", "prepare.speaker=toy", "--set", "train.log_checkpoints=best", "--set", "train.sample_max_tokens=10"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "llm",
+                "--data",
+                str(shards),
+                "--model-dir",
+                str(kit_dir),
+                "--output",
+                str(out),
+                "--max-epochs",
+                "2",
+                "--set",
+                "prepare.speaker=toy",
+                "--set",
+                "train.log_checkpoints=best",
+                "--set",
+                "train.sample_max_tokens=10",
+            ]
+        )
+        == 0
+    )
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs([client.get_experiment_by_name("cosyml/toy").experiment_id])
     logged = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert logged == {"checkpoints/best.pt", "checkpoints/best.json"}
-    best = torch.load(client.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path / "dl")), weights_only=True)
+    best = torch.load(
+        client.download_artifacts(run.info.run_id, "checkpoints/best.pt", str(tmp_path / "dl")), weights_only=True
+    )
     base = torch.load(kit_dir / "llm.pt", weights_only=True)
     assert set(best) == set(base)  # an official state dict: no optimizer, scaler or RNG entries
     assert not any(k.startswith("data/") for k in run.data.metrics) and int(run.data.params["data/train_utts"]) > 60

@@ -23,7 +23,9 @@ TIED = ("llm.model.lm_head.weight", "llm.model.model.embed_tokens.weight")
 
 
 def info(name: str, step: int, kind: str = "epoch", cv: float | None = None) -> CheckpointInfo:
-    return CheckpointInfo(name, kind, epoch=step, step=step, next_epoch=step + 1, next_batch=0, config_hash="h", cv_loss=cv)
+    return CheckpointInfo(
+        name, kind, epoch=step, step=step, next_epoch=step + 1, next_batch=0, config_hash="h", cv_loss=cv
+    )
 
 
 def payload(model: torch.nn.Module) -> dict:

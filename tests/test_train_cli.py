@@ -124,7 +124,19 @@ def test_flow_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_wei
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
 
     def cmd(out: Path) -> list[str]:
-        return [sys.executable, "-m", "cosyml", "train", "flow", "--data", str(shards), "--output", str(out), "--params", str(params)]
+        return [
+            sys.executable,
+            "-m",
+            "cosyml",
+            "train",
+            "flow",
+            "--data",
+            str(shards),
+            "--output",
+            str(out),
+            "--params",
+            str(params),
+        ]
 
     straight = tmp_path / "straight" / "flow"
     subprocess.run(cmd(straight), env=env, check=True, capture_output=True, timeout=600)
@@ -141,7 +153,9 @@ def test_flow_killed_after_its_first_checkpoint_resumes_to_the_uninterrupted_wei
     subprocess.run(cmd(killed), env=env, check=True, capture_output=True, timeout=600)  # --resume auto
 
     def final(out: Path) -> dict:
-        return load_checkpoint(next(i for i in list_checkpoints(out / "checkpoints") if i.name == "epoch_1").path)["model"]
+        return load_checkpoint(next(i for i in list_checkpoints(out / "checkpoints") if i.name == "epoch_1").path)[
+            "model"
+        ]
 
     a, b = final(straight), final(killed)
     differ = [k for k in a if not torch.equal(a[k], b[k])]

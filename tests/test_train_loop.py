@@ -206,7 +206,14 @@ def test_non_finite_grad_norm_skips_the_update(data, tmp_path):
     model = InfiniteGrad()
     before = weights(model)
     logs = []
-    train(model, train_set, None, config(max_steps=3), tmp_path, callbacks=TrainCallbacks(on_log=lambda m, s: logs.append(m)))
+    train(
+        model,
+        train_set,
+        None,
+        config(max_steps=3),
+        tmp_path,
+        callbacks=TrainCallbacks(on_log=lambda m, s: logs.append(m)),
+    )
     assert logs[-1]["train/skipped_steps"] == 3.0
     after = weights(model)
     assert all(torch.equal(before[k], after[k]) for k in before if k != "seen")  # only the step counter moved
@@ -214,7 +221,9 @@ def test_non_finite_grad_norm_skips_the_update(data, tmp_path):
 
 def test_early_stopping(data, tmp_path):
     train_set, cv_set = data
-    result = train(TinyLM(dropout=0.0), train_set, cv_set, config(lr=0.0, max_epochs=5, early_stop_patience=2), tmp_path)
+    result = train(
+        TinyLM(dropout=0.0), train_set, cv_set, config(lr=0.0, max_epochs=5, early_stop_patience=2), tmp_path
+    )
     assert result.stopped_early and result.epochs_completed == 3  # epoch 0 best, then 2 epochs without gain
 
 
@@ -233,7 +242,9 @@ def test_schedules():
 
 
 def _ddp_worker(rank: int, world: int, port: int, data_list: str, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     from cosyml.train import ddp
 
@@ -244,7 +255,10 @@ def _ddp_worker(rank: int, world: int, port: int, data_list: str, out: str) -> N
         torch.manual_seed(0)  # same initial weights on both ranks (DDP also broadcasts rank 0's)
         model = TinyLM()
         result = train(model, train_set, cv_set, config(max_epochs=2), f"{out}/ckpt", dist=info)
-        torch.save({"weights": model.state_dict(), "steps": result.step, "cv": result.history[-1].cv_loss}, f"{out}/rank{rank}.pt")
+        torch.save(
+            {"weights": model.state_dict(), "steps": result.step, "cv": result.history[-1].cv_loss},
+            f"{out}/rank{rank}.pt",
+        )
     finally:
         ddp.shutdown()
 
@@ -301,8 +315,14 @@ def test_bf16_autocast_the_gpu_default_runs_on_the_cpu_with_the_real_qwen2lm(tmp
         torch.manual_seed(0)
         model = Qwen2LM(LLMConfig(llm_input_size=16, llm_output_size=16, speech_token_size=100), qwen)
         logs: list[dict] = []
-        result = train(model, train_set, cv_set, config(lr=3e-3, max_epochs=2, precision=precision),
-                       tmp_path / precision, callbacks=TrainCallbacks(on_log=lambda metrics, step, logs=logs: logs.append(metrics)))
+        result = train(
+            model,
+            train_set,
+            cv_set,
+            config(lr=3e-3, max_epochs=2, precision=precision),
+            tmp_path / precision,
+            callbacks=TrainCallbacks(on_log=lambda metrics, step, logs=logs: logs.append(metrics)),
+        )
         losses[precision] = [m["train/loss"] for m in logs if "train/loss" in m]
         assert result.step > 0 and all(math.isfinite(x) for x in losses[precision])
     # autocast really ran: same seed and data, bf16 matmuls give other (close) losses

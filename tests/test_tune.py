@@ -50,16 +50,32 @@ def workdir(kit_dir: Path, tmp_path_factory) -> Path:
     (subset / "waveform").mkdir(parents=True)
     shutil.copyfile(TOY / "vo_en_000.wav", subset / "waveform" / "p.wav")
     prompt_text = (TOY / "vo_en_000.lab").read_text(encoding="utf-8").strip()
-    write_subset(subset, [SubsetLine("ok_1", "Good morning to you.", prompt_text, "zero_shot//en/waveform/p.wav"),
-                          SubsetLine("ok_2", "See you tomorrow.", prompt_text, "zero_shot//en/waveform/p.wav")])
+    write_subset(
+        subset,
+        [
+            SubsetLine("ok_1", "Good morning to you.", prompt_text, "zero_shot//en/waveform/p.wav"),
+            SubsetLine("ok_2", "See you tomorrow.", prompt_text, "zero_shot//en/waveform/p.wav"),
+        ],
+    )
     params = Params(
-        model_dir=str(kit_dir), prepare=PrepareConfig(speaker="toy"),
-        evaluate=EvaluateConfig(test_sets=str(root / "sets"), whisper_model=str(kit_dir / "whisper.pt"), device="cpu",
-                                batch_size=4, max_tokens=4, bootstrap_resamples=50, synth_max_tokens=10,
-                                sft_data="", speaker_file="", exp_dir=str(root / "exp")),
+        model_dir=str(kit_dir),
+        prepare=PrepareConfig(speaker="toy"),
+        evaluate=EvaluateConfig(
+            test_sets=str(root / "sets"),
+            whisper_model=str(kit_dir / "whisper.pt"),
+            device="cpu",
+            batch_size=4,
+            max_tokens=4,
+            bootstrap_resamples=50,
+            synth_max_tokens=10,
+            sft_data="",
+            speaker_file="",
+            exp_dir=str(root / "exp"),
+        ),
         registry=RegistryConfig(ss_weight=1.0, cer_weight=0.5),
-        tune=TuneConfig(space=SPACE, n_trials=3, seed=7, subsets=["zero_shot/en"], max_utts=1,
-                        out_dir=str(root / "out")),
+        tune=TuneConfig(
+            space=SPACE, n_trials=3, seed=7, subsets=["zero_shot/en"], max_utts=1, out_dir=str(root / "out")
+        ),
     )
     _write_params(root / "params.yaml", params)
     return root
@@ -83,8 +99,11 @@ def _trial_runs(parent_id: str):
 def _tune_runs():
     import mlflow
 
-    return mlflow.search_runs(experiment_names=["cosyml/toy"], filter_string="tags.`cosyml.stage` = 'tune'",
-                              order_by=["attributes.start_time DESC"])
+    return mlflow.search_runs(
+        experiment_names=["cosyml/toy"],
+        filter_string="tags.`cosyml.stage` = 'tune'",
+        order_by=["attributes.start_time DESC"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -113,8 +132,20 @@ def test_three_trials_in_a_real_sqlite_study_with_nested_mlflow_runs(three, work
         assert t.value == pytest.approx(1.0 * t.user_attrs["ss"] - 0.5 * t.user_attrs["cer"])
         assert (workdir / "out" / "trials" / f"trial-{t.number:04d}" / "llm-base_flow-base" / "synth.json").is_file()
     # different sampling really changed the audio (the caches did not mix)
-    wavs = [(workdir / "out" / "trials" / f"trial-{n:04d}" / "llm-base_flow-base" / "zero_shot" / "en" / "wavs"
-             / "ok_1.wav").read_bytes() for n in range(3)]
+    wavs = [
+        (
+            workdir
+            / "out"
+            / "trials"
+            / f"trial-{n:04d}"
+            / "llm-base_flow-base"
+            / "zero_shot"
+            / "en"
+            / "wavs"
+            / "ok_1.wav"
+        ).read_bytes()
+        for n in range(3)
+    ]
     assert len(set(wavs)) > 1
 
     parent = _tune_runs().iloc[0]
@@ -166,8 +197,19 @@ def test_a_candidate_whose_weights_do_not_load_fails_every_trial_with_its_reason
 
     broken = workdir / "broken_llm.pt"
     broken.write_bytes(b"not a checkpoint")
-    code = main(["tune", "--params", str(workdir / "params.yaml"), "--candidate", f"llm={broken},flow=base",
-                 "--study-name", "broken", "--n-trials", "2"])
+    code = main(
+        [
+            "tune",
+            "--params",
+            str(workdir / "params.yaml"),
+            "--candidate",
+            f"llm={broken},flow=base",
+            "--study-name",
+            "broken",
+            "--n-trials",
+            "2",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2
     assert err.strip().splitlines()[-1].startswith("cosyml: error: study 'broken': no trial completed (2 recorded")
@@ -184,7 +226,9 @@ def test_bad_input_is_one_line_with_exit_status_2(case: str, workdir: Path, tmp_
     params = load_params(workdir / "params.yaml")
     args: list[str] = []
     if case == "unknown_param":
-        params = dataclasses.replace(params, tune=dataclasses.replace(params.tune, space={**SPACE, "temperature": [0.5, 1]}))
+        params = dataclasses.replace(
+            params, tune=dataclasses.replace(params.tune, space={**SPACE, "temperature": [0.5, 1]})
+        )
         expect = "tune.space.temperature: unknown sampling parameter"
     elif case == "empty_range":
         params = dataclasses.replace(params, tune=dataclasses.replace(params.tune, space={"top_p": [0.9, 0.9]}))
@@ -227,9 +271,13 @@ def test_the_objective_loads_whisper_and_the_engine_once_for_all_trials(workdir:
 def test_parse_space_checks_names_bounds_and_kinds():
     ranges = parse_space({"top_p": [0.5, 0.9], "top_k": [5, 50]})
     assert ranges == [ParamRange("top_p", 0.5, 0.9, False), ParamRange("top_k", 5, 50, True)]
-    for space, message in [({"top_p": [0.5, 1.5]}, "outside the valid range"), ({"top_k": [2.5, 9]}, "whole numbers"),
-                           ({"win_size": [9]}, "expected [low, high]"), ({"tau_r": [0.3, 0.1]}, "empty range"),
-                           ({}, "expected a mapping")]:
+    for space, message in [
+        ({"top_p": [0.5, 1.5]}, "outside the valid range"),
+        ({"top_k": [2.5, 9]}, "whole numbers"),
+        ({"win_size": [9]}, "expected [low, high]"),
+        ({"tau_r": [0.3, 0.1]}, "empty range"),
+        ({}, "expected a mapping"),
+    ]:
         with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
             parse_space(space)
 
@@ -245,18 +293,22 @@ def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(tmp_path: P
         return TrialScore(objective=-abs(sampling["top_p"] - 0.7), cer=0.1, ss=0.5, n=1, missing=0)
 
     settings = StudySettings(f"sqlite:///{tmp_path / 's.db'}", "unit", n_trials=5, seed=3)
-    result = run_study(objective, parse_space({"top_p": [0.5, 0.9]}), settings,
-                       on_trial=lambda r: seen.append(r.state))
+    result = run_study(objective, parse_space({"top_p": [0.5, 0.9]}), settings, on_trial=lambda r: seen.append(r.state))
     assert seen == ["COMPLETE", "FAIL", "PRUNED", "COMPLETE", "COMPLETE"]
-    assert [t.reason for t in result.trials[1:3]] == ["synthesis failed for all 1 utterances; first: boom",
-                                                        "1/1 outputs missing"]
+    assert [t.reason for t in result.trials[1:3]] == [
+        "synthesis failed for all 1 utterances; first: boom",
+        "1/1 outputs missing",
+    ]
     assert result.finished == 5 and result.best is not None and result.best.state == "COMPLETE"
     assert result.best.value == max(t.value for t in result.trials if t.value is not None)
     written = json.loads(write_sampling(result, tmp_path / "sampling.json").read_text())
     assert written["sampling"] == result.best.params
     # the same seed over a fresh study suggests the same parameters (reproducible search)
-    again = run_study(objective, parse_space({"top_p": [0.5, 0.9]}),
-                      dataclasses.replace(settings, storage=f"sqlite:///{tmp_path / 't.db'}"))
+    again = run_study(
+        objective,
+        parse_space({"top_p": [0.5, 0.9]}),
+        dataclasses.replace(settings, storage=f"sqlite:///{tmp_path / 't.db'}"),
+    )
     assert [t.params for t in again.trials] == [t.params for t in result.trials]
 
 
@@ -264,8 +316,11 @@ def test_a_missing_postgresql_driver_names_the_extra(monkeypatch):
     from cosyml.tune import open_study
 
     monkeypatch.setitem(sys.modules, "psycopg", None)  # as when the postgres extra is not installed
-    with pytest.raises(ConfigError, match=r"^tune\.storage: cannot open postgresql://bob:\*\*\*@127\.0\.0\.1:1/x: "
-                                          r".*; install the driver: pip install -e \.\[postgres\]$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^tune\.storage: cannot open postgresql://bob:\*\*\*@127\.0\.0\.1:1/x: "
+        r".*; install the driver: pip install -e \.\[postgres\]$",
+    ):
         open_study(StudySettings("postgresql://bob:s3cret@127.0.0.1:1/x", "s", n_trials=1))
 
 
@@ -273,8 +328,11 @@ def test_an_unreachable_postgresql_server_is_one_line():
     from cosyml.tune import open_study
 
     pytest.importorskip("psycopg", reason="psycopg not installed: pip install -e .[postgres]")
-    with pytest.raises(ConfigError, match=r"^tune\.storage: cannot open postgresql://bob:\*\*\*@127\.0\.0\.1:1/x: "
-                                          r".*Connection refused") as info:
+    with pytest.raises(
+        ConfigError,
+        match=r"^tune\.storage: cannot open postgresql://bob:\*\*\*@127\.0\.0\.1:1/x: "
+        r".*Connection refused",
+    ) as info:
         open_study(StudySettings("postgresql://bob:s3cret@127.0.0.1:1/x", "s", n_trials=1))
     assert "s3cret" not in str(info.value)
 
@@ -305,8 +363,15 @@ print(" ".join(map(str, run_study(objective, parse_space({"top_p": [0.5, 0.9]}),
 
 
 def test_two_workers_fill_one_study_on_a_real_postgresql_server(postgres):
-    workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres, str(seed)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True) for seed in (1, 2)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, postgres, str(seed)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for seed in (1, 2)
+    ]
     outputs = [w.communicate(timeout=180) for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     ran = [{int(n) for n in out.split()} for out, _ in outputs]
@@ -319,10 +384,30 @@ def test_two_workers_fill_one_study_on_a_real_postgresql_server(postgres):
 
 def test_cosyml_tune_workers_share_a_postgresql_study(postgres, workdir: Path, tmp_path: Path):
     env = {**os.environ, "COSYML_TRACKING": "off"}
-    command = [sys.executable, "-m", "cosyml", "tune", "--params", str(workdir / "params.yaml"), "--storage", postgres,
-               "--study-name", "toy-shared", "--n-trials", "3"]
-    workers = [subprocess.Popen([*command, "--out", str(tmp_path / f"worker{i}"), "--seed", str(i)],
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env) for i in (1, 2)]
+    command = [
+        sys.executable,
+        "-m",
+        "cosyml",
+        "tune",
+        "--params",
+        str(workdir / "params.yaml"),
+        "--storage",
+        postgres,
+        "--study-name",
+        "toy-shared",
+        "--n-trials",
+        "3",
+    ]
+    workers = [
+        subprocess.Popen(
+            [*command, "--out", str(tmp_path / f"worker{i}"), "--seed", str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+        )
+        for i in (1, 2)
+    ]
     outputs = [w.communicate(timeout=300)[0] for w in workers]
     assert [w.returncode for w in workers] == [0, 0], outputs
     trials = optuna.load_study(study_name="toy-shared", storage=postgres).get_trials()
@@ -337,6 +422,7 @@ def test_cosyml_tune_workers_share_a_postgresql_study(postgres, workdir: Path, t
 def test_a_resumed_study_proposes_new_points_and_says_it_resumed(tmp_path: Path):
     """Issue 15.6: a second call on the same study drew the first call's points again (trial 3 = trial 1)
     and announced "trial 0 of a new study"."""
+
     def objective(sampling: dict, number: int) -> TrialScore:
         return TrialScore(objective=-abs(sampling["top_p"] - 0.7), cer=0.1, ss=0.5, n=1, missing=0)
 
@@ -347,8 +433,7 @@ def test_a_resumed_study_proposes_new_points_and_says_it_resumed(tmp_path: Path)
     run_study(objective, space, settings, baseline=baseline, log=said.append)
     assert said == ["new study resume: searching top_p, tau_r; trial 0 is the model yaml's values"]
     said.clear()
-    result = run_study(objective, space, dataclasses.replace(settings, n_trials=6), baseline=baseline,
-                       log=said.append)
+    result = run_study(objective, space, dataclasses.replace(settings, n_trials=6), baseline=baseline, log=said.append)
     assert said == ["resuming study resume: 3 trials in storage (3 finished), searching top_p, tau_r up to 6 finished"]
     points = [tuple(sorted(t.params.items())) for t in result.trials]
     assert len(points) == 6 and len(set(points)) == 6, points

@@ -39,10 +39,25 @@ def test_the_v3_kit_is_recognised_as_a_kit(work: Path):
 
 
 def test_data_stages_make_v3_shards_with_the_instruct_column(work: Path):
-    _run(["prepare", "--input", str(TOY), "--output", str(work / "data"), "--speaker", "toy",
-          "--set", "prepare.transcribe=false", "--set", f"prepare.instruct={INSTRUCT}"])
+    _run(
+        [
+            "prepare",
+            "--input",
+            str(TOY),
+            "--output",
+            str(work / "data"),
+            "--speaker",
+            "toy",
+            "--set",
+            "prepare.transcribe=false",
+            "--set",
+            f"prepare.instruct={INSTRUCT}",
+        ]
+    )
     _run(["extract", "--data", str(work / "data"), "--model-dir", str(work / "kit"), "--output", str(work / "feats")])
-    assert json.loads((work / "feats" / "extract_info.json").read_text())["speech_tokenizer"] == "speech_tokenizer_v3.onnx"
+    assert (
+        json.loads((work / "feats" / "extract_info.json").read_text())["speech_tokenizer"] == "speech_tokenizer_v3.onnx"
+    )
     _run(["shards", "--data", str(work / "data"), "--features", str(work / "feats"), "--output", str(work / "shards")])
     import pyarrow.parquet as pq
 
@@ -53,15 +68,45 @@ def test_data_stages_make_v3_shards_with_the_instruct_column(work: Path):
 
 def test_both_parts_train_and_the_trained_voice_speaks(work: Path):
     for part in ("llm", "flow"):
-        _run(["train", part, "--data", str(work / "shards"), "--model-dir", str(work / "kit"),
-              "--output", str(work / "exp" / part), "--max-epochs", "1"])
+        _run(
+            [
+                "train",
+                part,
+                "--data",
+                str(work / "shards"),
+                "--model-dir",
+                str(work / "kit"),
+                "--output",
+                str(work / "exp" / part),
+                "--max-epochs",
+                "1",
+            ]
+        )
         state = torch.load(work / "exp" / part / f"{part}.pt", weights_only=True)
         assert all(t.dtype == torch.float32 for t in state.values())
         assert list((work / "exp" / part / "samples" / "epoch_000").glob("*.wav"))  # rendered by the v3 engine
     out = work / "trained.wav"
-    _run(["synth", "--model-dir", str(work / "kit"), "--llm", str(work / "exp" / "llm" / "llm.pt"),
-          "--flow", str(work / "exp" / "flow" / "flow.pt"), "--text", "今天天气很好。", "--speaker", "toy",
-          "--speaker-file", str(work / "feats" / "train" / "spk2embedding.pt"), "--out", str(out), "--seed", "1"])
+    _run(
+        [
+            "synth",
+            "--model-dir",
+            str(work / "kit"),
+            "--llm",
+            str(work / "exp" / "llm" / "llm.pt"),
+            "--flow",
+            str(work / "exp" / "flow" / "flow.pt"),
+            "--text",
+            "今天天气很好。",
+            "--speaker",
+            "toy",
+            "--speaker-file",
+            str(work / "feats" / "train" / "spk2embedding.pt"),
+            "--out",
+            str(out),
+            "--seed",
+            "1",
+        ]
+    )
     wav, sr = sf.read(out)
     assert sr == 24000 and len(wav) > 0
 
@@ -69,20 +114,66 @@ def test_both_parts_train_and_the_trained_voice_speaks(work: Path):
 def test_bf16_autocast_the_gpu_default_trains_the_v3_parts_on_the_cpu(work: Path):
     for part in ("llm", "flow"):
         out = work / "exp_bf16" / part
-        _run(["train", part, "--data", str(work / "shards"), "--model-dir", str(work / "kit"), "--output", str(out),
-              "--max-epochs", "1", "--set", "train.precision=bf16", "--set", "train.sample_every_epochs=0"])
+        _run(
+            [
+                "train",
+                part,
+                "--data",
+                str(work / "shards"),
+                "--model-dir",
+                str(work / "kit"),
+                "--output",
+                str(out),
+                "--max-epochs",
+                "1",
+                "--set",
+                "train.precision=bf16",
+                "--set",
+                "train.sample_every_epochs=0",
+            ]
+        )
         state = torch.load(out / f"{part}.pt", weights_only=True)
         assert all(t.dtype == torch.float32 and torch.isfinite(t).all() for t in state.values())
 
 
 def test_v3_llm_training_without_instruct_text_is_one_line(work: Path, tmp_path: Path, capsys):
-    _run(["prepare", "--input", str(TOY), "--output", str(tmp_path / "data"), "--speaker", "toy",
-          "--set", "prepare.transcribe=false"])
-    _run(["extract", "--data", str(tmp_path / "data"), "--model-dir", str(work / "kit"), "--output", str(tmp_path / "f")])
-    _run(["shards", "--data", str(tmp_path / "data"), "--features", str(tmp_path / "f"), "--output", str(tmp_path / "s")])
+    _run(
+        [
+            "prepare",
+            "--input",
+            str(TOY),
+            "--output",
+            str(tmp_path / "data"),
+            "--speaker",
+            "toy",
+            "--set",
+            "prepare.transcribe=false",
+        ]
+    )
+    _run(
+        ["extract", "--data", str(tmp_path / "data"), "--model-dir", str(work / "kit"), "--output", str(tmp_path / "f")]
+    )
+    _run(
+        ["shards", "--data", str(tmp_path / "data"), "--features", str(tmp_path / "f"), "--output", str(tmp_path / "s")]
+    )
     capsys.readouterr()
-    assert main(["train", "llm", "--data", str(tmp_path / "s"), "--model-dir", str(work / "kit"),
-                 "--output", str(tmp_path / "exp"), "--max-epochs", "1"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "llm",
+                "--data",
+                str(tmp_path / "s"),
+                "--model-dir",
+                str(work / "kit"),
+                "--output",
+                str(tmp_path / "exp"),
+                "--max-epochs",
+                "1",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "no instruct column, which CosyVoice3 LLM training needs; set prepare.instruct" in err
 
@@ -97,15 +188,46 @@ def test_evaluate_promote_and_load_the_v3_voice(work: Path, tmp_path: Path, monk
     monkeypatch.setenv("COSYML_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("COSYML_TRACKING", "on")  # the registry needs MLflow
     eval_dir = tmp_path / "eval"
-    _run(["evaluate", "--model-dir", str(work / "kit"), "--data", str(work / "data"), "--out", str(eval_dir),
-          "--test-sets", str(Path(__file__).resolve().parents[1] / "eval"), "--max-utts", "1", "--no-progress",
-          "--speaker-file", str(work / "feats" / "train" / "spk2embedding.pt"),
-          "--candidates", "llm=base,flow=base", "--candidates", f"llm={work / 'exp' / 'llm' / 'llm.pt'},flow=base",
-          "--set", f"evaluate.whisper_model={work / 'kit' / 'whisper.pt'}", "--set", "prepare.speaker=toy"])
+    _run(
+        [
+            "evaluate",
+            "--model-dir",
+            str(work / "kit"),
+            "--data",
+            str(work / "data"),
+            "--out",
+            str(eval_dir),
+            "--test-sets",
+            str(Path(__file__).resolve().parents[1] / "eval"),
+            "--max-utts",
+            "1",
+            "--no-progress",
+            "--speaker-file",
+            str(work / "feats" / "train" / "spk2embedding.pt"),
+            "--candidates",
+            "llm=base,flow=base",
+            "--candidates",
+            f"llm={work / 'exp' / 'llm' / 'llm.pt'},flow=base",
+            "--set",
+            f"evaluate.whisper_model={work / 'kit' / 'whisper.pt'}",
+            "--set",
+            "prepare.speaker=toy",
+        ]
+    )
     scored = json.loads((eval_dir / "candidates.json").read_text())["candidates"]
     assert len(scored) == 2 and all(c["summary"] and c["summary"]["n"] > 0 for c in scored)
-    _run(["promote", "--register", "--candidates", str(eval_dir / "candidates.json"),
-          "--set", f"registry.speakers={work / 'feats' / 'train' / 'spk2embedding.pt'}", "--set", "prepare.speaker=toy"])
+    _run(
+        [
+            "promote",
+            "--register",
+            "--candidates",
+            str(eval_dir / "candidates.json"),
+            "--set",
+            f"registry.speakers={work / 'feats' / 'train' / 'spk2embedding.pt'}",
+            "--set",
+            "prepare.speaker=toy",
+        ]
+    )
     voice = mlflow.pyfunc.load_model("models:/cosyml-toy@champion")
     out = voice.predict(pd.DataFrame([{"text": "你好。", "seed": 1}]))
     assert out["error"][0] is None and out["sample_rate"][0] == 24000 and out["duration_s"][0] > 0

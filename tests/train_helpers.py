@@ -24,7 +24,12 @@ def encode_text(text: str) -> list[int]:
 
 
 def write_corpus(
-    root: Path, num_utts: int, seed: int = 0, durations: list[float] | None = None, shards_dir: Path | None = None, **shard_kwargs
+    root: Path,
+    num_utts: int,
+    seed: int = 0,
+    durations: list[float] | None = None,
+    shards_dir: Path | None = None,
+    **shard_kwargs,
 ) -> Path:
     """Write wavs, kaldi files, feature .pt files and parquet shards; return the data.list path.
 
@@ -70,7 +75,9 @@ def tiny_featurizer() -> Featurizer:
 
 
 def load_set(data_list: Path, rank: int = 0, world_size: int = 1, **cfg) -> UtteranceSet:
-    config = TrainDataConfig(max_frames_in_batch=cfg.pop("max_frames_in_batch", 300), sort_size=cfg.pop("sort_size", 8), **cfg)
+    config = TrainDataConfig(
+        max_frames_in_batch=cfg.pop("max_frames_in_batch", 300), sort_size=cfg.pop("sort_size", 8), **cfg
+    )
     return UtteranceSet.load(data_list, tiny_featurizer(), config, rank=rank, world_size=world_size)
 
 

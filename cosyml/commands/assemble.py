@@ -30,5 +30,7 @@ def run(args: argparse.Namespace) -> int:
             params.model_dir, args.out, params.prepare.speaker, args.spk2embedding, llm=args.llm, flow=args.flow
         )
         run_.log_artifact(result.model_dir / "spk2info.pt")
-    print(f"assembled {result.model_dir}: llm={result.llm_source} flow={result.flow_source} speaker={result.speakers[0]}")
+    print(
+        f"assembled {result.model_dir}: llm={result.llm_source} flow={result.flow_source} speaker={result.speakers[0]}"
+    )
     return 0

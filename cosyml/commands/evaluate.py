@@ -30,17 +30,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "SS_campplus with bootstrap CIs, an HTML report with audio players, candidates.json for the registry.",
     )
     p.add_argument("--model-dir", default=None, help="base model directory (default: params model_dir)")
-    p.add_argument("--candidates", action="append", default=[], metavar="llm=SRC,flow=SRC[,name=N]",
-                   help="a candidate (repeatable, or several separated by ';'); SRC: base, sft-avg, epoch-K, last, "
-                   "or a weight file (default: the params grid evaluate.llm_sources x evaluate.flow_sources)")
+    p.add_argument(
+        "--candidates",
+        action="append",
+        default=[],
+        metavar="llm=SRC,flow=SRC[,name=N]",
+        help="a candidate (repeatable, or several separated by ';'); SRC: base, sft-avg, epoch-K, last, "
+        "or a weight file (default: the params grid evaluate.llm_sources x evaluate.flow_sources)",
+    )
     p.add_argument("--out", default=None, metavar="EVAL_DIR", help="output folder (evaluate.eval_dir)")
-    p.add_argument("--data", default=None, metavar="DATA",
-                   help="prepared data folder: its dev split becomes the speaker-SFT set (evaluate.sft_data; "
-                   "'' for none)")
-    p.add_argument("--speaker-file", default=None,
-                   help="spk2embedding.pt / spk2info.pt with the speaker's embedding (evaluate.speaker_file)")
+    p.add_argument(
+        "--data",
+        default=None,
+        metavar="DATA",
+        help="prepared data folder: its dev split becomes the speaker-SFT set (evaluate.sft_data; '' for none)",
+    )
+    p.add_argument(
+        "--speaker-file",
+        default=None,
+        help="spk2embedding.pt / spk2info.pt with the speaker's embedding (evaluate.speaker_file)",
+    )
     p.add_argument("--test-sets", default=None, help="test-set root in the CV3-Eval layout (evaluate.test_sets)")
-    p.add_argument("--max-utts", type=int, default=None, help="usable utterances per subset, 0 = all (evaluate.max_utts)")
+    p.add_argument(
+        "--max-utts", type=int, default=None, help="usable utterances per subset, 0 = all (evaluate.max_utts)"
+    )
     p.add_argument("--device", default=None, help="auto, cpu or cuda (evaluate.device)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_params_arguments(p)
@@ -53,34 +66,55 @@ def run(args: argparse.Namespace) -> int:
     from cosyml.evaluation.suite import run_suite
     from cosyml.tracking import stage_run
 
-    params = resolve_params(args, {
-        "model_dir": args.model_dir,
-        "evaluate.eval_dir": args.out,
-        "evaluate.sft_data": args.data,
-        "evaluate.speaker_file": args.speaker_file,
-        "evaluate.test_sets": args.test_sets,
-        "evaluate.max_utts": args.max_utts,
-        "evaluate.device": args.device,
-    })
+    params = resolve_params(
+        args,
+        {
+            "model_dir": args.model_dir,
+            "evaluate.eval_dir": args.out,
+            "evaluate.sft_data": args.data,
+            "evaluate.speaker_file": args.speaker_file,
+            "evaluate.test_sets": args.test_sets,
+            "evaluate.max_utts": args.max_utts,
+            "evaluate.device": args.device,
+        },
+    )
     check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.evaluate
     candidates = select_candidates(args.candidates, cfg.candidates, cfg.llm_sources, cfg.flow_sources, cfg.exp_dir)
-    flat = {**as_flat_dict(cfg, "evaluate."), "model_dir": params.model_dir, "prepare.speaker": params.prepare.speaker,
-            "evaluate.candidates": ";".join(c.name for c in candidates)}
+    flat = {
+        **as_flat_dict(cfg, "evaluate."),
+        "model_dir": params.model_dir,
+        "prepare.speaker": params.prepare.speaker,
+        "evaluate.candidates": ";".join(c.name for c in candidates),
+    }
 
     def log(message: str) -> None:
         print(f"cosyml: {message}", file=sys.stderr)
 
     with stage_run("evaluate", params.prepare.speaker, flat) as tracked:
-        result = run_suite(params, candidates, cfg.eval_dir, model_dir=params.model_dir,
-                           data_dir=cfg.sft_data or None, progress=not args.no_progress, log=log)
+        result = run_suite(
+            params,
+            candidates,
+            cfg.eval_dir,
+            model_dir=params.model_dir,
+            data_dir=cfg.sft_data or None,
+            progress=not args.no_progress,
+            log=log,
+        )
         files = write_outputs(result, cfg.report_max_utts)
-        metrics: dict[str, float] = {"skipped_items": len(result.skipped),
-                                     "failed_candidates": sum(not c.ok for c in result.candidates)}
+        metrics: dict[str, float] = {
+            "skipped_items": len(result.skipped),
+            "failed_candidates": sum(not c.ok for c in result.candidates),
+        }
         for c in result.scored:
             assert c.summary is not None
-            values = {"cer": c.summary.cer, "ss": c.summary.ss, "over_50": c.summary.over_50,
-                      "n": c.summary.n, "missing": c.summary.missing}
+            values = {
+                "cer": c.summary.cer,
+                "ss": c.summary.ss,
+                "over_50": c.summary.over_50,
+                "n": c.summary.n,
+                "missing": c.summary.missing,
+            }
             if c.summary.cer_ci:
                 values.update(cer_lo=c.summary.cer_ci[0], cer_hi=c.summary.cer_ci[1])
             if c.summary.ss_ci:
@@ -88,8 +122,9 @@ def run(args: argparse.Namespace) -> int:
             slug = c.candidate.slug
             metrics.update({f"{key}/{slug}": v for key, v in values.items() if v is not None})
             for subset, sub in c.subsets.items():  # cer/<slug>/<subset>, ss/<slug>/<subset>
-                metrics.update({f"{key}/{slug}/{subset}": v for key, v in (("cer", sub.cer), ("ss", sub.ss))
-                                if v is not None})
+                metrics.update(
+                    {f"{key}/{slug}/{subset}": v for key, v in (("cer", sub.cer), ("ss", sub.ss)) if v is not None}
+                )
         tracked.log_metrics(metrics)
         tracked.set_tags({"cosyml.tiny_kit": result.tiny_kit, "cosyml.candidates": len(result.candidates)})
         for path in (files.report, files.candidates, files.metrics, files.summary, files.utterances, *files.plots):
@@ -100,8 +135,9 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(result))
     print(f"report: {files.report}   candidates: {files.candidates}")
     if not result.scored:
-        raise CosymlError("no candidate could be evaluated: " + "; ".join(f"{c.candidate.name}: {c.error}"
-                                                                           for c in result.candidates))
+        raise CosymlError(
+            "no candidate could be evaluated: " + "; ".join(f"{c.candidate.name}: {c.error}" for c in result.candidates)
+        )
     return 0
 
 
@@ -116,8 +152,9 @@ def format_table(result) -> str:
         ci = f"[{100 * s.cer_ci[0]:.1f},{100 * s.cer_ci[1]:.1f}]" if s.cer_ci else "-"
         cer = f"{100 * s.cer:.2f}" if s.cer is not None else "-"
         ss = f"{100 * s.ss:.1f}" if s.ss is not None else "-"
-        lines.append(f"{c.candidate.name:<40}{cer:>9}{ci:>15}{ss:>7}{s.n:>5}{s.missing:>5}{c.synthesized:>6}"
-                     f"{c.reused:>7}")
+        lines.append(
+            f"{c.candidate.name:<40}{cer:>9}{ci:>15}{ss:>7}{s.n:>5}{s.missing:>5}{c.synthesized:>6}{c.reused:>7}"
+        )
     if result.tiny_kit:
         lines.append("(tiny kit: random weights; these numbers prove plumbing, not voice quality)")
     skipped = result.skipped
@@ -125,6 +162,9 @@ def format_table(result) -> str:
         reasons: dict[str, int] = {}
         for p in skipped:
             reasons[p.reason] = reasons.get(p.reason, 0) + 1
-        lines.append(f"skipped {len(skipped)} test items: " + ", ".join(f"{k} {v}" for k, v in reasons.items())
-                     + f" (see {Path(result.eval_dir) / 'summary.json'})")
+        lines.append(
+            f"skipped {len(skipped)} test items: "
+            + ", ".join(f"{k} {v}" for k, v in reasons.items())
+            + f" (see {Path(result.eval_dir) / 'summary.json'})"
+        )
     return "\n".join(lines)

@@ -21,20 +21,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "A rerun never overwrites a file you changed unless --force.",
     )
     p.add_argument("dir", metavar="DIR", help="project folder to create (new, empty, or an earlier cosyml init)")
-    p.add_argument("--model-dir", required=True, metavar="MODEL",
-                   help="official CosyVoice2-0.5B or Fun-CosyVoice3-0.5B model directory")
-    p.add_argument("--clips", action="append", required=True, metavar="CLIPS",
-                   help="folder with your clips, any layout (repeatable)")
-    p.add_argument("--speaker", required=True, metavar="NAME",
-                   help="speaker name: letters of any script, digits, '-' (e.g. paimon, 派蒙)")
-    p.add_argument("--whisper", default=None, metavar="CKPT",
-                   help="openai-whisper checkpoint (.pt, e.g. large-v3.pt) to transcribe clips without text "
-                   "and to score CER; without it such clips are rejected")
+    p.add_argument(
+        "--model-dir",
+        required=True,
+        metavar="MODEL",
+        help="official CosyVoice2-0.5B or Fun-CosyVoice3-0.5B model directory",
+    )
+    p.add_argument(
+        "--clips",
+        action="append",
+        required=True,
+        metavar="CLIPS",
+        help="folder with your clips, any layout (repeatable)",
+    )
+    p.add_argument(
+        "--speaker",
+        required=True,
+        metavar="NAME",
+        help="speaker name: letters of any script, digits, '-' (e.g. paimon, 派蒙)",
+    )
+    p.add_argument(
+        "--whisper",
+        default=None,
+        metavar="CKPT",
+        help="openai-whisper checkpoint (.pt, e.g. large-v3.pt) to transcribe clips without text "
+        "and to score CER; without it such clips are rejected",
+    )
     p.add_argument("--language", default="auto", choices=LANGUAGES, help="language of the clips (default: auto)")
-    p.add_argument("--test-sets", default=None, metavar="DIR",
-                   help="test sets in the CV3-Eval layout (default: a copy of cosyml's eval/)")
-    p.add_argument("--force", action="store_true",
-                   help="overwrite files you changed since the last init / init into a non-empty folder")
+    p.add_argument(
+        "--test-sets",
+        default=None,
+        metavar="DIR",
+        help="test sets in the CV3-Eval layout (default: a copy of cosyml's eval/)",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="overwrite files you changed since the last init / init into a non-empty folder",
+    )
     p.set_defaults(func=run)
 
 
@@ -42,18 +66,28 @@ def run(args: argparse.Namespace) -> int:
     from cosyml.project.init import init_project, next_commands
 
     result = init_project(
-        args.dir, args.model_dir, args.clips, args.speaker, whisper=args.whisper, language=args.language,
-        test_sets=args.test_sets, force=args.force,
+        args.dir,
+        args.model_dir,
+        args.clips,
+        args.speaker,
+        whisper=args.whisper,
+        language=args.language,
+        test_sets=args.test_sets,
+        force=args.force,
     )
     md, clips, whisper = result.model_dir, result.clips, result.whisper
     version = {"v2": "CosyVoice2", "v3": "Fun-CosyVoice3"}[md.version]
-    print(f"model   {md.path}: {version} ({len(md.files)} files, {sum(s for _, s in md.files) / 1e9:.2f} GB: "
-          f"{', '.join(name for name, _ in md.files)})")
+    print(
+        f"model   {md.path}: {version} ({len(md.files)} files, {sum(s for _, s in md.files) / 1e9:.2f} GB: "
+        f"{', '.join(name for name, _ in md.files)})"
+    )
     layouts = ", ".join(f"{n} {layout}" for layout, n in sorted(clips.layouts.items()))
     unknown = f" (+{clips.unknown_duration} files of unknown length)" if clips.unknown_duration else ""
-    print(f"clips   {', '.join(map(str, clips.folders))}: {clips.audio_files} audio files ({layouts}), "
-          f"{clips.hours:.2f} h{unknown}, {clips.without_text} without text"
-          + (" (Whisper transcribes them)" if whisper else " (rejected: no --whisper)" if clips.without_text else ""))
+    print(
+        f"clips   {', '.join(map(str, clips.folders))}: {clips.audio_files} audio files ({layouts}), "
+        f"{clips.hours:.2f} h{unknown}, {clips.without_text} without text"
+        + (" (Whisper transcribes them)" if whisper else " (rejected: no --whisper)" if clips.without_text else "")
+    )
     if whisper:
         kind = "multilingual" if whisper.multilingual else "English-only"
         print(f"whisper {whisper.path}: {kind}, {whisper.layers} layers x {whisper.width}, {whisper.n_mels} mels")

@@ -59,8 +59,13 @@ def run(args: argparse.Namespace) -> int:
         from cosyml.kit.build import build_kit, kit_dims
 
         size = getattr(args, "size", "tiny")
-        build_kit(args.dir, seed=args.seed, version=version, dims=kit_dims(version, size),
-                  official_text_ids=official or size == "full")
+        build_kit(
+            args.dir,
+            seed=args.seed,
+            version=version,
+            dims=kit_dims(version, size),
+            official_text_ids=official or size == "full",
+        )
     print(
         f"{getattr(args, 'size', 'tiny')} {version} model kit written to {args.dir} "
         "(random weights: proves plumbing, not voice quality)"

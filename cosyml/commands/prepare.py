@@ -19,17 +19,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "nested), normalise them to 24 kHz mono, filter junk (see DATA/rejects.jsonl), transcribe clips "
         "without text with a local Whisper checkpoint, split train/dev and write kaldi files.",
     )
-    p.add_argument("--input", action="append", default=None, metavar="RAW",
-                   help="folder with the raw clips (repeatable; default: prepare.inputs)")
+    p.add_argument(
+        "--input",
+        action="append",
+        default=None,
+        metavar="RAW",
+        help="folder with the raw clips (repeatable; default: prepare.inputs)",
+    )
     p.add_argument("--output", required=True, metavar="DATA", help="data folder to write")
     p.add_argument("--speaker", default=None, help="speaker name: letters, digits, '-' (prepare.speaker)")
     p.add_argument("--language", default=None, help="zh, en, ... or auto (prepare.language)")
-    p.add_argument("--no-transcribe", action="store_true",
-                   help="do not run Whisper; clips without text are rejected as no_text")
-    p.add_argument("--whisper", default=None, metavar="PATH",
-                   help="local openai-whisper checkpoint .pt for clips without text (prepare.whisper_model)")
-    p.add_argument("--review", default=None, metavar="FILE",
-                   help="edited transcripts_review.tsv: its texts replace the transcripts of those utts")
+    p.add_argument(
+        "--no-transcribe", action="store_true", help="do not run Whisper; clips without text are rejected as no_text"
+    )
+    p.add_argument(
+        "--whisper",
+        default=None,
+        metavar="PATH",
+        help="local openai-whisper checkpoint .pt for clips without text (prepare.whisper_model)",
+    )
+    p.add_argument(
+        "--review",
+        default=None,
+        metavar="FILE",
+        help="edited transcripts_review.tsv: its texts replace the transcripts of those utts",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_params_arguments(p)
     p.set_defaults(func=run)
@@ -39,12 +53,15 @@ def run(args: argparse.Namespace) -> int:
     from cosyml.data.prepare import check_speaker, prepare
     from cosyml.tracking import stage_run
 
-    params = resolve_params(args, {
-        "prepare.speaker": args.speaker,
-        "prepare.language": args.language,
-        "prepare.whisper_model": args.whisper,
-        "prepare.transcribe": False if args.no_transcribe else None,
-    })
+    params = resolve_params(
+        args,
+        {
+            "prepare.speaker": args.speaker,
+            "prepare.language": args.language,
+            "prepare.whisper_model": args.whisper,
+            "prepare.transcribe": False if args.no_transcribe else None,
+        },
+    )
     cfg = params.prepare
     check_speaker(cfg.speaker)
     inputs = args.input or list(cfg.inputs)
@@ -54,7 +71,9 @@ def run(args: argparse.Namespace) -> int:
     flat["prepare.inputs"] = ",".join(inputs)
     with stage_run("prepare", cfg.speaker, flat) as tracked:
         result = prepare(
-            [Path(p) for p in inputs], Path(args.output), cfg,
+            [Path(p) for p in inputs],
+            Path(args.output),
+            cfg,
             review_file=Path(args.review) if args.review else None,
             progress=not args.no_progress,
             warn=lambda m: print(f"cosyml: warning: {m}", file=sys.stderr),

@@ -64,8 +64,15 @@ def run(args: argparse.Namespace) -> int:
         verb = "promote" if args.dry_run else "promoted"
         print(f"{prefix}{verb} {shown} v{decision.target} to {cfg.alias}: {decision.reason}")
     else:
-        print(f"{prefix}keep {shown} {cfg.alias} at {('v' + decision.champion) if decision.champion else 'none'}: {decision.reason}")
+        print(
+            f"{prefix}keep {shown} {cfg.alias} at {('v' + decision.champion) if decision.champion else 'none'}: {decision.reason}"
+        )
     if args.out:
-        payload = {"model_name": result.model_name, "moved": result.moved, "dry_run": result.dry_run, **decision.as_dict()}
+        payload = {
+            "model_name": result.model_name,
+            "moved": result.moved,
+            "dry_run": result.dry_run,
+            **decision.as_dict(),
+        }
         atomic_write_text(Path(args.out), json.dumps(payload, indent=1) + "\n")
     return 0

@@ -21,7 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--candidates", default=None, help="candidates.json (default: registry.candidates)")
     p.add_argument("--speakers", default=None, help="spk2embedding.pt / spk2info.pt (default: registry.speakers)")
     p.add_argument("--sampling", default=None, help="tuned sampling JSON/YAML (default: registry.sampling)")
-    p.add_argument("--only", action="append", default=None, metavar="NAME", help="register only this candidate (repeatable)")
+    p.add_argument(
+        "--only", action="append", default=None, metavar="NAME", help="register only this candidate (repeatable)"
+    )
     add_params_arguments(p)
     p.set_defaults(func=run)
 
@@ -32,7 +34,11 @@ def run(args: argparse.Namespace) -> int:
 
     params = resolve_params(
         args,
-        {"registry.candidates": args.candidates, "registry.speakers": args.speakers, "registry.sampling": args.sampling},
+        {
+            "registry.candidates": args.candidates,
+            "registry.speakers": args.speakers,
+            "registry.sampling": args.sampling,
+        },
     )
     check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.registry

@@ -14,19 +14,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "serve",
         help="serve a registered voice over HTTP (mlflow models serve, current environment)",
-        description="POST /invocations with {\"dataframe_records\": [{\"text\": ...}]}; answers base64 wavs.",
+        description='POST /invocations with {"dataframe_records": [{"text": ...}]}; answers base64 wavs.',
     )
     p.add_argument("--model-uri", default=None, help="model URI (default: models:/<registry model>@<alias>)")
     p.add_argument("--speaker", default=None, help="speaker (default: prepare.speaker)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
     p.add_argument("--port", type=int, default=5001)
-    p.add_argument("--workers", type=int, default=1,
-                   help="server processes, each with its own copy of the voice (RSS per worker ~1 GB on the kit); "
-                   "requests to one worker run one at a time (default 1; also MLFLOW_MODELS_WORKERS)")
-    p.add_argument("--env-manager", choices=("local", "virtualenv", "uv", "conda"), default="local",
-                   help="local: this environment (default); virtualenv/uv/conda: a new one built from the "
-                   "version's requirements (cosyml comes as a wheel inside the model; pip needs an index or "
-                   "PIP_NO_INDEX=1 PIP_FIND_LINKS=<wheelhouse>)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, each with its own copy of the voice (RSS per worker ~1 GB on the kit); "
+        "requests to one worker run one at a time (default 1; also MLFLOW_MODELS_WORKERS)",
+    )
+    p.add_argument(
+        "--env-manager",
+        choices=("local", "virtualenv", "uv", "conda"),
+        default="local",
+        help="local: this environment (default); virtualenv/uv/conda: a new one built from the "
+        "version's requirements (cosyml comes as a wheel inside the model; pip needs an index or "
+        "PIP_NO_INDEX=1 PIP_FIND_LINKS=<wheelhouse>)",
+    )
     add_params_arguments(p)
     p.set_defaults(func=run)
 
@@ -43,10 +51,23 @@ def run(args: argparse.Namespace) -> int:
     check_model_uri(uri)
     mlflow_cli = shutil.which("mlflow")
     if mlflow_cli is None:
-        raise CosymlError("the `mlflow` command is not on PATH; activate the project environment (source scripts/env.sh)")
+        raise CosymlError(
+            "the `mlflow` command is not on PATH; activate the project environment (source scripts/env.sh)"
+        )
     command = [
-        mlflow_cli, "models", "serve", "-m", uri, "--env-manager", args.env_manager,
-        "-h", args.host, "-p", str(args.port), "-w", str(args.workers),
+        mlflow_cli,
+        "models",
+        "serve",
+        "-m",
+        uri,
+        "--env-manager",
+        args.env_manager,
+        "-h",
+        args.host,
+        "-p",
+        str(args.port),
+        "-w",
+        str(args.workers),
     ]
     print("serving:", " ".join(command), file=sys.stderr)
     import mlflow

@@ -17,12 +17,18 @@ SPLITS = ("train", "dev")
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("shards", help="write parquet shards and data.list files for training")
     p.add_argument("--data", required=True, help="prepared data folder (holds train/ and dev/ kaldi files)")
-    p.add_argument("--features", default=None, help="folder with <split>/utt2*.pt from `cosyml extract` (default: --data)")
+    p.add_argument(
+        "--features", default=None, help="folder with <split>/utt2*.pt from `cosyml extract` (default: --data)"
+    )
     p.add_argument("--output", default=None, help="where <split>/data.list and shards go (default: --data)")
     p.add_argument("--utts-per-shard", type=int, default=None)
     p.add_argument("--min-shards", type=int, default=None, help="at least this many shards (ranks x workers)")
-    p.add_argument("--absolute-paths", action="store_true", default=None,
-                   help="write absolute paths in data.list (for upstream's trainer)")
+    p.add_argument(
+        "--absolute-paths",
+        action="store_true",
+        default=None,
+        help="write absolute paths in data.list (for upstream's trainer)",
+    )
     add_params_arguments(p)
     p.set_defaults(func=run)
 
@@ -47,8 +53,10 @@ def run(args: argparse.Namespace) -> int:
     if not splits:
         raise InputError(f"{data}: no train/wav.scp or dev/wav.scp; run `cosyml prepare --output {data}` first")
     metadata = _extract_metadata(features)
-    with output_lock(output, "cosyml shards"), stage_run("shards", params.prepare.speaker,
-                                                        as_flat_dict(cfg, "shards.")) as run_:
+    with (
+        output_lock(output, "cosyml shards"),
+        stage_run("shards", params.prepare.speaker, as_flat_dict(cfg, "shards.")) as run_,
+    ):
         summary = {}
         for split in splits:
             result = write_shards(
@@ -69,7 +77,9 @@ def run(args: argparse.Namespace) -> int:
             run_.log_metrics({f"{split}_utts": result.num_utts, f"{split}_shards": len(result.shard_files)})
             for name, count in result.missing_features.items():
                 print(f"cosyml shards: warning: {split}: {count} utterances have no entry in {name}")
-            print(f"{split}: {result.num_utts} utterances in {len(result.shard_files)} shards -> {output / split / 'data.list'}")
+            print(
+                f"{split}: {result.num_utts} utterances in {len(result.shard_files)} shards -> {output / split / 'data.list'}"
+            )
         atomic_write_text(output / "shards_summary.json", json.dumps(summary, indent=2))
         run_.log_dict(summary, "shards_summary.json")
     return 0

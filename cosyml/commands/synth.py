@@ -142,10 +142,12 @@ def _read_batch(args: argparse.Namespace) -> list[tuple[str, str, dict[str, Any]
         try:
             item = json.loads(line)
         except json.JSONDecodeError as exc:
-            items.append((name, where, SynthParamError(f"{where}: not valid JSON ({exc.msg}); write one object per line")))
+            items.append(
+                (name, where, SynthParamError(f"{where}: not valid JSON ({exc.msg}); write one object per line"))
+            )
             continue
         if not isinstance(item, dict):
-            items.append((name, where, SynthParamError(f"{where}: expected a JSON object like {{\"text\": \"...\"}}")))
+            items.append((name, where, SynthParamError(f'{where}: expected a JSON object like {{"text": "..."}}')))
             continue
         for key in _NAME_KEYS:
             if key in item:
@@ -163,11 +165,15 @@ def _read_text_lines(path: Path) -> list[str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise CosymlError(f"{path}: cannot be read ({exc.strerror or exc}); check the path and its permissions") from None
+        raise CosymlError(
+            f"{path}: cannot be read ({exc.strerror or exc}); check the path and its permissions"
+        ) from None
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise CosymlError(f"{path}: a binary file, not text (NUL byte at offset {nul}); pass a UTF-8 text "
-                          "file with one request per line")
+        raise CosymlError(
+            f"{path}: a binary file, not text (NUL byte at offset {nul}); pass a UTF-8 text "
+            "file with one request per line"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -184,7 +190,9 @@ def _check_writable(folder: Path, flag: str) -> None:
         with tempfile.NamedTemporaryFile(dir=folder, prefix=".cosyml-write-test-"):
             pass
     except OSError as exc:
-        raise CosymlError(f"{flag} {folder}: cannot write there ({exc.strerror or exc}); choose a writable folder") from None
+        raise CosymlError(
+            f"{flag} {folder}: cannot write there ({exc.strerror or exc}); choose a writable folder"
+        ) from None
 
 
 # ---------------------------------------------------------------------------------------------- run
@@ -256,7 +264,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _synthesize_all(engine, jobs: list[tuple[str, str, Any, Path]], args: argparse.Namespace, single: bool) -> list[dict]:
+def _synthesize_all(
+    engine, jobs: list[tuple[str, str, Any, Path]], args: argparse.Namespace, single: bool
+) -> list[dict]:
     """Run every job (batched LLM decoding unless streaming) and return one run-log record per job."""
     from tqdm import tqdm
 
@@ -355,7 +365,10 @@ def _write_run_json(
         "load_s": round(load_s, 3),
         "total_s": round(total_s, 3),
         "items": records,
-        "summary": {"ok": sum(r["status"] == "ok" for r in records), "failed": sum(r["status"] != "ok" for r in records)},
+        "summary": {
+            "ok": sum(r["status"] == "ok" for r in records),
+            "failed": sum(r["status"] != "ok" for r in records),
+        },
     }
     from cosyml.fileio import atomic_write_text
 

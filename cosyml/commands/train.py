@@ -28,7 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model-dir", default=None, help="base model directory (default: params model_dir)")
     p.add_argument("--output", default=None, help="run folder (default: exp/<part>); checkpoints go in checkpoints/")
     p.add_argument("--max-epochs", type=int, default=None)
-    p.add_argument("--no-average", action="store_true", help="leave averaging to `cosyml average` (the DVC pipeline does)")
+    p.add_argument(
+        "--no-average", action="store_true", help="leave averaging to `cosyml average` (the DVC pipeline does)"
+    )
     p.add_argument(
         "--resume",
         default="auto",
@@ -98,7 +100,7 @@ def training_fingerprint(part: str, params: Params, data: Path) -> str:
 
 
 def compatible_resume(part: str, params: Params, data: Path, output: Path) -> str:
-    """"auto" when ``<output>/checkpoints`` was trained from the same fingerprint (a killed or extended run
+    """ "auto" when ``<output>/checkpoints`` was trained from the same fingerprint (a killed or extended run
     continues), else "none" after removing its checkpoints (params, base weights or shards changed: the old
     checkpoints would be refused or, worse, continued on other data). Writes the fingerprint file."""
     import sys
@@ -112,12 +114,17 @@ def compatible_resume(part: str, params: Params, data: Path, output: Path) -> st
     found = marker.read_text(encoding="utf-8").strip() if marker.is_file() else None
     latest = latest_resumable(folder) if folder.is_dir() else None
     if latest is not None and found == key:
-        print(f"cosyml: resuming {part} from {latest.path} (epoch {latest.next_epoch}, step {latest.step})", file=sys.stderr)
+        print(
+            f"cosyml: resuming {part} from {latest.path} (epoch {latest.next_epoch}, step {latest.step})",
+            file=sys.stderr,
+        )
         return "auto"
     old = list_checkpoints(folder) if folder.is_dir() else []
     if old:
-        print(f"cosyml: {folder}: checkpoints come from other train params, base weights or shards; starting over",
-              file=sys.stderr)
+        print(
+            f"cosyml: {folder}: checkpoints come from other train params, base weights or shards; starting over",
+            file=sys.stderr,
+        )
         for info in old:
             Path(info.path).with_suffix(".json").unlink(missing_ok=True)  # .json first: never a half checkpoint
             Path(info.path).unlink(missing_ok=True)
@@ -180,7 +187,9 @@ def train_part(
         return _train_part(part, params, data, output, resume, info, average)
 
 
-def _train_part(part: str, params: Params, data: Path, output: Path, resume: str, info: Any, average: bool) -> dict[str, Any]:
+def _train_part(
+    part: str, params: Params, data: Path, output: Path, resume: str, info: Any, average: bool
+) -> dict[str, Any]:
     from cosyml.features.mel import MelConfig
     from cosyml.models.modeldir import ModelDir
     from cosyml.text.tokenizer import TextTokenizer
@@ -196,13 +205,17 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
         raise InputError(f"train.log_checkpoints: unknown value '{cfg.log_checkpoints}'; use all, best, final or none")
     md = ModelDir(params.model_dir)
     md.check(parts=(part,), frontend=False)
-    train_list, dev_list = _check_shards(data, md.speech_tokenizer_path.name, needs_instruct=md.version == "v3" and part == "llm")
+    train_list, dev_list = _check_shards(
+        data, md.speech_tokenizer_path.name, needs_instruct=md.version == "v3" and part == "llm"
+    )
     tokenizer = TextTokenizer(md.qwen_dir, md.hparams.tokenizer_version)
     featurizer = default_featurizer(tokenizer.encode, MelConfig.from_model_config(md.config), with_mel=part == "flow")
     train_set = UtteranceSet.load(train_list, featurizer, cfg.data, info.rank, info.world_size)
     cv_set = UtteranceSet.load(dev_list, featurizer, cfg.data, info.rank, info.world_size) if dev_list else None
     if len(train_set) == 0:
-        raise InputError(f"{train_list}: every utterance was filtered out ({dict(train_set.dropped)}); check train.data limits")
+        raise InputError(
+            f"{train_list}: every utterance was filtered out ({dict(train_set.dropped)}); check train.data limits"
+        )
     average_by = cfg.average_by if cv_set is not None else "last"  # no dev split: no CV loss to rank by
     model = load_base_part(md, part)
     checkpoint_dir = output / "checkpoints"
@@ -212,8 +225,20 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
     if done is not None:
         if info.is_main and average:
             average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by)
-        return {"epochs": done.next_epoch, "steps": done.step, "weights": weights, "complete": True, "checkpoint": done.name}
-    logged = {**as_flat_dict(cfg, "train."), "part": part, "model_dir": str(md.root), "data": str(data), "output": str(output)}
+        return {
+            "epochs": done.next_epoch,
+            "steps": done.step,
+            "weights": weights,
+            "complete": True,
+            "checkpoint": done.name,
+        }
+    logged = {
+        **as_flat_dict(cfg, "train."),
+        "part": part,
+        "model_dir": str(md.root),
+        "data": str(data),
+        "output": str(output),
+    }
 
     def body(run: Any) -> dict[str, Any]:
         sampler = None
@@ -224,7 +249,11 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
         def on_epoch_end(epoch: Any) -> None:
             fields = dataclasses.asdict(epoch)
             # Curves only (counts such as step and cv_utts would open the run page with flat charts).
-            metrics = {k: float(v) for k, v in fields.items() if k in ("train_loss", "cv_loss", "train_acc", "cv_acc") and v is not None}
+            metrics = {
+                k: float(v)
+                for k, v in fields.items()
+                if k in ("train_loss", "cv_loss", "train_acc", "cv_acc") and v is not None
+            }
             run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch.epoch)
             if sampler is not None and epoch.checkpoint and (epoch.epoch + 1) % cfg.sample_every_epochs == 0:
                 for wav in sampler.render(epoch.checkpoint, epoch.epoch):
@@ -236,8 +265,12 @@ def _train_part(part: str, params: Params, data: Path, output: Path, resume: str
             if cfg.log_checkpoints == "all":
                 run.log_weights(ckpt.path, "checkpoints")
             elif cfg.log_checkpoints == "best" and is_best:  # one file, replaced when a better epoch comes
-                run.log_weights(ckpt.path, "checkpoints", "best.pt", {"checkpoint": ckpt.name, "epoch": ckpt.epoch,
-                                                                     "step": ckpt.step, "cv_loss": ckpt.cv_loss})
+                run.log_weights(
+                    ckpt.path,
+                    "checkpoints",
+                    "best.pt",
+                    {"checkpoint": ckpt.name, "epoch": ckpt.epoch, "step": ckpt.step, "cv_loss": ckpt.cv_loss},
+                )
 
         result = train(
             model,

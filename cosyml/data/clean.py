@@ -49,18 +49,23 @@ def text_problem(text: str) -> tuple[str, str] | None:
     it holds at least one letter or digit (a transcript of only punctuation or emoji says nothing).
     """
     if len(text) > MAX_TEXT_CHARS:
-        return "text_too_long", (f"transcript has {len(text)} characters (at most {MAX_TEXT_CHARS}); is it "
-                                 "the transcript of this clip?")
+        return "text_too_long", (
+            f"transcript has {len(text)} characters (at most {MAX_TEXT_CHARS}); is it the transcript of this clip?"
+        )
     control = next((c for c in text if unicodedata.category(c) == "Cc"), None)
     if control is not None:
-        return "bad_characters", (f"transcript holds the control character U+{ord(control):04X}; write only "
-                                  "the spoken words")
+        return "bad_characters", (
+            f"transcript holds the control character U+{ord(control):04X}; write only the spoken words"
+        )
     if match := ESCAPE_TEXT.search(text):
-        return "bad_characters", (f"transcript holds the escape sequence {match.group(0)!r}; write only the "
-                                  "spoken words")
+        return "bad_characters", (
+            f"transcript holds the escape sequence {match.group(0)!r}; write only the spoken words"
+        )
     if match := SPECIAL_TOKEN.search(text):
-        return "special_token", (f"transcript holds the control token {match.group(0)}, which the model would "
-                                 "read as an instruction; remove it")
+        return "special_token", (
+            f"transcript holds the control token {match.group(0)}, which the model would "
+            "read as an instruction; remove it"
+        )
     if not any(unicodedata.category(c)[0] in "LN" for c in text):
         return "no_words", "transcript has no letters or digits (only punctuation or symbols); write the spoken words"
     return None
@@ -73,7 +78,7 @@ def find_placeholder(text: str, pattern: str) -> str | None:
 
 
 def guess_language(text: str) -> str:
-    """"zh" when the text has Han characters, "en" when it has Latin letters, else "unknown"."""
+    """ "zh" when the text has Han characters, "en" when it has Latin letters, else "unknown"."""
     if CJK.search(text):
         return "zh"
     if LATIN.search(text):

@@ -89,15 +89,29 @@ def read_kaldi_lines(path: Path) -> list[KaldiLine]:
             continue
         text = _decode_line(raw)
         if text is None:
-            out.append(KaldiLine(f"line{number}", "", "", number,
-                                 f"{path.name} line {number} is neither UTF-8 nor GB18030; re-save the file as UTF-8"))
+            out.append(
+                KaldiLine(
+                    f"line{number}",
+                    "",
+                    "",
+                    number,
+                    f"{path.name} line {number} is neither UTF-8 nor GB18030; re-save the file as UTF-8",
+                )
+            )
             continue
         fields = text.split()
         raw_fields = raw.split(None, 1)
         raw_value = os.fsdecode(raw_fields[1].strip()) if len(raw_fields) > 1 else ""
         if len(fields) < 2:
-            out.append(KaldiLine(fields[0], "", "", number,
-                                 f"{path.name} line {number}: key '{fields[0]}' has no value; add it or delete the line"))
+            out.append(
+                KaldiLine(
+                    fields[0],
+                    "",
+                    "",
+                    number,
+                    f"{path.name} line {number}: key '{fields[0]}' has no value; add it or delete the line",
+                )
+            )
             continue
         out.append(KaldiLine(fields[0], " ".join(fields[1:]), raw_value, number))
     return out

@@ -122,8 +122,10 @@ def read_transcript(path: Path) -> tuple[str | None, str | None]:
     try:
         size = path.stat().st_size
         if size > MAX_TRANSCRIPT_BYTES:
-            return None, (f"{name}: transcript is {size} bytes (a clip's transcript is at most "
-                          f"{MAX_TRANSCRIPT_BYTES} bytes); is it the right file?")
+            return None, (
+                f"{name}: transcript is {size} bytes (a clip's transcript is at most "
+                f"{MAX_TRANSCRIPT_BYTES} bytes); is it the right file?"
+            )
         data = path.read_bytes()
     except OSError as exc:
         return None, f"{name}: cannot read the transcript ({exc.strerror})"
@@ -135,8 +137,13 @@ def _transcript_fields(path: Path) -> dict[str, object]:
     with contextlib.suppress(OSError):
         size = path.stat().st_size
         if size > MAX_TRANSCRIPT_BYTES:
-            return {"problem": ("text_too_long", f"{printable(path.name)}: transcript file is {size} bytes (a clip's "
-                                f"transcript is at most {MAX_TRANSCRIPT_BYTES}); is it the right file?")}
+            return {
+                "problem": (
+                    "text_too_long",
+                    f"{printable(path.name)}: transcript file is {size} bytes (a clip's "
+                    f"transcript is at most {MAX_TRANSCRIPT_BYTES}); is it the right file?",
+                )
+            }
     text, error = read_transcript(path)
     return {"text": text, "text_error": error}
 
@@ -217,13 +224,18 @@ def _scan_root(root: Path, label: str, scan: Scan) -> None:
                 continue
             stem = os.path.splitext(name)[0]
             rel = (folder / stem).relative_to(root).as_posix()
-            clip = SourceClip(source=_display(label, (folder / name).relative_to(root).as_posix()),
-                              rel=rel, audio=path, key=_audio_key(rel, name))
+            clip = SourceClip(
+                source=_display(label, (folder / name).relative_to(root).as_posix()),
+                rel=rel,
+                audio=path,
+                key=_audio_key(rel, name),
+            )
             for suffix, text_source in ((".lab", "lab"), (".normalized.txt", "normalized")):
                 if stem + suffix in present:
                     used.add(stem + suffix)
-                    clip = dataclasses.replace(clip, text_source=text_source,
-                                               **_transcript_fields(folder / (stem + suffix)))  # type: ignore[arg-type]
+                    clip = dataclasses.replace(
+                        clip, text_source=text_source, **_transcript_fields(folder / (stem + suffix))
+                    )  # type: ignore[arg-type]
                     break
             if stem + ".original.txt" in present:
                 used.add(stem + ".original.txt")
@@ -237,10 +249,13 @@ def _scan_root(root: Path, label: str, scan: Scan) -> None:
             rel_file = (folder / name).relative_to(root).as_posix()
             if name.endswith(TRANSCRIPT_SUFFIXES) and _stem(name) not in audio_stems:
                 scan.clips.append(
-                    SourceClip(source=_display(label, rel_file),
-                               rel=(folder / _stem(name)).relative_to(root).as_posix(), audio=None,
-                               text_source="lab" if name.endswith(".lab") else "normalized",
-                               **_transcript_fields(folder / name))  # type: ignore[arg-type]
+                    SourceClip(
+                        source=_display(label, rel_file),
+                        rel=(folder / _stem(name)).relative_to(root).as_posix(),
+                        audio=None,
+                        text_source="lab" if name.endswith(".lab") else "normalized",
+                        **_transcript_fields(folder / name),
+                    )  # type: ignore[arg-type]
                 )
             elif name.endswith(".original.txt"):
                 continue  # LibriTTS keeps the unnormalised text next to the normalised one
@@ -262,8 +277,9 @@ def _unique(lines: list[KaldiLine], file: str) -> tuple[dict[str, KaldiLine], di
     for line in lines:
         if counts[line.key] > 1:
             numbers = ", ".join(str(x.line) for x in lines if x.key == line.key)
-            bad[line.key] = (f"{file}: key '{line.key}' is listed {counts[line.key]} times (lines {numbers}); "
-                             "keep one line per key")
+            bad[line.key] = (
+                f"{file}: key '{line.key}' is listed {counts[line.key]} times (lines {numbers}); keep one line per key"
+            )
         elif line.error:
             bad[line.key] = line.error
         else:
@@ -276,7 +292,7 @@ def _kaldi_path(folder: Path, line: KaldiLine) -> Path:
     upstream), its text as decoded or its raw bytes (a path written in a legacy encoding)."""
     for value in dict.fromkeys((line.value, line.raw_value)):
         path = Path(value)
-        for candidate in ([path] if path.is_absolute() else [folder / path, path]):
+        for candidate in [path] if path.is_absolute() else [folder / path, path]:
             if candidate.exists():
                 return candidate
     path = Path(line.value)
@@ -294,8 +310,9 @@ def _parse_segments(lines: list[KaldiLine]) -> dict[str, tuple[str, float, float
                 raise ValueError
             out[line.key] = (rec, start, end)
         except (ValueError, IndexError):
-            out[line.key] = line.error or (f"segments line {line.line}: expected '<utt> <recording> <start_s> "
-                                           "<end_s>' with 0 <= start < end")
+            out[line.key] = line.error or (
+                f"segments line {line.line}: expected '<utt> <recording> <start_s> <end_s>' with 0 <= start < end"
+            )
     return out
 
 
@@ -303,8 +320,9 @@ def _kaldi_clips(root: Path, label: str, folder: Path) -> list[SourceClip]:
     """Clips of one kaldi folder. With a ``segments`` file, wav.scp lists recordings and each segment
     is one clip cut from its recording; without, each wav.scp entry is one clip."""
     wav_scp, bad_wav = _unique(read_kaldi_lines(folder / "wav.scp"), "wav.scp")
-    text_lines, bad_text = _unique(read_kaldi_lines(folder / "text"), "text") if (folder / "text").is_file() \
-        else ({}, {})
+    text_lines, bad_text = (
+        _unique(read_kaldi_lines(folder / "text"), "text") if (folder / "text").is_file() else ({}, {})
+    )
     texts = {k: v.value for k, v in text_lines.items()}
     rel_folder = folder.relative_to(root).as_posix()
     rel_folder = "" if rel_folder == "." else rel_folder + "/"
@@ -321,8 +339,14 @@ def _kaldi_clips(root: Path, label: str, folder: Path) -> list[SourceClip]:
         line = wav_scp[rec]
         if line.value.endswith("|"):
             # A command pipeline; we never run commands from data files.
-            return SourceClip(source, rel, folder / "<pipe>", text, text_source,
-                              text_error="wav.scp entry is a command pipe; list an audio file path instead")
+            return SourceClip(
+                source,
+                rel,
+                folder / "<pipe>",
+                text,
+                text_source,
+                text_error="wav.scp entry is a command pipe; list an audio file path instead",
+            )
         return SourceClip(source, rel, _kaldi_path(folder, line), text, text_source, start_s=start, end_s=end)
 
     if (folder / "segments").is_file():
@@ -332,8 +356,14 @@ def _kaldi_clips(root: Path, label: str, folder: Path) -> list[SourceClip]:
             if isinstance(seg, str):
                 clips.append(SourceClip(source, f"{rel_folder}{utt}", None, problem=("bad_kaldi_line", seg)))
             elif seg[0] not in wav_scp and seg[0] not in bad_wav:
-                clips.append(SourceClip(source, f"{rel_folder}{utt}", None, problem=(
-                    "bad_kaldi_line", f"segments: recording '{seg[0]}' of '{utt}' is not in wav.scp")))
+                clips.append(
+                    SourceClip(
+                        source,
+                        f"{rel_folder}{utt}",
+                        None,
+                        problem=("bad_kaldi_line", f"segments: recording '{seg[0]}' of '{utt}' is not in wav.scp"),
+                    )
+                )
             else:
                 clips.append(clip_for(utt, source, seg[0], (seg[1], seg[2])))
         listed = set(segments)

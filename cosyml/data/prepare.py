@@ -114,8 +114,10 @@ def check_paths(inputs: list[Path], output: Path) -> None:
         if out == src or src in out.parents:
             raise InputError(f"{output}: output folder is inside the input {raw}; choose an output outside it")
         if any(src == out / m or (out / m) in src.parents for m in _MANAGED):
-            raise InputError(f"{raw}: input is inside the output's {'/'.join(_MANAGED)} folders, which "
-                             "prepare rewrites; move it or choose another output")
+            raise InputError(
+                f"{raw}: input is inside the output's {'/'.join(_MANAGED)} folders, which "
+                "prepare rewrites; move it or choose another output"
+            )
 
 
 _PLAIN_PART = re.compile(r"[A-Za-z0-9-]+(?:_[A-Za-z0-9-]+)*")
@@ -178,8 +180,9 @@ class _Run:
         self.hashes: dict[str, str] = {}  # audio hash -> utt that has it
         self._decoded: tuple[Path, Audio] | None = None  # the last recording (kaldi segments share one)
 
-    def reject(self, source: str, reason: str, detail: str, utt: str | None = None,
-               span: tuple[float, float] | None = None) -> None:
+    def reject(
+        self, source: str, reason: str, detail: str, utt: str | None = None, span: tuple[float, float] | None = None
+    ) -> None:
         assert reason in REJECT_REASONS, reason
         self.rejects.append(Reject(source, reason, detail, utt, *(span or (None, None))))
 
@@ -203,8 +206,10 @@ class _Run:
             return "empty_text", "transcript is empty; write the spoken text or delete the clip"
         placeholder = clean.find_placeholder(cleaned, self.cfg.placeholder_pattern)
         if placeholder:
-            return "placeholder_text", (f"transcript contains the placeholder {placeholder}; replace it "
-                                        "with the spoken words (or feed a corrected text with --review)")
+            return "placeholder_text", (
+                f"transcript contains the placeholder {placeholder}; replace it "
+                "with the spoken words (or feed a corrected text with --review)"
+            )
         return clean.text_problem(cleaned)
 
     # -- one input file --------------------------------------------------------------------
@@ -216,11 +221,15 @@ class _Run:
         if info is not None:
             frames, rate = info
             if rate < MIN_SAMPLE_RATE:
-                raise InputError(f"{path}: header says {rate} Hz (below {MIN_SAMPLE_RATE} Hz): a broken or lying "
-                                 "header; re-encode the file")
+                raise InputError(
+                    f"{path}: header says {rate} Hz (below {MIN_SAMPLE_RATE} Hz): a broken or lying "
+                    "header; re-encode the file"
+                )
             if frames / rate > MAX_RECORDING_S:
-                raise _TooLong(f"{frames / rate / 3600:.1f} h recording (at most {MAX_RECORDING_S / 3600:g} h "
-                               "are decoded); cut it into parts")
+                raise _TooLong(
+                    f"{frames / rate / 3600:.1f} h recording (at most {MAX_RECORDING_S / 3600:g} h "
+                    "are decoded); cut it into parts"
+                )
         audio = read_audio(path)
         if audio.sample_rate < MIN_SAMPLE_RATE:
             raise InputError(f"{path}: {audio.sample_rate} Hz audio (below {MIN_SAMPLE_RATE} Hz); re-encode the file")
@@ -233,8 +242,13 @@ class _Run:
             self.reject(clip.source, *clip.problem, utt=utt)
             return
         if clip.audio is None or (clip.audio.name != "<pipe>" and not clip.audio.exists()):
-            self.reject(clip.source, "no_audio", "transcript has no audio file next to it (same name, "
-                        "audio extension); add the audio or delete the transcript", utt)
+            self.reject(
+                clip.source,
+                "no_audio",
+                "transcript has no audio file next to it (same name, "
+                "audio extension); add the audio or delete the transcript",
+                utt,
+            )
             return
         if clip.text_error:
             self.reject(clip.source, "undecodable", clip.text_error, utt)
@@ -255,27 +269,47 @@ class _Run:
         if clip.start_s is not None and clip.end_s is not None:
             a, b = round(clip.start_s * audio.sample_rate), round(clip.end_s * audio.sample_rate)
             if a >= audio.num_samples:
-                self.reject(clip.source, "bad_kaldi_line", f"segment starts at {clip.start_s:g} s, after the end of "
-                            f"its {audio.duration_s:.1f} s recording", utt)
+                self.reject(
+                    clip.source,
+                    "bad_kaldi_line",
+                    f"segment starts at {clip.start_s:g} s, after the end of its {audio.duration_s:.1f} s recording",
+                    utt,
+                )
                 return
             raw = raw[..., a:b]
         if not np.isfinite(raw).all():
-            self.reject(clip.source, "undecodable", f"{printable(str(clip.audio))}: samples that are not numbers "
-                        "(NaN or infinity); re-export the file", utt)
+            self.reject(
+                clip.source,
+                "undecodable",
+                f"{printable(str(clip.audio))}: samples that are not numbers (NaN or infinity); re-export the file",
+                utt,
+            )
             return
         if raw.shape[-1] == 0:
             self.reject(clip.source, "undecodable", f"{printable(str(clip.audio))}: no audio samples in the file", utt)
             return
         ratio = clean.clipped_ratio(raw, cfg.clip_threshold)
         if ratio > cfg.max_clipped_ratio:
-            self.reject(clip.source, "clipped", f"{ratio:.1%} of samples at full scale (limit "
-                        f"{cfg.max_clipped_ratio:.1%}): the recording is distorted; use a cleaner take", utt)
+            self.reject(
+                clip.source,
+                "clipped",
+                f"{ratio:.1%} of samples at full scale (limit "
+                f"{cfg.max_clipped_ratio:.1%}): the recording is distorted; use a cleaner take",
+                utt,
+            )
             return
         samples = clean.remove_dc(resample(to_mono(raw), audio.sample_rate, cfg.sample_rate))
         duration = samples.shape[0] / cfg.sample_rate
         if duration > cfg.long_recording_s and text is None:
-            ranges = slice_at_pauses(samples, cfg.sample_rate, cfg.slice_min_s, cfg.slice_max_s,
-                                     cfg.trim_top_db, cfg.silence_floor_dbfs, cfg.slice_min_silence_s)
+            ranges = slice_at_pauses(
+                samples,
+                cfg.sample_rate,
+                cfg.slice_min_s,
+                cfg.slice_max_s,
+                cfg.trim_top_db,
+                cfg.silence_floor_dbfs,
+                cfg.slice_min_silence_s,
+            )
             for k, (a, b) in enumerate(ranges):
                 part_utt = f"{utt}-p{k:03d}"
                 part_text, part_source = self.text_for(part_utt, None, None)
@@ -286,48 +320,87 @@ class _Run:
                 self.add_samples(clip.source, part_utt, samples[a:b], part_text, part_source, span)
             return
         if duration > cfg.max_duration_s:
-            hint = ("it has one transcript for the whole file, so it cannot be sliced; split it or remove "
-                    "the transcript to slice and transcribe it") if duration > cfg.long_recording_s else \
-                   f"split it into utterances of at most {cfg.max_duration_s:g} s"
-            self.reject(clip.source, "too_long", f"{duration:.1f} s > max_duration_s={cfg.max_duration_s:g}; "
-                        + hint, utt)
+            hint = (
+                (
+                    "it has one transcript for the whole file, so it cannot be sliced; split it or remove "
+                    "the transcript to slice and transcribe it"
+                )
+                if duration > cfg.long_recording_s
+                else f"split it into utterances of at most {cfg.max_duration_s:g} s"
+            )
+            self.reject(
+                clip.source, "too_long", f"{duration:.1f} s > max_duration_s={cfg.max_duration_s:g}; " + hint, utt
+            )
             return
         whole = (clip.start_s, clip.end_s) if clip.start_s is not None and clip.end_s is not None else None
         self.add_samples(clip.source, utt, samples, text, text_source, whole)
 
-    def add_samples(self, source: str, utt: str, samples: np.ndarray, text: str | None,
-                    text_source: str | None, span: tuple[float, float] | None) -> None:
+    def add_samples(
+        self,
+        source: str,
+        utt: str,
+        samples: np.ndarray,
+        text: str | None,
+        text_source: str | None,
+        span: tuple[float, float] | None,
+    ) -> None:
         cfg, sr = self.cfg, self.cfg.sample_rate
-        trim = clean.trim_silence(samples, sr, cfg.trim_top_db, cfg.silence_floor_dbfs, cfg.trim_pad_s,
-                                  cfg.min_keep_s)
+        trim = clean.trim_silence(samples, sr, cfg.trim_top_db, cfg.silence_floor_dbfs, cfg.trim_pad_s, cfg.min_keep_s)
         if trim.speech_ratio < 1.0 - cfg.max_silence_ratio:
-            self.reject(source, "mostly_silence", f"speech in {trim.speech_ratio:.0%} of the clip (needs "
-                        f"{1.0 - cfg.max_silence_ratio:.0%}); is it the right file?", utt, span)
+            self.reject(
+                source,
+                "mostly_silence",
+                f"speech in {trim.speech_ratio:.0%} of the clip (needs "
+                f"{1.0 - cfg.max_silence_ratio:.0%}); is it the right file?",
+                utt,
+                span,
+            )
             return
         if trim.speech_rms_dbfs < cfg.min_rms_dbfs:
-            self.reject(source, "too_quiet", f"speech level {trim.speech_rms_dbfs:.1f} dBFS < min_rms_dbfs="
-                        f"{cfg.min_rms_dbfs:g}; record louder or lower prepare.min_rms_dbfs", utt, span)
+            self.reject(
+                source,
+                "too_quiet",
+                f"speech level {trim.speech_rms_dbfs:.1f} dBFS < min_rms_dbfs="
+                f"{cfg.min_rms_dbfs:g}; record louder or lower prepare.min_rms_dbfs",
+                utt,
+                span,
+            )
             return
         kept = samples[trim.start : trim.end]
         duration = kept.shape[0] / sr
         if duration < cfg.min_duration_s:
-            self.reject(source, "too_short", f"{duration:.2f} s of audio after trimming silence < "
-                        f"min_duration_s={cfg.min_duration_s:g}", utt, span)
+            self.reject(
+                source,
+                "too_short",
+                f"{duration:.2f} s of audio after trimming silence < min_duration_s={cfg.min_duration_s:g}",
+                utt,
+                span,
+            )
             return
         if duration > cfg.max_duration_s:
-            self.reject(source, "too_long", f"{duration:.1f} s > max_duration_s={cfg.max_duration_s:g}; "
-                        "split it into shorter utterances", utt, span)
+            self.reject(
+                source,
+                "too_long",
+                f"{duration:.1f} s > max_duration_s={cfg.max_duration_s:g}; split it into shorter utterances",
+                utt,
+                span,
+            )
             return
         flatness = clean.spectral_flatness(kept, sr)
         if flatness > clean.NOISE_FLATNESS:
-            self.reject(source, "noise", f"sounds like noise, not speech (spectral flatness {flatness:.2f} > "
-                        f"{clean.NOISE_FLATNESS}); is it the right file?", utt, span)
+            self.reject(
+                source,
+                "noise",
+                f"sounds like noise, not speech (spectral flatness {flatness:.2f} > "
+                f"{clean.NOISE_FLATNESS}); is it the right file?",
+                utt,
+                span,
+            )
             return
         pcm = clean.to_pcm16(clean.normalise_peak(kept, cfg.target_peak))
         digest = clean.audio_hash(pcm)
         if digest in self.hashes:
-            self.reject(source, "duplicate_audio", f"same audio as {self.hashes[digest]}; kept that one",
-                        utt, span)
+            self.reject(source, "duplicate_audio", f"same audio as {self.hashes[digest]}; kept that one", utt, span)
             return
         self.hashes[digest] = utt
         write_wav(self.wav_path(utt), pcm.astype(np.float32) / 32767.0, sr)
@@ -371,8 +444,9 @@ def _transcribe(run: _Run, whisper_path: str, cache_path: Path, progress: bool) 
         return {}, 0
     cfg = run.cfg
     language = None if cfg.language in ("", "auto") else cfg.language
-    transcriber = WhisperTranscriber(whisper_path, language, cfg.whisper_device, cfg.whisper_batch_size,
-                                     cfg.whisper_max_tokens)
+    transcriber = WhisperTranscriber(
+        whisper_path, language, cfg.whisper_device, cfg.whisper_batch_size, cfg.whisper_max_tokens
+    )
     cache = _load_cache(cache_path)
     key = lambda p: f"{p.audio_hash}:{transcriber.model_id}:{language}:{cfg.whisper_max_tokens}"  # noqa: E731
     missing = [p for p in todo if key(p) not in cache]
@@ -386,8 +460,14 @@ def _transcribe(run: _Run, whisper_path: str, cache_path: Path, progress: bool) 
             audio = [resample(_read_pcm(run.wav_path(p.utt)), cfg.sample_rate, WHISPER_RATE) for p in chunk]
             lines = []
             for p, t in zip(chunk, transcriber.transcribe(audio), strict=True):
-                cache[key(p)] = {"key": key(p), "text": t.text, "language": t.language, "confidence": t.confidence,
-                                 "avg_logprob": t.avg_logprob, "no_speech_prob": t.no_speech_prob}
+                cache[key(p)] = {
+                    "key": key(p),
+                    "text": t.text,
+                    "language": t.language,
+                    "confidence": t.confidence,
+                    "avg_logprob": t.avg_logprob,
+                    "no_speech_prob": t.no_speech_prob,
+                }
                 lines.append(json.dumps(cache[key(p)], ensure_ascii=False) + "\n")
             handle.write("".join(lines).encode("utf-8"))
             handle.flush()
@@ -397,8 +477,9 @@ def _transcribe(run: _Run, whisper_path: str, cache_path: Path, progress: bool) 
     out = {}
     for p in todo:
         row = cache[key(p)]
-        out[p.utt] = Transcript(row["text"], row["language"], row["confidence"], row["avg_logprob"],
-                                row["no_speech_prob"])
+        out[p.utt] = Transcript(
+            row["text"], row["language"], row["confidence"], row["avg_logprob"], row["no_speech_prob"]
+        )
     return out, len(todo)
 
 
@@ -467,8 +548,10 @@ def prepare(
     review = read_review(review_file) if review_file is not None else {}
     scan: Scan = scan_inputs(inputs)
     if not scan.clips:
-        raise InputError(f"{', '.join(map(str, inputs))}: no audio or transcript files found (looked for "
-                         f"{', '.join(_audio_exts())} and .lab/.normalized.txt/wav.scp); check --input")
+        raise InputError(
+            f"{', '.join(map(str, inputs))}: no audio or transcript files found (looked for "
+            f"{', '.join(_audio_exts())} and .lab/.normalized.txt/wav.scp); check --input"
+        )
     with output_lock(output, "cosyml prepare"):
         _recover(output)
         staging, _ = _staging_paths(output)
@@ -484,14 +567,20 @@ def prepare(
 PRODUCED = {"wavs", "train", "dev", "rejects.jsonl", "transcripts_review.tsv", "summary.json"}
 
 
-def _prepare_into(scan: Scan, inputs: list[Path], output: Path, staging: Path, cfg: PrepareConfig,
-                  review: dict[str, str], progress: bool) -> PrepareResult:
+def _prepare_into(
+    scan: Scan,
+    inputs: list[Path],
+    output: Path,
+    staging: Path,
+    cfg: PrepareConfig,
+    review: dict[str, str],
+    progress: bool,
+) -> PrepareResult:
     messages: list[str] = []
     run = _Run(cfg, staging, review)
     (staging / "wavs").mkdir()
     utts = stable_ids(scan.clips, cfg.speaker)
-    for clip, utt in tqdm(list(zip(scan.clips, utts, strict=True)), desc="prepare", unit="file",
-                          disable=not progress):
+    for clip, utt in tqdm(list(zip(scan.clips, utts, strict=True)), desc="prepare", unit="file", disable=not progress):
         run.add(clip, utt)
     run._decoded = None
 
@@ -499,8 +588,11 @@ def _prepare_into(scan: Scan, inputs: list[Path], output: Path, staging: Path, c
     transcribed = 0
     needs_text = [p for p in run.pending if p.text is None]
     if needs_text and (not cfg.transcribe or not cfg.whisper_model):
-        why = ("transcription is off (--no-transcribe)" if not cfg.transcribe
-               else "no Whisper model given; pass --whisper PATH/TO/model.pt to transcribe them")
+        why = (
+            "transcription is off (--no-transcribe)"
+            if not cfg.transcribe
+            else "no Whisper model given; pass --whisper PATH/TO/model.pt to transcribe them"
+        )
         messages.append(f"{len(needs_text)} clip(s) have no transcript and were rejected as no_text: {why}")
         for p in needs_text:
             run.reject(p.source, "no_text", f"no transcript; {why}", p.utt, _span(p))
@@ -522,39 +614,69 @@ def _prepare_into(scan: Scan, inputs: list[Path], output: Path, staging: Path, c
             language = language or t.language
             review_rows.append((p.utt, t.confidence, clean.clean_text(t.text), p.source))
             if not clean.clean_text(text):
-                run.reject(p.source, "empty_text", "Whisper heard no words; write the text in the review file "
-                           "and pass it with --review", p.utt, _span(p))
+                run.reject(
+                    p.source,
+                    "empty_text",
+                    "Whisper heard no words; write the text in the review file and pass it with --review",
+                    p.utt,
+                    _span(p),
+                )
                 run.drop(p)
                 continue
             if t.confidence < cfg.min_confidence:
-                run.reject(p.source, "low_confidence", f"Whisper confidence {t.confidence:.2f} < min_confidence="
-                           f"{cfg.min_confidence:g}; check the text in transcripts_review.tsv and pass it "
-                           "with --review", p.utt, _span(p))
+                run.reject(
+                    p.source,
+                    "low_confidence",
+                    f"Whisper confidence {t.confidence:.2f} < min_confidence="
+                    f"{cfg.min_confidence:g}; check the text in transcripts_review.tsv and pass it "
+                    "with --review",
+                    p.utt,
+                    _span(p),
+                )
                 run.drop(p)
                 continue
             if problem := clean.text_problem(clean.clean_text(text)):
-                run.reject(p.source, problem[0], f"Whisper's {problem[1]}; fix it in the review file and pass it "
-                           "with --review", p.utt, _span(p))
+                run.reject(
+                    p.source,
+                    problem[0],
+                    f"Whisper's {problem[1]}; fix it in the review file and pass it with --review",
+                    p.utt,
+                    _span(p),
+                )
                 run.drop(p)
                 continue
         text = clean.clean_text(text)
-        entries.append(ManifestEntry(
-            utt=p.utt, spk=cfg.speaker, wav=f"wavs/{p.utt}.wav", text=text,
-            duration_s=round(p.num_samples / cfg.sample_rate, 3), split="train", source=p.source,
-            text_source=text_source or "lab", language=language or clean.guess_language(text),
-            confidence=None if conf is None else round(conf, 4), source_start_s=p.start_s, source_end_s=p.end_s,
-        ))
+        entries.append(
+            ManifestEntry(
+                utt=p.utt,
+                spk=cfg.speaker,
+                wav=f"wavs/{p.utt}.wav",
+                text=text,
+                duration_s=round(p.num_samples / cfg.sample_rate, 3),
+                split="train",
+                source=p.source,
+                text_source=text_source or "lab",
+                language=language or clean.guess_language(text),
+                confidence=None if conf is None else round(conf, 4),
+                source_start_s=p.start_s,
+                source_end_s=p.end_s,
+            )
+        )
 
     splits = assign_splits([e.utt for e in entries], cfg.seed, cfg.dev_ratio)
     entries = [_with_split(e, splits[e.utt]) for e in entries]
     dev_count = sum(1 for e in entries if e.split == "dev")
     if entries and dev_count == len(entries):
-        raise InputError(f"all {dev_count} accepted clips fall in dev with prepare.dev_ratio={cfg.dev_ratio:g}; "
-                         "lower prepare.dev_ratio so some are left for training")
+        raise InputError(
+            f"all {dev_count} accepted clips fall in dev with prepare.dev_ratio={cfg.dev_ratio:g}; "
+            "lower prepare.dev_ratio so some are left for training"
+        )
     if entries and dev_count < cfg.min_dev:
-        messages.append(f"only {dev_count} dev utterance(s) (prepare.min_dev={cfg.min_dev}): the split of each "
-                        "clip depends on its id alone, so raise prepare.dev_ratio (or change prepare.seed) to get "
-                        "more")
+        messages.append(
+            f"only {dev_count} dev utterance(s) (prepare.min_dev={cfg.min_dev}): the split of each "
+            "clip depends on its id alone, so raise prepare.dev_ratio (or change prepare.seed) to get "
+            "more"
+        )
     for split in SPLITS:
         write_split(staging / split, [e for e in entries if e.split == split], cfg.instruct)
 

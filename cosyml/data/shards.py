@@ -194,7 +194,9 @@ def write_shards(
         utt_json = shard_dir / f"utt2parquet_{index:09d}.json"
         spk_json = shard_dir / f"spk2parquet_{index:09d}.json"
         utt_json.write_text(json.dumps({u: shard_ref for u in chunk}, ensure_ascii=False, indent=2))
-        spk_json.write_text(json.dumps({s: shard_ref for s in sorted(set(columns["spk"]))}, ensure_ascii=False, indent=2))
+        spk_json.write_text(
+            json.dumps({s: shard_ref for s in sorted(set(columns["spk"]))}, ensure_ascii=False, indent=2)
+        )
         shard_files.append(shard)
         utt_lists.append(utt_json)
         spk_lists.append(spk_json)

@@ -19,7 +19,7 @@ def split_score(utt: str, seed: int) -> float:
 
 
 def split_of(utt: str, seed: int, dev_ratio: float) -> str:
-    """"dev" or "train" for one utterance id."""
+    """ "dev" or "train" for one utterance id."""
     return "dev" if split_score(utt, seed) < dev_ratio else "train"
 
 

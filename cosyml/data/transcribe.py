@@ -47,8 +47,14 @@ def confidence(avg_logprob: float, no_speech_prob: float, compression_ratio: flo
 class WhisperTranscriber:
     """A local Whisper checkpoint (loaded on first use); ``language`` None means detect per clip."""
 
-    def __init__(self, checkpoint: str | Path, language: str | None = None, device: str = "auto",
-                 batch_size: int = 8, max_tokens: int = 0) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        language: str | None = None,
+        device: str = "auto",
+        batch_size: int = 8,
+        max_tokens: int = 0,
+    ) -> None:
         path = Path(checkpoint)
         if not path.is_file():
             raise InputError(f"{path}: Whisper checkpoint not found; pass --whisper with a local .pt file")
@@ -74,8 +80,9 @@ class WhisperTranscriber:
             try:
                 self._model = whisper.load_model(str(self.path), device=device)
             except Exception as exc:  # a bad file fails in torch.load or in load_state_dict
-                raise InputError(f"{self.path}: not a Whisper checkpoint ({type(exc).__name__}); pass an "
-                                 "openai-whisper .pt file") from None
+                raise InputError(
+                    f"{self.path}: not a Whisper checkpoint ({type(exc).__name__}); pass an openai-whisper .pt file"
+                ) from None
         return self._model
 
     def transcribe(self, clips: Sequence[np.ndarray]) -> list[Transcript]:
@@ -87,29 +94,39 @@ class WhisperTranscriber:
             self.model.is_multilingual, num_languages=self.model.num_languages, task="transcribe"
         )
         options = whisper.DecodingOptions(
-            task="transcribe", language=self.language, temperature=0.0, without_timestamps=True,
+            task="transcribe",
+            language=self.language,
+            temperature=0.0,
+            without_timestamps=True,
             # Whisper's default suppression (-1) plus <|notimestamps|>, which belongs in the prompt only.
             suppress_tokens=[-1, tokenizer.no_timestamps],
-            fp16=self.model.device.type != "cpu", sample_len=self.max_tokens or None,
+            fp16=self.model.device.type != "cpu",
+            sample_len=self.max_tokens or None,
         )
         out: list[Transcript] = []
         for i in range(0, len(clips), self.batch_size):
             batch = clips[i : i + self.batch_size]
-            mels = torch.stack([
-                whisper.log_mel_spectrogram(
-                    whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))),
-                    n_mels=self.model.dims.n_mels,
-                )
-                for c in batch
-            ]).to(self.model.device)  # (B, n_mels, 3000)
+            mels = torch.stack(
+                [
+                    whisper.log_mel_spectrogram(
+                        whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))),
+                        n_mels=self.model.dims.n_mels,
+                    )
+                    for c in batch
+                ]
+            ).to(self.model.device)  # (B, n_mels, 3000)
             with torch.inference_mode():
                 results = whisper.decode(self.model, mels, options)
             for r in results:
-                out.append(Transcript(
-                    text=_SPECIAL.sub("", r.text).strip(), language=r.language or (self.language or "unknown"),
-                    confidence=confidence(r.avg_logprob, r.no_speech_prob, r.compression_ratio),
-                    avg_logprob=float(r.avg_logprob), no_speech_prob=float(r.no_speech_prob),
-                ))
+                out.append(
+                    Transcript(
+                        text=_SPECIAL.sub("", r.text).strip(),
+                        language=r.language or (self.language or "unknown"),
+                        confidence=confidence(r.avg_logprob, r.no_speech_prob, r.compression_ratio),
+                        avg_logprob=float(r.avg_logprob),
+                        no_speech_prob=float(r.no_speech_prob),
+                    )
+                )
         return out
 
 

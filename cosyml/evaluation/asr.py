@@ -61,8 +61,14 @@ def resolve_device(device: str) -> str:
 class WhisperASR:
     """A loaded Whisper model that transcribes lists of 16 kHz waveforms in forced-language batches."""
 
-    def __init__(self, model, batch_size: int = 16, max_tokens: int | None = None,
-                 no_speech_threshold: float | None = 0.6, logprob_threshold: float | None = -1.0) -> None:
+    def __init__(
+        self,
+        model,
+        batch_size: int = 16,
+        max_tokens: int | None = None,
+        no_speech_threshold: float | None = 0.6,
+        logprob_threshold: float | None = -1.0,
+    ) -> None:
         """``model``: a loaded ``whisper.model.Whisper``. ``max_tokens`` caps tokens per utterance
         (None = Whisper's default, half the text context: 224). The two thresholds are ``transcribe``'s
         silence rule (its defaults): a window with no-speech probability above ``no_speech_threshold``
@@ -75,8 +81,9 @@ class WhisperASR:
         self.logprob_threshold = logprob_threshold
 
     @classmethod
-    def load(cls, checkpoint: str | Path, device: str = "auto", batch_size: int = 16,
-             max_tokens: int | None = None) -> WhisperASR:
+    def load(
+        cls, checkpoint: str | Path, device: str = "auto", batch_size: int = 16, max_tokens: int | None = None
+    ) -> WhisperASR:
         """Load a local openai-whisper ``.pt`` checkpoint (never a model name: nothing is downloaded)."""
         import whisper
 
@@ -86,8 +93,9 @@ class WhisperASR:
         try:
             model = whisper.load_model(str(path), device=resolve_device(device))
         except Exception as exc:  # torch.load or load_state_dict on a wrong file
-            raise InputError(f"{path}: not an openai-whisper checkpoint ({type(exc).__name__}); "
-                             "pass a file such as large-v3.pt") from None
+            raise InputError(
+                f"{path}: not an openai-whisper checkpoint ({type(exc).__name__}); pass a file such as large-v3.pt"
+            ) from None
         return cls(model, batch_size=batch_size, max_tokens=max_tokens)
 
     @property
@@ -98,12 +106,20 @@ class WhisperASR:
         """What decided the transcripts (log these with the scores)."""
         dims = self.model.dims
         return {
-            "asr": "openai-whisper", "n_mels": dims.n_mels, "n_audio_layer": dims.n_audio_layer,
-            "n_audio_state": dims.n_audio_state, "n_vocab": dims.n_vocab, "temperature": 0.0,
-            "language": "forced", "batch_size": self.batch_size, "fp16": self.fp16,
-            "condition_on_previous_text": False, "without_timestamps": True,
+            "asr": "openai-whisper",
+            "n_mels": dims.n_mels,
+            "n_audio_layer": dims.n_audio_layer,
+            "n_audio_state": dims.n_audio_state,
+            "n_vocab": dims.n_vocab,
+            "temperature": 0.0,
+            "language": "forced",
+            "batch_size": self.batch_size,
+            "fp16": self.fp16,
+            "condition_on_previous_text": False,
+            "without_timestamps": True,
             "max_tokens": self.max_tokens or dims.n_text_ctx // 2,
-            "no_speech_threshold": self.no_speech_threshold, "logprob_threshold": self.logprob_threshold,
+            "no_speech_threshold": self.no_speech_threshold,
+            "logprob_threshold": self.logprob_threshold,
         }
 
     def _check_language(self, language: str) -> None:
@@ -112,11 +128,14 @@ class WhisperASR:
         if language not in LANGUAGES:
             raise InputError(f"language {language!r}: not a Whisper language code; use zh, en, ja, ko, ...")
         if not self.model.is_multilingual and language != "en":
-            raise InputError(f"language {language!r}: this Whisper checkpoint is English-only; "
-                             "use a multilingual one (e.g. large-v3.pt)")
+            raise InputError(
+                f"language {language!r}: this Whisper checkpoint is English-only; "
+                "use a multilingual one (e.g. large-v3.pt)"
+            )
 
-    def transcribe(self, waveforms: Sequence[np.ndarray], languages: Sequence[str],
-                   progress: bool = False) -> list[Hypothesis]:
+    def transcribe(
+        self, waveforms: Sequence[np.ndarray], languages: Sequence[str], progress: bool = False
+    ) -> list[Hypothesis]:
         """``waveforms``: float32 (num_samples,) mono at 16 kHz; ``languages``: one code each. Input order kept."""
         if len(waveforms) != len(languages):
             raise ValueError(f"{len(waveforms)} waveforms but {len(languages)} languages")
@@ -145,20 +164,26 @@ class WhisperASR:
 
         mels = torch.stack([self._window_mel(w) for w in waveforms]).to(self.device)  # (B, n_mels, 3000)
         options = whisper.DecodingOptions(
-            task="transcribe", language=language, temperature=0.0, without_timestamps=True,
-            fp16=self.fp16, sample_len=self.max_tokens,
+            task="transcribe",
+            language=language,
+            temperature=0.0,
+            without_timestamps=True,
+            fp16=self.fp16,
+            sample_len=self.max_tokens,
         )
         with torch.inference_mode():
             results = whisper.decode(self.model, mels, options)
-        tokenizer = get_tokenizer(self.model.is_multilingual, num_languages=self.model.num_languages,
-                                  language=language, task="transcribe")
+        tokenizer = get_tokenizer(
+            self.model.is_multilingual, num_languages=self.model.num_languages, language=language, task="transcribe"
+        )
         out = []
         for r in results:
             # special tokens (random or broken models emit them) are not text, as in transcribe
             text = tokenizer.decode([t for t in r.tokens if t < tokenizer.eot])
             silence = self._is_silence(r.no_speech_prob, r.avg_logprob)
-            out.append(self._hypothesis("" if silence else text, language, r.avg_logprob, r.no_speech_prob,
-                                        silence=silence))
+            out.append(
+                self._hypothesis("" if silence else text, language, r.avg_logprob, r.no_speech_prob, silence=silence)
+            )
         return out
 
     def _is_silence(self, no_speech_prob: float, avg_logprob: float) -> bool:
@@ -183,9 +208,15 @@ class WhisperASR:
 
     def _transcribe_long(self, waveform: np.ndarray, language: str) -> Hypothesis:
         result = self.model.transcribe(
-            np.ascontiguousarray(waveform, dtype=np.float32), language=language, temperature=0.0,
-            condition_on_previous_text=False, fp16=self.fp16, verbose=None, sample_len=self.max_tokens,
-            no_speech_threshold=self.no_speech_threshold, logprob_threshold=self.logprob_threshold,
+            np.ascontiguousarray(waveform, dtype=np.float32),
+            language=language,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            fp16=self.fp16,
+            verbose=None,
+            sample_len=self.max_tokens,
+            no_speech_threshold=self.no_speech_threshold,
+            logprob_threshold=self.logprob_threshold,
         )
         segments = result.get("segments") or []
         text = "".join(str(s["text"]) for s in segments)  # not result["text"]: that keeps special tokens
@@ -194,10 +225,17 @@ class WhisperASR:
         return self._hypothesis(text, language, logprob, no_speech, long_form=True)
 
     @staticmethod
-    def _hypothesis(text: str, language: str, avg_logprob: float, no_speech_prob: float,
-                    long_form: bool = False, silence: bool = False) -> Hypothesis:
+    def _hypothesis(
+        text: str,
+        language: str,
+        avg_logprob: float,
+        no_speech_prob: float,
+        long_form: bool = False,
+        silence: bool = False,
+    ) -> Hypothesis:
         text = text.strip()
         if language == "zh":
             text = to_simplified(text)
-        return Hypothesis(text, language, float(avg_logprob), float(no_speech_prob), compression_ratio(text),
-                          long_form, silence)
+        return Hypothesis(
+            text, language, float(avg_logprob), float(no_speech_prob), compression_ratio(text), long_form, silence
+        )

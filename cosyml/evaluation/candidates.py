@@ -131,7 +131,10 @@ def grid(llm_sources: Sequence[str], flow_sources: Sequence[str], exp_dir: str |
 
 
 def select_candidates(
-    cli_specs: Sequence[str], param_specs: Sequence[str], llm_sources: Sequence[str], flow_sources: Sequence[str],
+    cli_specs: Sequence[str],
+    param_specs: Sequence[str],
+    llm_sources: Sequence[str],
+    flow_sources: Sequence[str],
     exp_dir: str | Path = "exp",
 ) -> list[Candidate]:
     """Command-line candidates if any, else ``evaluate.candidates``, else the grid. Duplicates (same
@@ -146,7 +149,9 @@ def select_candidates(
         if key in seen_weights:
             continue  # the same weights twice (e.g. 'last' == 'epoch-2'): score once
         if c.slug in seen_slugs:
-            raise ConfigError(f"candidates {seen_slugs[c.slug]!r} and {c.name!r} map to the same folder; give one a name=")
+            raise ConfigError(
+                f"candidates {seen_slugs[c.slug]!r} and {c.name!r} map to the same folder; give one a name="
+            )
         seen_weights[key] = c.name
         seen_slugs[c.slug] = c.name
         unique.append(c)

@@ -153,7 +153,10 @@ def bootstrap_mean_ci(values: Sequence[float], resamples: int = 1000, level: flo
 
 
 def bootstrap_ratio_ci(
-    numerators: Sequence[float], denominators: Sequence[float], resamples: int = 1000, level: float = 0.95,
+    numerators: Sequence[float],
+    denominators: Sequence[float],
+    resamples: int = 1000,
+    level: float = 0.95,
     seed: int = 0,
 ) -> Interval:
     """Percentile bootstrap CI of sum(numerators) / sum(denominators), resampling utterances (corpus error)."""

@@ -51,8 +51,6 @@ KIT_NOTICE = (
 )
 
 
-
-
 @dataclasses.dataclass(frozen=True)
 class OutputFiles:
     """Paths :func:`write_outputs` wrote."""
@@ -133,7 +131,8 @@ def candidates_dict(result: SuiteResult) -> dict[str, Any]:
         ],
         "failed": [
             {"name": c.candidate.name, "llm": c.candidate.llm, "flow": c.candidate.flow, "error": c.error}
-            for c in result.candidates if not c.ok
+            for c in result.candidates
+            if not c.ok
         ],
         "skipped": skipped_dict(result),
     }
@@ -141,8 +140,11 @@ def candidates_dict(result: SuiteResult) -> dict[str, Any]:
 
 def _flat(summary: MetricSummary) -> dict[str, Any]:
     d = summary.as_dict()
-    lo_hi = {f"{k}_{end}": (d[f"{k}_ci"][i] if d[f"{k}_ci"] else None)
-             for k in ("cer", "ss") for i, end in enumerate(("lo", "hi"))}
+    lo_hi = {
+        f"{k}_{end}": (d[f"{k}_ci"][i] if d[f"{k}_ci"] else None)
+        for k in ("cer", "ss")
+        for i, end in enumerate(("lo", "hi"))
+    }
     return {"cer": d["cer"], "ss": d["ss"], **lo_hi, "n": d["n"], "missing": d["missing"], "over_50": d["over_50"]}
 
 
@@ -172,14 +174,27 @@ def write_plots(result: SuiteResult, folder: Path) -> tuple[Path, ...]:
         images.append(folder / f"{name}.svg")
         write_if_changed(images[-1], svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1).encode())
     flat = [(c.candidate.slug, _flat(c.summary)) for c in result.scored if c.summary is not None]
-    write_if_changed(by_candidate, _csv_bytes(
-        ["candidate", "cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi", "n", "missing"],
-        ([slug, *(_num(d[k]) for k in ("cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi")), d["n"], d["missing"]]
-         for slug, d in flat)))
-    write_if_changed(by_subset, _csv_bytes(
-        ["label", "candidate", "subset", "cer", "ss", "n", "missing"],
-        ([f"{c.candidate.slug}/{name}", c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing]
-         for c in result.scored for name, s in c.subsets.items())))
+    write_if_changed(
+        by_candidate,
+        _csv_bytes(
+            ["candidate", "cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi", "n", "missing"],
+            (
+                [slug, *(_num(d[k]) for k in ("cer", "cer_lo", "cer_hi", "ss", "ss_lo", "ss_hi")), d["n"], d["missing"]]
+                for slug, d in flat
+            ),
+        ),
+    )
+    write_if_changed(
+        by_subset,
+        _csv_bytes(
+            ["label", "candidate", "subset", "cer", "ss", "n", "missing"],
+            (
+                [f"{c.candidate.slug}/{name}", c.candidate.slug, name, _num(s.cer), _num(s.ss), s.n, s.missing]
+                for c in result.scored
+                for name, s in c.subsets.items()
+            ),
+        ),
+    )
     return (by_candidate, by_subset, *images)
 
 
@@ -190,10 +205,20 @@ def _charts(result: SuiteResult) -> dict[str, str]:
         return {}
     names = [c.candidate.name for c in scored]
     return {
-        "cer": bar_chart_svg("CER/WER per candidate", names, [c.summary.cer if c.summary else None for c in scored],
-                             [c.summary.cer_ci if c.summary else None for c in scored], unit="%"),
-        "ss": bar_chart_svg("SS per candidate", names, [c.summary.ss if c.summary else None for c in scored],
-                            [c.summary.ss_ci if c.summary else None for c in scored], lower_is_better=False),
+        "cer": bar_chart_svg(
+            "CER/WER per candidate",
+            names,
+            [c.summary.cer if c.summary else None for c in scored],
+            [c.summary.cer_ci if c.summary else None for c in scored],
+            unit="%",
+        ),
+        "ss": bar_chart_svg(
+            "SS per candidate",
+            names,
+            [c.summary.ss if c.summary else None for c in scored],
+            [c.summary.ss_ci if c.summary else None for c in scored],
+            lower_is_better=False,
+        ),
     }
 
 
@@ -203,10 +228,17 @@ def _num(value: float | None) -> str:
 
 def write_all_rows(path: Path, candidates: Sequence[CandidateResult]) -> Path:
     """Every utterance row of every scored candidate, ``candidate`` (slug) first, flags joined with ';'."""
-    write_if_changed(path, _csv_bytes(
-        ["candidate", *ROW_FIELDS],
-        ([c.candidate.slug, *(_cell(getattr(row, name)) for name in ROW_FIELDS)]
-         for c in candidates for row in (c.report.rows if c.report else []))))
+    write_if_changed(
+        path,
+        _csv_bytes(
+            ["candidate", *ROW_FIELDS],
+            (
+                [c.candidate.slug, *(_cell(getattr(row, name)) for name in ROW_FIELDS)]
+                for c in candidates
+                for row in (c.report.rows if c.report else [])
+            ),
+        ),
+    )
     return path
 
 
@@ -229,8 +261,12 @@ def suite_summary_dict(result: SuiteResult) -> dict[str, Any]:
         "skipped": skipped_dict(result),
         "candidates": [
             {
-                "name": c.candidate.name, "slug": c.candidate.slug, "llm": c.candidate.llm, "flow": c.candidate.flow,
-                "error": c.error, "synth_failures": [dataclasses.asdict(f) for f in c.synth_failures],
+                "name": c.candidate.name,
+                "slug": c.candidate.slug,
+                "llm": c.candidate.llm,
+                "flow": c.candidate.flow,
+                "error": c.error,
+                "synth_failures": [dataclasses.asdict(f) for f in c.synth_failures],
                 "scores": summary_dict(c.report) if c.report else None,
             }
             for c in result.candidates
@@ -275,9 +311,16 @@ def _href(target: Path, base: Path) -> str:
     return quote(Path(rel).as_posix())
 
 
-def bar_chart_svg(title: str, labels: Sequence[str], values: Sequence[float | None],
-                  cis: Sequence[tuple[float, float] | None], scale: float = 100.0, unit: str = "",
-                  lower_is_better: bool = True, width: int = 520) -> str:
+def bar_chart_svg(
+    title: str,
+    labels: Sequence[str],
+    values: Sequence[float | None],
+    cis: Sequence[tuple[float, float] | None],
+    scale: float = 100.0,
+    unit: str = "",
+    lower_is_better: bool = True,
+    width: int = 520,
+) -> str:
     """A horizontal bar chart (inline SVG): one bar per label, CI whiskers, the value at the bar's end."""
     row_h, label_w, pad = 26, 190, 56
     plot_w = width - label_w - pad
@@ -288,35 +331,46 @@ def bar_chart_svg(title: str, labels: Sequence[str], values: Sequence[float | No
     height = row_h * len(labels) + 30
     # highlight a winner only when the values differ
     best = (min(finite) if lower_is_better else max(finite)) if len(set(finite)) > 1 else None
-    parts = [f'<svg width="{width}" height="{height}" role="img" '
-             f'aria-label="{_e(title)}" class="bars">',
-             f'<line x1="{label_w}" y1="4" x2="{label_w}" y2="{height - 22}" stroke="#9aa3b2"/>']
+    parts = [
+        f'<svg width="{width}" height="{height}" role="img" aria-label="{_e(title)}" class="bars">',
+        f'<line x1="{label_w}" y1="4" x2="{label_w}" y2="{height - 22}" stroke="#9aa3b2"/>',
+    ]
     for i, (label, value, ci) in enumerate(zip(labels, values, cis, strict=True)):
         y = 6 + i * row_h
         short = label if len(label) <= 28 else label[:27] + "…"
-        parts.append(f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12" '
-                     f'fill="#1d2330"><title>{_e(label)}</title>{_e(short)}</text>')
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 15}" text-anchor="end" font-size="12" '
+            f'fill="#1d2330"><title>{_e(label)}</title>{_e(short)}</text>'
+        )
         if value is None or not math.isfinite(value):
             parts.append(f'<text x="{label_w + 6}" y="{y + 15}" font-size="12" fill="#a02828">no score</text>')
             continue
         w = max(1.0, plot_w * value / top)
         color = "#3d9a5b" if value == best else "#4b73c4"
-        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 10}" fill="{color}" rx="2">'
-                     f'<title>{_e(label)}: {_pct(value, scale, 2)}{unit}</title></rect>')
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 3}" width="{w:.1f}" height="{row_h - 10}" fill="{color}" rx="2">'
+            f"<title>{_e(label)}: {_pct(value, scale, 2)}{unit}</title></rect>"
+        )
         end = w
         if ci is not None:
             x0, x1 = label_w + plot_w * ci[0] / top, label_w + plot_w * ci[1] / top
             ym = y + 3 + (row_h - 10) / 2
-            parts.append(f'<line x1="{x0:.1f}" y1="{ym:.1f}" x2="{x1:.1f}" y2="{ym:.1f}" stroke="#1d2330" '
-                         f'stroke-width="1.2"/><line x1="{x0:.1f}" y1="{ym - 5:.1f}" x2="{x0:.1f}" y2="{ym + 5:.1f}" '
-                         f'stroke="#1d2330"/><line x1="{x1:.1f}" y1="{ym - 5:.1f}" x2="{x1:.1f}" y2="{ym + 5:.1f}" '
-                         f'stroke="#1d2330"/>')
+            parts.append(
+                f'<line x1="{x0:.1f}" y1="{ym:.1f}" x2="{x1:.1f}" y2="{ym:.1f}" stroke="#1d2330" '
+                f'stroke-width="1.2"/><line x1="{x0:.1f}" y1="{ym - 5:.1f}" x2="{x0:.1f}" y2="{ym + 5:.1f}" '
+                f'stroke="#1d2330"/><line x1="{x1:.1f}" y1="{ym - 5:.1f}" x2="{x1:.1f}" y2="{ym + 5:.1f}" '
+                f'stroke="#1d2330"/>'
+            )
             end = max(end, x1 - label_w)
-        parts.append(f'<text x="{label_w + end + 5:.1f}" y="{y + 15}" font-size="12" fill="#1d2330">'
-                     f'{_pct(value, scale)}{unit}</text>')
-    parts.append(f'<text x="{label_w}" y="{height - 6}" font-size="11" fill="#5a6475">0</text>'
-                 f'<text x="{label_w + plot_w}" y="{height - 6}" font-size="11" fill="#5a6475" '
-                 f'text-anchor="end">{_pct(top, scale)}{unit}</text></svg>')
+        parts.append(
+            f'<text x="{label_w + end + 5:.1f}" y="{y + 15}" font-size="12" fill="#1d2330">'
+            f"{_pct(value, scale)}{unit}</text>"
+        )
+    parts.append(
+        f'<text x="{label_w}" y="{height - 6}" font-size="11" fill="#5a6475">0</text>'
+        f'<text x="{label_w + plot_w}" y="{height - 6}" font-size="11" fill="#5a6475" '
+        f'text-anchor="end">{_pct(top, scale)}{unit}</text></svg>'
+    )
     return "".join(parts)
 
 
@@ -339,14 +393,16 @@ def _candidate_table(result: SuiteResult) -> str:
         )
     for c in result.candidates:
         if not c.ok:
-            rows.append(f'<tr><td>{_e(c.candidate.name)}</td><td><code>{_e(c.candidate.llm)}</code></td>'
-                        f'<td><code>{_e(c.candidate.flow)}</code></td><td colspan="5" class="bad">not evaluated: '
-                        f'{_e(c.error)}</td></tr>')
+            rows.append(
+                f"<tr><td>{_e(c.candidate.name)}</td><td><code>{_e(c.candidate.llm)}</code></td>"
+                f'<td><code>{_e(c.candidate.flow)}</code></td><td colspan="5" class="bad">not evaluated: '
+                f"{_e(c.error)}</td></tr>"
+            )
     level = round(100 * float(result.settings.get("ci_level", 0.95)))
     return (
         '<table id="candidates"><thead><tr><th>candidate</th><th>llm</th><th>flow</th>'
         f'<th>CER/WER % <span class="ci">[{level}% CI]</span></th><th>SS ×100 <span class="ci">[{level}% CI]</span></th>'
-        '<th>n</th><th>missing</th><th>&gt;50% err</th></tr></thead><tbody>' + "".join(rows) + "</tbody></table>"
+        "<th>n</th><th>missing</th><th>&gt;50% err</th></tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
     )
 
 
@@ -363,13 +419,19 @@ def _subset_table(result: SuiteResult) -> str:
             if s is None or s.n == 0:
                 cells.append('<td class="num">–</td>')
             else:
-                cells.append(f'<td class="num">{_pct(s.cer, digits=2)} {_ci(s.cer_ci)}<br>'
-                             f'SS {_pct(s.ss)}{f" · {s.missing} missing" if s.missing else ""}</td>')
+                cells.append(
+                    f'<td class="num">{_pct(s.cer, digits=2)} {_ci(s.cer_ci)}<br>'
+                    f"SS {_pct(s.ss)}{f' · {s.missing} missing' if s.missing else ''}</td>"
+                )
         skipped = f'<span class="bad">{len(subset.problems)} skipped</span>' if subset.problems else ""
-        rows.append(f"<tr><td>{_e(subset.name)} {skipped}</td><td>{metric}</td><td>{_e(subset.language)}</td>"
-                    f'<td class="num">{len(subset.items)}</td>{"".join(cells)}</tr>')
-    return ('<table id="subsets"><thead><tr><th>subset</th><th>metric</th><th>language</th><th>items</th>'
-            f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        rows.append(
+            f"<tr><td>{_e(subset.name)} {skipped}</td><td>{metric}</td><td>{_e(subset.language)}</td>"
+            f'<td class="num">{len(subset.items)}</td>{"".join(cells)}</tr>'
+        )
+    return (
+        '<table id="subsets"><thead><tr><th>subset</th><th>metric</th><th>language</th><th>items</th>'
+        f"{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    )
 
 
 def _skipped_section(result: SuiteResult) -> str:
@@ -378,20 +440,28 @@ def _skipped_section(result: SuiteResult) -> str:
     parts = []
     if skipped:
         counts = ", ".join(f"{reason}: {n}" for reason, n in Counter(p.reason for p in skipped).most_common())
-        rows = "".join(f"<tr><td>{_e(p.subset)}</td><td>{_e(p.utt)}</td><td>{_e(p.reason)}</td><td>{_e(p.detail)}</td>"
-                       "</tr>" for p in skipped)
-        parts.append(f'<p id="skipped-count">{len(skipped)} test items could not be scored ({_e(counts)}); '
-                     "the rest were scored.</p><details><summary>list</summary><table id=\"skipped\"><thead><tr>"
-                     "<th>subset</th><th>utt</th><th>reason</th><th>detail</th></tr></thead>"
-                     f"<tbody>{rows}</tbody></table></details>")
+        rows = "".join(
+            f"<tr><td>{_e(p.subset)}</td><td>{_e(p.utt)}</td><td>{_e(p.reason)}</td><td>{_e(p.detail)}</td></tr>"
+            for p in skipped
+        )
+        parts.append(
+            f'<p id="skipped-count">{len(skipped)} test items could not be scored ({_e(counts)}); '
+            'the rest were scored.</p><details><summary>list</summary><table id="skipped"><thead><tr>'
+            "<th>subset</th><th>utt</th><th>reason</th><th>detail</th></tr></thead>"
+            f"<tbody>{rows}</tbody></table></details>"
+        )
     else:
         parts.append('<p id="skipped-count">Every test item was usable.</p>')
     if failures:
-        rows = "".join(f"<tr><td>{_e(name)}</td><td>{_e(f.subset)}</td><td>{_e(f.utt)}</td><td>{_e(f.error)}</td></tr>"
-                       for name, f in failures)
-        parts.append(f"<p>{len(failures)} utterances failed to synthesise (scored as missing: error 100%, SS 0)."
-                     "</p><table id=\"synth-failures\"><thead><tr><th>candidate</th><th>subset</th><th>utt</th>"
-                     f"<th>error</th></tr></thead><tbody>{rows}</tbody></table>")
+        rows = "".join(
+            f"<tr><td>{_e(name)}</td><td>{_e(f.subset)}</td><td>{_e(f.utt)}</td><td>{_e(f.error)}</td></tr>"
+            for name, f in failures
+        )
+        parts.append(
+            f"<p>{len(failures)} utterances failed to synthesise (scored as missing: error 100%, SS 0)."
+            '</p><table id="synth-failures"><thead><tr><th>candidate</th><th>subset</th><th>utt</th>'
+            f"<th>error</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
     return "".join(parts)
 
 
@@ -421,8 +491,10 @@ def _listen_section(result: SuiteResult, max_utts: int) -> str:
             ref_kind = "recording of this text" if item.reference_wav else "prompt (voice to clone)"
             if ref is not None and ref.is_file():
                 copied = _copy_reference(ref, result.eval_dir, subset.name, item.utt)
-                ref_cell = (f'<audio controls preload="none" class="ref" src="{_href(copied, result.eval_dir)}"></audio>'
-                            f'<div class="hyp">{_e(ref_kind)}</div>')
+                ref_cell = (
+                    f'<audio controls preload="none" class="ref" src="{_href(copied, result.eval_dir)}"></audio>'
+                    f'<div class="hyp">{_e(ref_kind)}</div>'
+                )
             else:
                 ref_cell = '<div class="hyp">no reference audio (sft: speaker embedding)</div>'
             cells = []
@@ -438,11 +510,15 @@ def _listen_section(result: SuiteResult, max_utts: int) -> str:
                     f'<div class="hyp">{_e(row.hypothesis) or "(empty transcript)"}</div></td>'
                 )
             instruct = f'<div class="hyp">instruct: {_e(item.instruct)}</div>' if item.instruct else ""
-            body.append(f'<tr><td class="text"><b>{_e(item.utt)}</b><br>{_e(item.text)}{instruct}</td>'
-                        f"<td>{ref_cell}</td>{''.join(cells)}</tr>")
+            body.append(
+                f'<tr><td class="text"><b>{_e(item.utt)}</b><br>{_e(item.text)}{instruct}</td>'
+                f"<td>{ref_cell}</td>{''.join(cells)}</tr>"
+            )
         more = f" (first {len(items)} of {len(subset.items)})" if len(items) < len(subset.items) else ""
-        blocks.append(f"<h3>{_e(subset.name)}{more}</h3><table class=\"listen\"><thead><tr><th>text</th>"
-                      f"<th>reference</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>")
+        blocks.append(
+            f'<h3>{_e(subset.name)}{more}</h3><table class="listen"><thead><tr><th>text</th>'
+            f"<th>reference</th>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+        )
     return "".join(blocks)
 
 
@@ -452,17 +528,21 @@ def render_html(result: SuiteResult, max_utts: int = 4) -> str:
     charts = ""
     if scored:
         svg = _charts(result)
-        charts = (f'<div class="charts"><div class="chart" id="chart-cer"><h3>CER/WER % (lower is better)</h3>{svg["cer"]}'
-                  f'</div><div class="chart" id="chart-ss"><h3>SS_campplus ×100 (higher is better)</h3>{svg["ss"]}</div></div>')
+        charts = (
+            f'<div class="charts"><div class="chart" id="chart-cer"><h3>CER/WER % (lower is better)</h3>{svg["cer"]}'
+            f'</div><div class="chart" id="chart-ss"><h3>SS_campplus ×100 (higher is better)</h3>{svg["ss"]}</div></div>'
+        )
     notice = f'<div class="notice" id="kit-notice">{_e(KIT_NOTICE)}</div>' if result.tiny_kit else ""
     s = result.settings
-    meta = (f"model dir <code>{_e(result.model_dir)}</code> · {len(result.candidates)} candidates · "
-            f"{sum(len(x.items) for x in result.subsets)} utterances in {len(result.subsets)} subsets<br>"
-            f"ASR: Whisper <code>{_e(s.get('whisper_model'))}</code> ({_e(s.get('asr'))}); text: {_e(s.get('normalisation'))}"
-            f"<br>SS: {_e(s.get('ss_name'))} (<code>{_e(s.get('ss_model'))}</code>), cosine to the prompt wav, or to "
-            "the speaker's mean embedding for the sft set; CAM++ is the embedding CosyVoice conditions on, so SS "
-            "ranks candidates but is not comparable to published ERes2Net/WavLM numbers.<br>"
-            f"CER/WER: mean per-utterance error (CER for zh/ja/ko, WER otherwise), missing outputs count as 100%.")
+    meta = (
+        f"model dir <code>{_e(result.model_dir)}</code> · {len(result.candidates)} candidates · "
+        f"{sum(len(x.items) for x in result.subsets)} utterances in {len(result.subsets)} subsets<br>"
+        f"ASR: Whisper <code>{_e(s.get('whisper_model'))}</code> ({_e(s.get('asr'))}); text: {_e(s.get('normalisation'))}"
+        f"<br>SS: {_e(s.get('ss_name'))} (<code>{_e(s.get('ss_model'))}</code>), cosine to the prompt wav, or to "
+        "the speaker's mean embedding for the sft set; CAM++ is the embedding CosyVoice conditions on, so SS "
+        "ranks candidates but is not comparable to published ERes2Net/WavLM numbers.<br>"
+        f"CER/WER: mean per-utterance error (CER for zh/ja/ko, WER otherwise), missing outputs count as 100%."
+    )
     settings = _e(json.dumps(s, ensure_ascii=False, indent=1, default=str))
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'

@@ -55,8 +55,9 @@ OUTPUT_EXTENSIONS = (".wav", ".flac")
 class Transcriber(Protocol):
     """What the scorer needs from an ASR (``WhisperASR`` is one)."""
 
-    def transcribe(self, waveforms: Sequence[np.ndarray], languages: Sequence[str],
-                   progress: bool = False) -> list[Hypothesis]: ...
+    def transcribe(
+        self, waveforms: Sequence[np.ndarray], languages: Sequence[str], progress: bool = False
+    ) -> list[Hypothesis]: ...
 
 
 @dataclass(frozen=True)
@@ -150,9 +151,12 @@ def find_output(outputs_dir: Path, subset: str, utt: str) -> Path | None:
 
 def limits_from(config: EvaluateConfig) -> CheckLimits:
     return CheckLimits(
-        silence_dbfs=config.silence_dbfs, max_silence_ratio=config.max_silence_ratio,
-        clip_threshold=config.clip_threshold, max_clipped_ratio=config.max_clipped_ratio,
-        min_duration_ratio=config.min_duration_ratio, max_duration_ratio=config.max_duration_ratio,
+        silence_dbfs=config.silence_dbfs,
+        max_silence_ratio=config.max_silence_ratio,
+        clip_threshold=config.clip_threshold,
+        max_clipped_ratio=config.max_clipped_ratio,
+        min_duration_ratio=config.min_duration_ratio,
+        max_duration_ratio=config.max_duration_ratio,
     )
 
 
@@ -200,8 +204,13 @@ def to_mono_16k(path: Path) -> np.ndarray:
 
 
 def score_subset(
-    subset: TestSubset, outputs_dir: str | Path, asr: Transcriber, embed: EmbedFn | None,
-    config: EvaluateConfig, speaker_embedding: np.ndarray | None = None, progress: bool = False,
+    subset: TestSubset,
+    outputs_dir: str | Path,
+    asr: Transcriber,
+    embed: EmbedFn | None,
+    config: EvaluateConfig,
+    speaker_embedding: np.ndarray | None = None,
+    progress: bool = False,
     _cache: _EmbeddingCache | None = None,
 ) -> list[UtteranceScore]:
     """Score every usable item of ``subset`` (``subset.problems`` are the skipped ones).
@@ -248,8 +257,20 @@ def score_subset(
         hyp = by_utt.get(item.utt)
         if hyp is None:
             counts = missing_output_errors(item.text, item.language)
-            rows.append(_row(subset.name, item, "missing", counts, 0.0 if embed is not None else None,
-                             o, expected, "", o.flags, None))
+            rows.append(
+                _row(
+                    subset.name,
+                    item,
+                    "missing",
+                    counts,
+                    0.0 if embed is not None else None,
+                    o,
+                    expected,
+                    "",
+                    o.flags,
+                    None,
+                )
+            )
             continue
         flags = list(o.flags)
         ratio = o.duration_s / expected if expected > 0 else math.nan
@@ -259,21 +280,49 @@ def score_subset(
         if hyp.no_speech_prob > config.max_no_speech_prob:
             flags.append("no_speech")
         counts = count_errors(item.text, hyp.text, item.language)
-        rows.append(_row(subset.name, item, "scored", counts, similarity.get(item.utt), o, expected, hyp.text,
-                         tuple(flags), hyp))
+        rows.append(
+            _row(
+                subset.name, item, "scored", counts, similarity.get(item.utt), o, expected, hyp.text, tuple(flags), hyp
+            )
+        )
     return rows
 
 
-def _row(subset: str, item: TestItem, status: str, counts: ErrorCounts, ss: float | None, out: _Output,
-         expected: float, hypothesis: str, flags: tuple[str, ...], hyp: Hypothesis | None) -> UtteranceScore:
+def _row(
+    subset: str,
+    item: TestItem,
+    status: str,
+    counts: ErrorCounts,
+    ss: float | None,
+    out: _Output,
+    expected: float,
+    hypothesis: str,
+    flags: tuple[str, ...],
+    hyp: Hypothesis | None,
+) -> UtteranceScore:
     ratio = out.duration_s / expected if status == "scored" and expected > 0 else math.nan
     return UtteranceScore(
-        subset=subset, utt=item.utt, language=item.language, metric=metric_name(item.language), status=status,
-        error=counts.error, edits=counts.edits, ref_len=counts.ref_len, substitutions=counts.substitutions,
-        deletions=counts.deletions, insertions=counts.insertions, ss=ss, duration_s=out.duration_s,
-        expected_duration_s=expected, duration_ratio=ratio, flags=flags, reference=item.text,
-        hypothesis=hypothesis, reference_norm=normalize(item.text, item.language),
-        hypothesis_norm=normalize(hypothesis, item.language), output_wav=str(out.path) if out.path else "",
+        subset=subset,
+        utt=item.utt,
+        language=item.language,
+        metric=metric_name(item.language),
+        status=status,
+        error=counts.error,
+        edits=counts.edits,
+        ref_len=counts.ref_len,
+        substitutions=counts.substitutions,
+        deletions=counts.deletions,
+        insertions=counts.insertions,
+        ss=ss,
+        duration_s=out.duration_s,
+        expected_duration_s=expected,
+        duration_ratio=ratio,
+        flags=flags,
+        reference=item.text,
+        hypothesis=hypothesis,
+        reference_norm=normalize(item.text, item.language),
+        hypothesis_norm=normalize(hypothesis, item.language),
+        output_wav=str(out.path) if out.path else "",
         asr_avg_logprob=hyp.avg_logprob if hyp else math.nan,
         asr_no_speech_prob=hyp.no_speech_prob if hyp else math.nan,
         asr_compression_ratio=hyp.compression_ratio if hyp else math.nan,
@@ -290,24 +339,35 @@ def summarize_subset(subset: TestSubset, rows: Sequence[UtteranceScore], config:
     flag_counts = Counter(f for r in rows for f in r.flags)
     metrics = {metric_name(r.language) for r in rows} or {metric_name(subset.language or "")}
     return SubsetSummary(
-        subset=subset.name, language=subset.language, metric=metrics.pop() if len(metrics) == 1 else "mixed",
-        n_items=subset.size, n_scored=sum(r.status == "scored" for r in rows),
-        n_missing=sum(r.status == "missing" for r in rows), n_skipped=len(subset.problems),
+        subset=subset.name,
+        language=subset.language,
+        metric=metrics.pop() if len(metrics) == 1 else "mixed",
+        n_items=subset.size,
+        n_scored=sum(r.status == "scored" for r in rows),
+        n_missing=sum(r.status == "missing" for r in rows),
+        n_skipped=len(subset.problems),
         skipped_reasons=dict(Counter(p.reason for p in subset.problems)),
-        mean_error=mean_error(counts), mean_error_ci=bootstrap_mean_ci(errors, **ci),
+        mean_error=mean_error(counts),
+        mean_error_ci=bootstrap_mean_ci(errors, **ci),
         corpus_error=corpus_error(counts),
         corpus_error_ci=bootstrap_ratio_ci([c.edits for c in counts], [c.ref_len for c in counts], **ci),
         share_error_over_50=share_above(errors, 0.5),
         mean_ss=float(np.mean(ss_values)) if ss_values else None,
         ss_ci=bootstrap_mean_ci(ss_values, **ci) if ss_values else None,
         mean_duration_ratio=float(np.mean(ratios)) if ratios else math.nan,
-        n_flagged=sum(bool(r.flags) for r in rows), flag_counts=dict(flag_counts),
+        n_flagged=sum(bool(r.flags) for r in rows),
+        flag_counts=dict(flag_counts),
     )
 
 
 def score_test_set(
-    subsets: Sequence[TestSubset], outputs_dir: str | Path, asr: Transcriber, embed: EmbedFn | None,
-    config: EvaluateConfig, speaker_embedding: np.ndarray | None = None, progress: bool = False,
+    subsets: Sequence[TestSubset],
+    outputs_dir: str | Path,
+    asr: Transcriber,
+    embed: EmbedFn | None,
+    config: EvaluateConfig,
+    speaker_embedding: np.ndarray | None = None,
+    progress: bool = False,
     settings: dict[str, Any] | None = None,
 ) -> EvalReport:
     """Score every subset; prompt embeddings are computed once across subsets."""
@@ -322,7 +382,10 @@ def score_test_set(
 
 
 def evaluate_outputs(
-    outputs_dir: str | Path, params: Params, out_dir: str | Path | None = None, data_dir: str | Path | None = None,
+    outputs_dir: str | Path,
+    params: Params,
+    out_dir: str | Path | None = None,
+    data_dir: str | Path | None = None,
     progress: bool = True,
 ) -> EvalReport:
     """The evaluation stage: read ``params.evaluate.test_sets`` (plus the speaker-SFT set built from
@@ -342,14 +405,23 @@ def evaluate_outputs(
     whisper_path = config.whisper_model or params.prepare.whisper_model
     if not whisper_path:
         raise InputError("evaluate.whisper_model: empty; set it to a local openai-whisper checkpoint (.pt)")
-    asr = WhisperASR.load(whisper_path, device=config.device, batch_size=config.batch_size,
-                          max_tokens=config.max_tokens or None)
+    asr = WhisperASR.load(
+        whisper_path, device=config.device, batch_size=config.batch_size, max_tokens=config.max_tokens or None
+    )
     campplus = config.campplus_model or str(Path(params.model_dir) / "campplus.onnx")
     embed = campplus_embedder(campplus, device=config.device)
-    settings = {**asr.settings(), "whisper_model": str(whisper_path), "ss_model": str(campplus),
-                "ss_name": "SS_campplus", "normalisation": "cv3 (punctuation deleted, no number normalisation)",
-                "test_sets": config.test_sets, "outputs": str(outputs_dir),
-                "bootstrap_resamples": config.bootstrap_resamples, "ci_level": config.ci_level, "seed": config.seed}
+    settings = {
+        **asr.settings(),
+        "whisper_model": str(whisper_path),
+        "ss_model": str(campplus),
+        "ss_name": "SS_campplus",
+        "normalisation": "cv3 (punctuation deleted, no number normalisation)",
+        "test_sets": config.test_sets,
+        "outputs": str(outputs_dir),
+        "bootstrap_resamples": config.bootstrap_resamples,
+        "ci_level": config.ci_level,
+        "seed": config.seed,
+    }
     report = score_test_set(subsets, outputs_dir, asr, embed, config, progress=progress, settings=settings)
     if out_dir is not None:
         write_report(out_dir, report)
@@ -422,8 +494,10 @@ def write_report(out_dir: str | Path, report: EvalReport) -> tuple[Path, Path]:
 
 def format_summary(report: EvalReport) -> str:
     """A small text table: one line per subset (errors and SS x100)."""
-    lines = [f"{'subset':<24}{'metric':>7}{'mean%':>8}{'95% CI':>16}{'corpus%':>9}{'>50%':>6}{'SS':>7}"
-             f"{'dur':>6}{'miss':>5}{'skip':>5}{'flag':>5}"]
+    lines = [
+        f"{'subset':<24}{'metric':>7}{'mean%':>8}{'95% CI':>16}{'corpus%':>9}{'>50%':>6}{'SS':>7}"
+        f"{'dur':>6}{'miss':>5}{'skip':>5}{'flag':>5}"
+    ]
     for s in report.summaries:
         ci = f"[{100 * s.mean_error_ci.low:.1f},{100 * s.mean_error_ci.high:.1f}]"
         ss = f"{100 * s.mean_ss:.1f}" if s.mean_ss is not None else "-"

@@ -20,16 +20,18 @@ EmbedFn = Callable[[Sequence[np.ndarray]], np.ndarray]
 MIN_SAMPLES = 1600  # 0.1 s at 16 kHz: shorter audio gets a zero embedding (SS 0)
 
 
-def campplus_embedder(model_path: str | Path, device: str = "auto", num_threads: int = 0,
-                      batch_size: int = 16) -> EmbedFn:
+def campplus_embedder(
+    model_path: str | Path, device: str = "auto", num_threads: int = 0, batch_size: int = 16
+) -> EmbedFn:
     """An :data:`EmbedFn` backed by ``campplus.onnx``: Kaldi fbank + CMN, then the ONNX model, (B, 192)."""
     from cosyml.features.campplus import EMBEDDING_DIM, SpeakerEncoder
     from cosyml.features.fbank import campplus_features
 
     path = Path(model_path)
     if not path.is_file():
-        raise ModelDirError(f"{path}: campplus.onnx not found; set evaluate.campplus_model or use a model "
-                            "directory that has it")
+        raise ModelDirError(
+            f"{path}: campplus.onnx not found; set evaluate.campplus_model or use a model directory that has it"
+        )
     encoder = SpeakerEncoder(path, device=device, num_threads=num_threads)
 
     def embed(waveforms_16k: Sequence[np.ndarray]) -> np.ndarray:

@@ -82,8 +82,13 @@ class MetricSummary:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "cer": _finite(self.cer), "cer_ci": _pair(self.cer_ci), "ss": _finite(self.ss),
-            "ss_ci": _pair(self.ss_ci), "n": self.n, "missing": self.missing, "over_50": _finite(self.over_50),
+            "cer": _finite(self.cer),
+            "cer_ci": _pair(self.cer_ci),
+            "ss": _finite(self.ss),
+            "ss_ci": _pair(self.ss_ci),
+            "n": self.n,
+            "missing": self.missing,
+            "over_50": _finite(self.over_50),
         }
 
 
@@ -186,8 +191,14 @@ def model_fingerprint(model_dir: Path) -> dict[str, Any]:
     the ONNX front ends (CAM++ for prompt embeddings, the speech tokenizers), spk2info.pt and every file
     of the Qwen tokenizer folder. Keyed by relative name; absent files are simply not listed, so adding
     one (a v3 yaml next to a v2 one) also changes the key."""
-    names = [*keys.YAML_NAME.values(), keys.WEIGHT_FILE["hift"], keys.CAMPPLUS_NAME, keys.SPK2INFO_NAME,
-             *keys.SPEECH_TOKENIZER_NAME.values(), *keys.SPEECH_TOKENIZER_BATCH_NAME.values()]
+    names = [
+        *keys.YAML_NAME.values(),
+        keys.WEIGHT_FILE["hift"],
+        keys.CAMPPLUS_NAME,
+        keys.SPK2INFO_NAME,
+        *keys.SPEECH_TOKENIZER_NAME.values(),
+        *keys.SPEECH_TOKENIZER_BATCH_NAME.values(),
+    ]
     out = {name: file_fingerprint(model_dir / name) for name in names if (model_dir / name).is_file()}
     qwen = model_dir / keys.QWEN_DIR_NAME
     if qwen.is_dir():
@@ -253,8 +264,10 @@ def find_speaker(model_dir: Path, speaker: str, speaker_file: str | Path | None)
             continue
         vector = picked.embedding.detach().float().reshape(-1).numpy()
         return SpeakerSource(picked.name, path if given else None, vector)
-    return (f"no embedding for speaker '{speaker}' ({'; '.join(reasons)}); run `cosyml extract` "
-            "(it writes spk2embedding.pt) or pass --speaker-file")
+    return (
+        f"no embedding for speaker '{speaker}' ({'; '.join(reasons)}); run `cosyml extract` "
+        "(it writes spk2embedding.pt) or pass --speaker-file"
+    )
 
 
 def build_request(subset: str, item: TestItem, config: EvaluateConfig, speaker: SpeakerSource | None):
@@ -263,10 +276,16 @@ def build_request(subset: str, item: TestItem, config: EvaluateConfig, speaker: 
 
     mode = synthesis_mode(subset, item)
     fields: dict[str, Any] = {
-        "text": item.text, "mode": mode, "seed": utterance_seed(config.synth_seed, subset, item.utt),
-        "top_p": config.top_p, "top_k": config.top_k, "win_size": config.win_size, "tau_r": config.tau_r,
+        "text": item.text,
+        "mode": mode,
+        "seed": utterance_seed(config.synth_seed, subset, item.utt),
+        "top_p": config.top_p,
+        "top_k": config.top_k,
+        "win_size": config.win_size,
+        "tau_r": config.tau_r,
         "max_tokens": config.synth_max_tokens or None,
-        "min_token_text_ratio": config.min_token_text_ratio, "max_token_text_ratio": config.max_token_text_ratio,
+        "min_token_text_ratio": config.min_token_text_ratio,
+        "max_token_text_ratio": config.max_token_text_ratio,
     }
     if mode in ("zero_shot", "cross_lingual") or (mode == "instruct" and item.prompt_wav is not None):
         fields["prompt_wav"] = str(item.prompt_wav)
@@ -303,8 +322,9 @@ class CachedTranscriber:
         self.computed = 0
         self.reused = 0
 
-    def transcribe(self, waveforms: Sequence[np.ndarray], languages: Sequence[str],
-                   progress: bool = False) -> list[Hypothesis]:
+    def transcribe(
+        self, waveforms: Sequence[np.ndarray], languages: Sequence[str], progress: bool = False
+    ) -> list[Hypothesis]:
         keys = [f"{lang}:{_audio_digest(w)}" for w, lang in zip(waveforms, languages, strict=True)]
         todo = [i for i, k in enumerate(keys) if k not in self.entries]
         if todo:
@@ -322,8 +342,9 @@ class CachedTranscriber:
 class CachedEmbedder:
     """An :data:`~cosyml.evaluation.speaker.EmbedFn` that remembers embeddings by audio content."""
 
-    def __init__(self, load: Callable[[], Callable[[Sequence[np.ndarray]], np.ndarray]], settings_key: str,
-                 path: Path) -> None:
+    def __init__(
+        self, load: Callable[[], Callable[[Sequence[np.ndarray]], np.ndarray]], settings_key: str, path: Path
+    ) -> None:
         self.load = load
         self.settings_key = settings_key
         self.path = path
@@ -413,8 +434,9 @@ def limit_subset(subset: TestSubset, max_utts: int) -> TestSubset:
     return TestSubset(subset.name, subset.folder, subset.language, subset.items[:max_utts], list(subset.problems))
 
 
-def load_subsets(config: EvaluateConfig, eval_dir: Path, data_dir: str | Path | None,
-                 speaker: SpeakerSource | str | None) -> list[TestSubset]:
+def load_subsets(
+    config: EvaluateConfig, eval_dir: Path, data_dir: str | Path | None, speaker: SpeakerSource | str | None
+) -> list[TestSubset]:
     """``evaluate.test_sets`` (limited to ``evaluate.subsets``), plus the speaker-SFT subset built from
     ``<data_dir>/<sft_split>`` into ``<eval_dir>/testsets/sft``. Without a speaker embedding the SFT
     items become problems (reason ``no_speaker``) instead of failing synthesis one by one."""
@@ -424,8 +446,13 @@ def load_subsets(config: EvaluateConfig, eval_dir: Path, data_dir: str | Path | 
     if data_dir:
         sft = write_sft_subset(data_dir, eval_dir / "testsets" / SFT_SUBSET, split=config.sft_split)
         if isinstance(speaker, str):
-            sft = TestSubset(sft.name, sft.folder, sft.language, [], [
-                *sft.problems, *(ItemProblem(sft.name, it.utt, "no_speaker", speaker) for it in sft.items)])
+            sft = TestSubset(
+                sft.name,
+                sft.folder,
+                sft.language,
+                [],
+                [*sft.problems, *(ItemProblem(sft.name, it.utt, "no_speaker", speaker) for it in sft.items)],
+            )
         subsets.append(sft)
     if not subsets:
         raise InputError("evaluate.test_sets is empty and no --data was given; nothing to evaluate")
@@ -490,16 +517,23 @@ def run_suite(
     if not campplus_path.is_file():
         raise InputError(f"{campplus_path}: campplus.onnx not found; set evaluate.campplus_model")
     device = resolve_device(config.device)
-    asr_key = _digest({"v": CACHE_VERSION, "whisper": file_fingerprint(whisper_path), "device": device,
-                       "max_tokens": config.max_tokens})
+    asr_key = _digest(
+        {
+            "v": CACHE_VERSION,
+            "whisper": file_fingerprint(whisper_path),
+            "device": device,
+            "max_tokens": config.max_tokens,
+        }
+    )
     embed_key = _digest({"v": CACHE_VERSION, "campplus": file_fingerprint(campplus_path)})
 
     def load_asr():
         from cosyml.evaluation.asr import WhisperASR
 
         say(f"loading Whisper {whisper_path}")
-        return WhisperASR.load(whisper_path, device=device, batch_size=config.batch_size,
-                               max_tokens=config.max_tokens or None)
+        return WhisperASR.load(
+            whisper_path, device=device, batch_size=config.batch_size, max_tokens=config.max_tokens or None
+        )
 
     def load_embedder():
         from cosyml.evaluation.speaker import campplus_embedder
@@ -540,9 +574,14 @@ def run_suite(
             scorer_embed = CachedEmbedder(embedder, embed_key, result.folder / "embeddings.npz")
             settings = _settings(config, whisper_path, campplus_path, device, candidate)
             result.report = score_test_set(
-                subsets, result.folder, scorer_asr, scorer_embed, config,
+                subsets,
+                result.folder,
+                scorer_asr,
+                scorer_embed,
+                config,
                 speaker_embedding=speaker_source.embedding if speaker_source else None,
-                progress=progress, settings=settings,
+                progress=progress,
+                settings=settings,
             )
             scorer_asr.save()
             scorer_embed.save()
@@ -550,27 +589,41 @@ def run_suite(
             write_report(result.folder, result.report)
             result.summary = summarize_rows(result.report.rows, config)
             result.subsets = {
-                s.name: summarize_rows([r for r in result.report.rows if r.subset == s.name], config)
-                for s in subsets
+                s.name: summarize_rows([r for r in result.report.rows if r.subset == s.name], config) for s in subsets
             }
         results.append(result)
     return SuiteResult(
-        eval_dir=eval_dir, speaker=speaker_name, model_dir=model_dir, tiny_kit=is_tiny_kit(model_dir),
-        subsets=subsets, candidates=results,
-        settings=_settings(config, whisper_path, campplus_path, device, None), engine_loaded=engine.loaded,
+        eval_dir=eval_dir,
+        speaker=speaker_name,
+        model_dir=model_dir,
+        tiny_kit=is_tiny_kit(model_dir),
+        subsets=subsets,
+        candidates=results,
+        settings=_settings(config, whisper_path, campplus_path, device, None),
+        engine_loaded=engine.loaded,
     )
 
 
-def _settings(config: EvaluateConfig, whisper: str | Path, campplus: Path, device: str,
-              candidate: Candidate | None) -> dict[str, Any]:
+def _settings(
+    config: EvaluateConfig, whisper: str | Path, campplus: Path, device: str, candidate: Candidate | None
+) -> dict[str, Any]:
     out: dict[str, Any] = {
-        "whisper_model": str(whisper), "ss_model": str(campplus), "ss_name": "SS_campplus", "device": device,
+        "whisper_model": str(whisper),
+        "ss_model": str(campplus),
+        "ss_name": "SS_campplus",
+        "device": device,
         "asr": "forced language, temperature 0, no fallback, no timestamps, no previous-text conditioning",
         "whisper_max_tokens": config.max_tokens or 224,
         "normalisation": "cv3 (punctuation deleted, no number normalisation)",
-        "test_sets": config.test_sets, "max_utts": config.max_utts, "synth_seed": config.synth_seed,
-        "synth_max_tokens": config.synth_max_tokens, "top_p": config.top_p, "top_k": config.top_k,
-        "win_size": config.win_size, "tau_r": config.tau_r, "bootstrap_resamples": config.bootstrap_resamples,
+        "test_sets": config.test_sets,
+        "max_utts": config.max_utts,
+        "synth_seed": config.synth_seed,
+        "synth_max_tokens": config.synth_max_tokens,
+        "top_p": config.top_p,
+        "top_k": config.top_k,
+        "win_size": config.win_size,
+        "tau_r": config.tau_r,
+        "bootstrap_resamples": config.bootstrap_resamples,
         "ci_level": config.ci_level,
     }
     if candidate is not None:
@@ -578,9 +631,17 @@ def _settings(config: EvaluateConfig, whisper: str | Path, campplus: Path, devic
     return out
 
 
-def _run_candidate(candidate: Candidate, eval_dir: Path, model_dir: Path, jobs: list, shared: dict[str, Any],
-                   engine: _Lazy, config: EvaluateConfig, progress: bool,
-                   say: Callable[[str], None]) -> CandidateResult:
+def _run_candidate(
+    candidate: Candidate,
+    eval_dir: Path,
+    model_dir: Path,
+    jobs: list,
+    shared: dict[str, Any],
+    engine: _Lazy,
+    config: EvaluateConfig,
+    progress: bool,
+    say: Callable[[str], None],
+) -> CandidateResult:
     """Synthesise what the cache lacks for one candidate (no scoring)."""
     from cosyml.audio import write_wav
 
@@ -595,8 +656,9 @@ def _run_candidate(candidate: Candidate, eval_dir: Path, model_dir: Path, jobs: 
     manifest = _read_manifest(manifest_path)
     todo = []
     for subset, utt, request, extra in jobs:
-        key = _digest({"v": CACHE_VERSION, "weights": weights, "model": shared, "inputs": extra,
-                       "request": request.as_log_dict()})
+        key = _digest(
+            {"v": CACHE_VERSION, "weights": weights, "model": shared, "inputs": extra, "request": request.as_log_dict()}
+        )
         entry = manifest.get(f"{subset}/{utt}")
         wav = result.output_wav(subset, utt)
         if entry and entry.get("key") == key and (entry.get("status") == "failed" or wav.is_file()):
@@ -625,8 +687,12 @@ def _run_candidate(candidate: Candidate, eval_dir: Path, model_dir: Path, jobs: 
             result.synth_failures.append(SynthFailure(subset, utt, str(item)))
         else:
             write_wav(result.output_wav(subset, utt), item.wav, item.sample_rate)
-            manifest[f"{subset}/{utt}"] = {"key": key, "status": "ok", "seed": item.seed,
-                                           "duration_s": round(item.duration_s, 4)}
+            manifest[f"{subset}/{utt}"] = {
+                "key": key,
+                "status": "ok",
+                "seed": item.seed,
+                "duration_s": round(item.duration_s, 4),
+            }
         result.synthesized += 1
         if bar is not None:
             bar.update(1)
@@ -635,9 +701,12 @@ def _run_candidate(candidate: Candidate, eval_dir: Path, model_dir: Path, jobs: 
 
     try:
         for start in range(0, len(todo), SYNTH_CHUNK):  # bounded memory: results of one chunk at a time
-            chunk = todo[start: start + SYNTH_CHUNK]
-            synth.synthesize_batch([t[2] for t in chunk], batch_size=config.synth_batch_size,
-                                   on_done=lambda i, item, start=start: done(start + i, item))
+            chunk = todo[start : start + SYNTH_CHUNK]
+            synth.synthesize_batch(
+                [t[2] for t in chunk],
+                batch_size=config.synth_batch_size,
+                on_done=lambda i, item, start=start: done(start + i, item),
+            )
     finally:
         _write_json(manifest_path, manifest)
         if bar is not None:

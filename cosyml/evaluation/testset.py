@@ -200,8 +200,11 @@ def read_subset(folder: str | Path, root: str | Path | None = None, language: st
             continue
         code = languages[utt]
         if code is None or code not in known:
-            detail = (f"language code {code!r} is not one Whisper knows (zh, en, ja, ...)" if code else
-                      f"cannot tell the language of {folder}: name the folder <name>_<code> or add a `language` file")
+            detail = (
+                f"language code {code!r} is not one Whisper knows (zh, en, ja, ...)"
+                if code
+                else f"cannot tell the language of {folder}: name the folder <name>_<code> or add a `language` file"
+            )
             problem(utt, "unknown_language", detail)
             continue
         if not normalize(texts[utt], code):
@@ -222,11 +225,18 @@ def read_subset(folder: str | Path, root: str | Path | None = None, language: st
             if reference_wav is None:
                 problem(utt, "missing_reference_wav", f"{optional['reference_wav.scp'][utt]} not found")
                 continue
-        subset.items.append(TestItem(
-            utt=utt, text=texts[utt], language=code,
-            prompt_text=optional["prompt_text"].get(utt), prompt_wav=prompt_wav, reference_wav=reference_wav,
-            instruct=optional["instruct"].get(utt), speaker=optional["utt2spk"].get(utt),
-        ))
+        subset.items.append(
+            TestItem(
+                utt=utt,
+                text=texts[utt],
+                language=code,
+                prompt_text=optional["prompt_text"].get(utt),
+                prompt_wav=prompt_wav,
+                reference_wav=reference_wav,
+                instruct=optional["instruct"].get(utt),
+                speaker=optional["utt2spk"].get(utt),
+            )
+        )
     return subset
 
 
@@ -273,8 +283,11 @@ def write_subset(folder: str | Path, lines: Sequence[SubsetLine], language: str 
     written = {"text"}
     write_kaldi(folder / "text", [(x.utt, x.text) for x in lines])
     columns = {
-        "prompt_text": "prompt_text", "prompt_wav.scp": "prompt_wav", "instruct": "instruct",
-        "reference_wav.scp": "reference_wav", "utt2spk": "speaker",
+        "prompt_text": "prompt_text",
+        "prompt_wav.scp": "prompt_wav",
+        "instruct": "instruct",
+        "reference_wav.scp": "reference_wav",
+        "utt2spk": "speaker",
     }
     for file_name, attr in columns.items():
         if any(getattr(x, attr) for x in lines):
@@ -337,8 +350,7 @@ def write_sft_subset(
         else:
             wav_value = str(wav.resolve())
         code = manifest_langs.get(utt) or (language if language != "auto" else guess_language(text))
-        lines.append(SubsetLine(utt=utt, text=text, reference_wav=wav_value, language=code,
-                                speaker=speakers.get(utt)))
+        lines.append(SubsetLine(utt=utt, text=text, reference_wav=wav_value, language=code, speaker=speakers.get(utt)))
     if not lines:
         raise InputError(f"{split_dir}: no utterance has both a wav.scp and a text line; nothing to evaluate")
     write_subset(out_dir, lines)

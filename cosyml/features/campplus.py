@@ -45,9 +45,7 @@ class SpeakerEncoder:
         out = self.session.run(None, {self.input_name: batch})[0]
         return [out[i].reshape(-1) for i in range(len(feats))]
 
-    def embed(
-        self, feats: Sequence[np.ndarray], batch_size: int = 16, executor: Executor | None = None
-    ) -> np.ndarray:
+    def embed(self, feats: Sequence[np.ndarray], batch_size: int = 16, executor: Executor | None = None) -> np.ndarray:
         """(T_i, 80) float32 fbanks -> (B, 192) float32 raw embeddings, in input order.
 
         Inputs are batched when padding was proven exact for this model, else only equal lengths
@@ -58,9 +56,7 @@ class SpeakerEncoder:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         size = batch_size if self.batches_enabled else 1
         plan = plan_batches([f.shape[0] for f in feats], size, self.padding_exact)
-        runs = [
-            executor.submit(self._run_padded, [feats[i] for i in g]) if executor else None for g in plan.groups
-        ]
+        runs = [executor.submit(self._run_padded, [feats[i] for i in g]) if executor else None for g in plan.groups]
         out: list[np.ndarray | None] = [None] * len(feats)
         for group, run in zip(plan.groups, runs, strict=True):
             vecs = run.result() if run is not None else self._run_padded([feats[i] for i in group])

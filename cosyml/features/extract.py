@@ -353,14 +353,22 @@ def extract_split(
     utts = list(utt2wav)
     # Features depend on the audio itself, not only on the list: re-preparing with other settings
     # rewrites the wavs under the same names, so their bytes are part of the fingerprint.
-    fingerprint = {**extractor.fingerprint, "wav_scp_sha256": _sha256(split_dir / "wav.scp"),
-                   "wavs_sha256": _audio_digest(utts, utt2wav, split_dir)}
+    fingerprint = {
+        **extractor.fingerprint,
+        "wav_scp_sha256": _sha256(split_dir / "wav.scp"),
+        "wavs_sha256": _audio_digest(utts, utt2wav, split_dir),
+    }
     if _outputs_up_to_date(out, utts, fingerprint):
         report = json.loads((out / REPORT_FILE).read_text(encoding="utf-8"))
         no_tokens = list(report.get("no_tokens_over_30s", []))
         return SplitResult(
-            split_dir.name, len(utts), len(utts), len(utts) - len(no_tokens), no_tokens=no_tokens,
-            num_token_mel_mismatch=int(report.get("token_mel_mismatch", 0)), num_resumed=len(utts),
+            split_dir.name,
+            len(utts),
+            len(utts),
+            len(utts) - len(no_tokens),
+            no_tokens=no_tokens,
+            num_token_mel_mismatch=int(report.get("token_mel_mismatch", 0)),
+            num_resumed=len(utts),
             skipped_up_to_date=True,
         )
 

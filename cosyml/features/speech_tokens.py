@@ -90,9 +90,7 @@ class SpeechTokenizer:
             return []
         size = batch_size if self.batches_enabled else 1
         plan = plan_batches([m.shape[1] for m in mels], size, self.padding_exact)
-        runs = [
-            executor.submit(self._run_padded, [mels[i] for i in g]) if executor else None for g in plan.groups
-        ]
+        runs = [executor.submit(self._run_padded, [mels[i] for i in g]) if executor else None for g in plan.groups]
         out: list[list[int]] = [[] for _ in mels]
         for group, run in zip(plan.groups, runs, strict=True):
             ids_list = run.result() if run is not None else self._run_padded([mels[i] for i in group])

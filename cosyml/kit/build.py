@@ -122,7 +122,9 @@ def build_kit(
     expected_dims = KitDims if version == "cosyvoice2" else KitDimsV3
     dims = dims or (DEFAULT_KIT_DIMS if version == "cosyvoice2" else DEFAULT_KIT_DIMS_V3)
     if not isinstance(dims, expected_dims):
-        raise TypeError(f"build_kit(version={version!r}) needs {expected_dims.__name__} dims, got {type(dims).__name__}")
+        raise TypeError(
+            f"build_kit(version={version!r}) needs {expected_dims.__name__} dims, got {type(dims).__name__}"
+        )
     model_dir = Path(model_dir)
     with torch.random.fork_rng(devices=[]):  # the ONNX / whisper / weight writers seed the global RNG
         return _write_kit(model_dir, seed, dims, version, official_text_ids)

@@ -92,9 +92,14 @@ def export_campplus(path: str | Path, seed: int = 0, width: int = 32, depth: int
     model = TinyCampPlus(width=width, depth=depth).eval()
     example = torch.randn(1, 120, 80)
     torch.onnx.export(
-        model, (example,), str(path), input_names=["input"], output_names=["output"],
+        model,
+        (example,),
+        str(path),
+        input_names=["input"],
+        output_names=["output"],
         dynamic_axes={"input": {0: "batch", 1: "frames"}, "output": {0: "batch"}},
-        opset_version=ONNX_OPSET, dynamo=False,
+        opset_version=ONNX_OPSET,
+        dynamo=False,
     )
     return path
 
@@ -108,10 +113,18 @@ def export_speech_tokenizer(path: str | Path, seed: int = 0, width: int = 32, de
     feats = torch.randn(1, 128, 203)
     lengths = torch.tensor([203], dtype=torch.int32)
     torch.onnx.export(
-        model, (feats, lengths), str(path), input_names=["feats", "feats_length"], output_names=["indices"],
-        dynamic_axes={"feats": {0: "batch", 2: "frames"}, "feats_length": {0: "batch"},
-                      "indices": {0: "batch", 1: "tokens"}},
-        opset_version=ONNX_OPSET, dynamo=False,
+        model,
+        (feats, lengths),
+        str(path),
+        input_names=["feats", "feats_length"],
+        output_names=["indices"],
+        dynamic_axes={
+            "feats": {0: "batch", 2: "frames"},
+            "feats_length": {0: "batch"},
+            "indices": {0: "batch", 1: "tokens"},
+        },
+        opset_version=ONNX_OPSET,
+        dynamo=False,
     )
     return path
 

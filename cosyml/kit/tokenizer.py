@@ -71,9 +71,7 @@ def _train_bpe(vocab_size: int):
     return tok
 
 
-def write_tiny_tokenizer(
-    model_dir: str | Path, vocab_size: int = BASE_VOCAB_SIZE, official_ids: bool = False
-) -> Path:
+def write_tiny_tokenizer(model_dir: str | Path, vocab_size: int = BASE_VOCAB_SIZE, official_ids: bool = False) -> Path:
     """Write ``<model_dir>/CosyVoice-BlankEN/{vocab.json, merges.txt, tokenizer_config.json}``.
 
     ``official_ids``: pad the vocabulary so the special tokens get the official ids (see the module doc).

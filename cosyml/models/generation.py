@@ -220,8 +220,13 @@ def decode_steps(
         step_input = llm.speech_embedding.weight[torch.tensor(feed, device=device)].unsqueeze(1)  # (B, 1, D)
         if mask is not None and next_position is not None:
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            out = backbone(inputs_embeds=step_input, attention_mask=mask, position_ids=next_position,
-                           past_key_values=cache, use_cache=True)
+            out = backbone(
+                inputs_embeds=step_input,
+                attention_mask=mask,
+                position_ids=next_position,
+                past_key_values=cache,
+                use_cache=True,
+            )
             next_position = next_position + 1
         else:
             out = backbone(inputs_embeds=step_input, past_key_values=cache, use_cache=True)
@@ -229,7 +234,9 @@ def decode_steps(
         hidden = out.last_hidden_state[:, -1]
 
 
-def decode_one(llm: Qwen2LM, row: DecodeRow, scores_out: list[torch.Tensor] | None = None) -> Generator[int, None, None]:
+def decode_one(
+    llm: Qwen2LM, row: DecodeRow, scores_out: list[torch.Tensor] | None = None
+) -> Generator[int, None, None]:
     """Yield the speech tokens of one row as they are decoded (stop id not yielded), unpadded."""
     for _, token in decode_steps(llm, [row], None if scores_out is None else [scores_out]):
         yield token

@@ -245,8 +245,12 @@ class HiFT(SpectralStages, nn.Module):
         self.source_downs = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
         for i, (kernel, dilations, factor) in enumerate(
-            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, self._source_down_factors(),
-                strict=True)
+            zip(
+                cfg.source_resblock_kernel_sizes,
+                cfg.source_resblock_dilation_sizes,
+                self._source_down_factors(),
+                strict=True,
+            )
         ):
             if factor == 1:
                 down = nn.Conv1d(spec_channels, cfg.channels(i), 1)

@@ -122,8 +122,12 @@ class CausalHiFT(SpectralStages, nn.Module):
         self.source_downs = nn.ModuleList()
         self.source_resblocks = nn.ModuleList()
         for i, (kernel, dilations, factor) in enumerate(
-            zip(cfg.source_resblock_kernel_sizes, cfg.source_resblock_dilation_sizes, self._source_down_factors(),
-                strict=True)
+            zip(
+                cfg.source_resblock_kernel_sizes,
+                cfg.source_resblock_dilation_sizes,
+                self._source_down_factors(),
+                strict=True,
+            )
         ):
             down: nn.Module
             if factor == 1:
@@ -187,9 +191,7 @@ class CausalHiFT(SpectralStages, nn.Module):
             raise ValueError(f"source noise has {noise.additive.shape[1]} samples; {samples} are needed")
         phase = noise.initial_phase.to(f0.device)
         additive = noise.additive[:, :samples].to(f0.device)
-        expanded = SourceNoise(
-            initial_phase=phase.expand(batch, -1), additive=additive.expand(batch, -1, -1)
-        )
+        expanded = SourceNoise(initial_phase=phase.expand(batch, -1), additive=additive.expand(batch, -1, -1))
         return self.m_source(f0, expanded)
 
     def decode(self, speech_feat: torch.Tensor, source: torch.Tensor, finalize: bool = True) -> torch.Tensor:

@@ -197,7 +197,10 @@ class CausalF0Predictor(nn.Module):
 
     def __init__(self, in_channels: int = 80, cond_channels: int = 512, num_class: int = 1) -> None:
         super().__init__()
-        layers: list[nn.Module] = [weight_normed(CausalConv1d(in_channels, cond_channels, 4, look_ahead=True)), nn.ELU()]
+        layers: list[nn.Module] = [
+            weight_normed(CausalConv1d(in_channels, cond_channels, 4, look_ahead=True)),
+            nn.ELU(),
+        ]
         for _ in range(4):
             layers += [weight_normed(CausalConv1d(cond_channels, cond_channels, 3)), nn.ELU()]
         self.condnet = nn.Sequential(*layers)

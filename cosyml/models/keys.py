@@ -58,5 +58,6 @@ def is_stale_export(name: str) -> bool:
     """Whether a model-directory entry ``name`` is an export derived from llm/flow weights."""
     return name in STALE_EXPORT_DIRS or any(fnmatch.fnmatch(name, pattern) for pattern in STALE_EXPORT_GLOBS)
 
+
 # Text token id of "<|endofprompt|>" in the official tokenizer (v3 asserts it in every prompt).
 END_OF_PROMPT_ID = 151646

@@ -249,7 +249,9 @@ class Qwen2LM(nn.Module):
         instruct_len = [0] * b
         if not self.layout.separate_sos_table:  # v3: every row starts with its instruct text
             if "instruct_token" not in batch:
-                raise InputError("CosyVoice3 training batch has no 'instruct_token'; prepare data with an instruct text")
+                raise InputError(
+                    "CosyVoice3 training batch has no 'instruct_token'; prepare data with an instruct text"
+                )
             instruct_token = batch["instruct_token"].to(device)
             instruct_len = batch["instruct_token_len"].tolist()
         text_emb = self.text_embedding(text_token)  # (B, Lt, D)
@@ -363,9 +365,14 @@ class Qwen2LM(nn.Module):
         The loop is :func:`cosyml.models.generation.decode_one`.
         """
         row = DecodeRow(
-            text=text, prompt_text=prompt_text, prompt_speech=prompt_speech_token,
-            sampling=sampling or self.config.sampling, min_token_text_ratio=min_token_text_ratio,
-            max_token_text_ratio=max_token_text_ratio, max_tokens=max_tokens, generator=generator,
+            text=text,
+            prompt_text=prompt_text,
+            prompt_speech=prompt_speech_token,
+            sampling=sampling or self.config.sampling,
+            min_token_text_ratio=min_token_text_ratio,
+            max_token_text_ratio=max_token_text_ratio,
+            max_tokens=max_tokens,
+            generator=generator,
         )
         return decode_one(self, row, scores_out)
 
@@ -419,7 +426,9 @@ def _qwen_dir_from_yaml(config: Mapping[str, Any]) -> Path:
     value = inner.get("pretrain_path") if isinstance(inner, Tagged) else None
     value = value or config.get("qwen_pretrain_path")
     if not value:
-        raise ModelDirError("model yaml: no qwen_pretrain_path; read the yaml through ModelDir so it points at CosyVoice-BlankEN")
+        raise ModelDirError(
+            "model yaml: no qwen_pretrain_path; read the yaml through ModelDir so it points at CosyVoice-BlankEN"
+        )
     return Path(str(value))
 
 

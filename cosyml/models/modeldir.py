@@ -116,7 +116,7 @@ def parse_hparams(config: Mapping[str, Any], version: Version, path: str | Path)
 
 
 def detect_version(root: str | Path, default: Version | None = None) -> Version:
-    """"v2" or "v3" from the yaml a model directory holds: the one version detector of the package.
+    """ "v2" or "v3" from the yaml a model directory holds: the one version detector of the package.
 
     A directory holding both ``cosyvoice2.yaml`` and ``cosyvoice3.yaml`` is an error (upstream's
     AutoModel would silently take v2 while the weights may be v3): one line says which to remove.
@@ -147,7 +147,9 @@ class ModelDir:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
-            raise ModelDirError(f"{self.root}: model directory not found; pass the folder that holds cosyvoice2.yaml or cosyvoice3.yaml")
+            raise ModelDirError(
+                f"{self.root}: model directory not found; pass the folder that holds cosyvoice2.yaml or cosyvoice3.yaml"
+            )
         self.version: Version = self._detect_version()
         self.yaml_path = self.root / keys.YAML_NAME[self.version]
         self.qwen_dir = self.root / keys.QWEN_DIR_NAME
@@ -206,7 +208,9 @@ class ModelDir:
                 required.append((self.qwen_dir / name, "the official CosyVoice-BlankEN folder"))
         if frontend:
             required.append((self.campplus_path, "campplus.onnx from the official release"))
-            required.append((self.speech_tokenizer_path, f"{self.speech_tokenizer_path.name} from the official release"))
+            required.append(
+                (self.speech_tokenizer_path, f"{self.speech_tokenizer_path.name} from the official release")
+            )
         for path, what in required:
             if not path.is_file():
                 raise ModelDirError(f"{path}: missing; copy {what} into {self.root}")
@@ -214,7 +218,6 @@ class ModelDir:
                 raise ModelDirError(f"{path}: empty file (interrupted download?); copy {what} again")
         for name in ("config.json", "vocab.json", "tokenizer_config.json", "tokenizer.json"):
             check_json(self.qwen_dir / name, "the official CosyVoice-BlankEN folder")
-
 
     def write_weights(self, part: Part, module: torch.nn.Module) -> Path:
         """Save ``module`` as this directory's ``<part>.pt`` and delete exports derived from old weights."""
@@ -226,6 +229,7 @@ class ModelDir:
 
 # --------------------------------------------------------------------------------------------------
 # State dicts
+
 
 def check_json(path: Path, what: str) -> None:
     """One line when a model-directory JSON file exists but does not parse (truncated, edited by hand)."""
@@ -270,7 +274,9 @@ def load_state_dict_file(path: str | Path, part: Part | None = None) -> StateDic
             f"{path}: cannot be read with torch.load(weights_only=True) ({reason[:120]}); replace it with an official file"
         ) from None
     if not isinstance(loaded, Mapping):
-        raise ModelDirError(f"{path}: holds a {type(loaded).__name__}, not a state dict; save model.state_dict() instead")
+        raise ModelDirError(
+            f"{path}: holds a {type(loaded).__name__}, not a state dict; save model.state_dict() instead"
+        )
     nested = loaded.get("model")
     if isinstance(nested, Mapping) and nested and all(isinstance(v, torch.Tensor) for v in nested.values()):
         loaded = nested  # a cosyml training checkpoint (cosyml.train.checkpoint)
@@ -279,7 +285,9 @@ def load_state_dict_file(path: str | Path, part: Part | None = None) -> StateDic
         if key in keys.TRAINING_ONLY_KEYS and not isinstance(value, torch.Tensor):
             continue
         if not isinstance(value, torch.Tensor):
-            raise ModelDirError(f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor; this is not a weight file")
+            raise ModelDirError(
+                f"{path}: entry '{key}' is a {type(value).__name__}, not a tensor; this is not a weight file"
+            )
         state[str(key)] = value
     if part == "hift" and any(k.startswith(keys.HIFT_STRIP_PREFIX) for k in state):
         prefix = keys.HIFT_STRIP_PREFIX

@@ -18,9 +18,7 @@ from cosyml.models.yaml_io import Tagged
 __all__ = ["build_hift"]
 
 
-def build_hift(
-    config: Mapping[str, Any] | Tagged | HiFTConfig, path: str | Path = "model yaml"
-) -> HiFT | CausalHiFT:
+def build_hift(config: Mapping[str, Any] | Tagged | HiFTConfig, path: str | Path = "model yaml") -> HiFT | CausalHiFT:
     """Construct a randomly initialised vocoder from a parsed model yaml (or a config).
 
     The yaml's class picks it: ``HiFTGenerator`` -> :class:`HiFT` (CosyVoice2), ``CausalHiFTGenerator``

@@ -162,7 +162,9 @@ def read_model_yaml(path: str | Path, overrides: dict[str, Any] | None = None) -
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelDirError(f"{path}: model yaml not found; the model directory needs cosyvoice2.yaml or cosyvoice3.yaml")
+        raise ModelDirError(
+            f"{path}: model yaml not found; the model directory needs cosyvoice2.yaml or cosyvoice3.yaml"
+        )
     try:
         raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader)
     except yaml.YAMLError as exc:

@@ -116,8 +116,16 @@ def check_model_dir(path: str | Path) -> ModelDirReport:
             f"copy {md.speech_tokenizer_path.name} from the same release as {md.yaml_path.name}"
         )
     md.check()
-    names = [md.yaml_path, md.llm_path, md.flow_path, md.hift_path, md.campplus_path, md.speech_tokenizer_path,
-             md.speech_tokenizer_batch_path, md.spk2info_path]
+    names = [
+        md.yaml_path,
+        md.llm_path,
+        md.flow_path,
+        md.hift_path,
+        md.campplus_path,
+        md.speech_tokenizer_path,
+        md.speech_tokenizer_batch_path,
+        md.spk2info_path,
+    ]
     files = [(p.name, p.stat().st_size) for p in names if p.is_file()]
     files.append((f"{md.qwen_dir.name}/", sum(p.stat().st_size for p in md.qwen_dir.rglob("*") if p.is_file())))
     return ModelDirReport(md.root, md.version, files)
@@ -181,8 +189,13 @@ def check_whisper(path: str | Path) -> WhisperReport:
     if not isinstance(dims, dict) or not isinstance(data.get("model_state_dict"), dict):
         raise InputError(f"{path}: not a Whisper checkpoint (no dims/model_state_dict); {hint}")
     try:
-        return WhisperReport(path, int(dims["n_mels"]), int(dims["n_audio_layer"]), int(dims["n_audio_state"]),
-                             int(dims["n_vocab"]) >= 51865)
+        return WhisperReport(
+            path,
+            int(dims["n_mels"]),
+            int(dims["n_audio_layer"]),
+            int(dims["n_audio_state"]),
+            int(dims["n_vocab"]) >= 51865,
+        )
     except (KeyError, TypeError, ValueError):
         raise InputError(f"{path}: Whisper checkpoint with incomplete dims; {hint}") from None
 
@@ -205,7 +218,11 @@ def project_params(
         base,
         model_dir=model_dir,
         prepare=dataclasses.replace(
-            base.prepare, speaker=speaker, inputs=list(inputs), whisper_model=whisper, language=language,
+            base.prepare,
+            speaker=speaker,
+            inputs=list(inputs),
+            whisper_model=whisper,
+            language=language,
             transcribe=bool(whisper),
         ),
         evaluate=dataclasses.replace(base.evaluate, test_sets=test_sets),
@@ -326,7 +343,9 @@ def _run(cmd: list[str], cwd: Path) -> None:
     try:
         result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     except FileNotFoundError:
-        raise InputError(f"`{cmd[0]}` not found; install it (git, and dvc comes with cosyml) and rerun cosyml init") from None
+        raise InputError(
+            f"`{cmd[0]}` not found; install it (git, and dvc comes with cosyml) and rerun cosyml init"
+        ) from None
     if result.returncode != 0:
         last = (result.stderr or result.stdout).strip().splitlines()
         raise InputError(f"{cwd}: `{' '.join(cmd)}` failed: {last[-1] if last else result.returncode}")

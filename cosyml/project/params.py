@@ -86,7 +86,7 @@ def render_params(params: Params, header: str, include_kit: bool = False, notes:
         lines.extend(f"# {line}" for line in section_note.splitlines())
         lines.append(f"{f.name}:")
         prefix = f"{f.name}."
-        _emit(value, 2, lines, {k[len(prefix):]: v for k, v in notes.items() if k.startswith(prefix)})
+        _emit(value, 2, lines, {k[len(prefix) :]: v for k, v in notes.items() if k.startswith(prefix)})
     return "\n".join(lines) + "\n"
 
 

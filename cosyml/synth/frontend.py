@@ -68,7 +68,9 @@ class TextFrontend:
         pieces = normalizer.normalize_and_split(text, self.tokenizer.encode) if split else [normalizer.normalize(text)]
         pieces = [p for p in pieces if p.strip() and not is_only_punctuation(p.strip())]
         if not pieces:
-            raise EmptyTextError(f"text {_clip(text)!r} has nothing speakable after normalisation; pass words, not only punctuation")
+            raise EmptyTextError(
+                f"text {_clip(text)!r} has nothing speakable after normalisation; pass words, not only punctuation"
+            )
         return pieces
 
     def tts_text(self, segment: str, llm_has_prompt: bool) -> str:
@@ -132,7 +134,9 @@ PROMPT_CACHE_SIZE = 16
 class PromptFrontend:
     """The two ONNX models of a model directory and the flow mel settings; sessions open on first use."""
 
-    def __init__(self, campplus_path: Path, speech_tokenizer_path: Path, mel_config: MelConfig, device: str = "cpu") -> None:
+    def __init__(
+        self, campplus_path: Path, speech_tokenizer_path: Path, mel_config: MelConfig, device: str = "cpu"
+    ) -> None:
         self.campplus_path = campplus_path
         self.speech_tokenizer_path = speech_tokenizer_path
         self.mel_config = mel_config
@@ -221,7 +225,9 @@ def _as_embedding(value: Any, where: str, dim: int) -> torch.Tensor:
         raise UnknownSpeakerError(f"{where}: not a {dim}-value speaker embedding") from None
     tensor = tensor.float().reshape(-1)
     if tensor.numel() != dim or not torch.isfinite(tensor).all():
-        raise UnknownSpeakerError(f"{where}: speaker embedding has {tensor.numel()} values, expected {dim} finite values")
+        raise UnknownSpeakerError(
+            f"{where}: speaker embedding has {tensor.numel()} values, expected {dim} finite values"
+        )
     return tensor.reshape(1, dim)
 
 
@@ -250,7 +256,9 @@ def load_speaker_file(path: str | Path, dim: int = 192) -> dict[str, Speaker]:
     """Speakers of ``path``: a spk2info.pt / spk2embedding.pt dict, or one embedding (named after the file)."""
     path = Path(path)
     if not path.is_file():
-        raise UnknownSpeakerError(f"{path}: speaker file not found; pass spk2info.pt, spk2embedding.pt or an embedding file")
+        raise UnknownSpeakerError(
+            f"{path}: speaker file not found; pass spk2info.pt, spk2embedding.pt or an embedding file"
+        )
     try:
         if path.suffix == ".npy":
             data: Any = np.load(path, allow_pickle=False)
@@ -258,7 +266,9 @@ def load_speaker_file(path: str | Path, dim: int = 192) -> dict[str, Speaker]:
             data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # any decoding failure is a bad user file
         reason = str(exc).strip().splitlines()[0][:100] if str(exc).strip() else type(exc).__name__
-        raise UnknownSpeakerError(f"{path}: cannot read speaker file ({reason}); pass a torch.save'd dict or tensor") from None
+        raise UnknownSpeakerError(
+            f"{path}: cannot read speaker file ({reason}); pass a torch.save'd dict or tensor"
+        ) from None
     if isinstance(data, Mapping):
         return {str(name): _entry_to_speaker(str(name), entry, str(path), dim) for name, entry in data.items()}
     return {path.stem: Speaker(path.stem, _as_embedding(data, str(path), dim))}

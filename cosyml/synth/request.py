@@ -92,8 +92,10 @@ class SynthRequest:
             raise SynthParamError(f"text must be one string, got {type(self.text).__name__}")
         if not self.text.strip():
             raise EmptyTextError("text is empty; pass the words to speak")
-        if self.mode in ("zero_shot", "cross_lingual") and self.prompt_wav is None and not (
-            self.mode == "zero_shot" and self.speaker
+        if (
+            self.mode in ("zero_shot", "cross_lingual")
+            and self.prompt_wav is None
+            and not (self.mode == "zero_shot" and self.speaker)
         ):
             raise SynthParamError(f"mode {self.mode} needs a prompt wav (--prompt-wav)")
         if self.mode == "zero_shot" and self.prompt_wav is not None and not (self.prompt_text or "").strip():

@@ -30,7 +30,9 @@ def resolve_source(source: str | Path, part: Part) -> str:
     if path.is_dir():
         path = path / WEIGHT_FILE[part]
     if not path.is_file():
-        raise ModelDirError(f"{path}: {part} weights not found; pass a {WEIGHT_FILE[part]}, a checkpoint file or 'base'")
+        raise ModelDirError(
+            f"{path}: {part} weights not found; pass a {WEIGHT_FILE[part]}, a checkpoint file or 'base'"
+        )
     return str(path.resolve())
 
 
@@ -44,7 +46,12 @@ def _cpu_copy(state: StateDict) -> StateDict:
     copies: dict[tuple[int, int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
     out: StateDict = {}
     for key, value in state.items():
-        ident = (value.untyped_storage().data_ptr(), int(value.storage_offset()), tuple(value.shape), tuple(value.stride()))
+        ident = (
+            value.untyped_storage().data_ptr(),
+            int(value.storage_offset()),
+            tuple(value.shape),
+            tuple(value.stride()),
+        )
         if ident not in copies or value.numel() == 0:
             copies[ident] = value.detach().to("cpu", copy=True)
         out[key] = copies[ident]

@@ -26,13 +26,41 @@ EN_STOPS = (".", "?", "!", ";", ":")
 CLOSING_QUOTES = ('"', "”")
 
 _ONES = [
-    "zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
-    "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen", "nineteen",
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
 ]
 _TENS = ["_", "_", "twenty", "thirty", "forty", "fifty", "sixty", "seventy", "eighty", "ninety"]
 _SCALES = (
-    "", "thousand", "million", "billion", "trillion", "quadrillion", "quintillion", "sextillion",
-    "septillion", "octillion", "nonillion", "decillion",
+    "",
+    "thousand",
+    "million",
+    "billion",
+    "trillion",
+    "quadrillion",
+    "quintillion",
+    "sextillion",
+    "septillion",
+    "octillion",
+    "nonillion",
+    "decillion",
 )
 
 
@@ -72,9 +100,9 @@ def number_to_words(digits: str) -> str:
         groups.append(group)
     if len(groups) > len(_SCALES):
         return " ".join(_ONES[int(d)] for d in digits)
-    parts = [
-        (i, _below_thousand(g) + (f" {_SCALES[i]}" if _SCALES[i] else "")) for i, g in enumerate(groups) if g
-    ][::-1]
+    parts = [(i, _below_thousand(g) + (f" {_SCALES[i]}" if _SCALES[i] else "")) for i, g in enumerate(groups) if g][
+        ::-1
+    ]
     text = parts[0][1]
     for i, words in parts[1:]:
         joiner = " and " if i == 0 and groups[0] < 100 else ", "

@@ -21,9 +21,23 @@ ENDOFPROMPT = "<|endofprompt|>"
 
 #: CosyVoice2 additions after the Qwen chat markers, in the official order.
 COSYVOICE2_SPECIALS: tuple[str, ...] = (
-    "<|endofprompt|>", "[breath]", "<strong>", "</strong>", "[noise]", "[laughter]", "[cough]",
-    "[clucking]", "[accent]", "[quick_breath]", "<laughter>", "</laughter>", "[hissing]", "[sigh]",
-    "[vocalized-noise]", "[lipsmack]", "[mn]",
+    "<|endofprompt|>",
+    "[breath]",
+    "<strong>",
+    "</strong>",
+    "[noise]",
+    "[laughter]",
+    "[cough]",
+    "[clucking]",
+    "[accent]",
+    "[quick_breath]",
+    "<laughter>",
+    "</laughter>",
+    "[hissing]",
+    "[sigh]",
+    "[vocalized-noise]",
+    "[lipsmack]",
+    "[mn]",
 )
 
 _CMU_PHONES = (

@@ -76,7 +76,9 @@ class Featurizer:
     token_mel_ratio: int = 2
 
 
-def default_featurizer(encode_text: Callable[[str], list[int]], mel_config: Any = None, with_mel: bool = True) -> Featurizer:
+def default_featurizer(
+    encode_text: Callable[[str], list[int]], mel_config: Any = None, with_mel: bool = True
+) -> Featurizer:
     """The production featurizer: our flow mel (``cosyml.features.mel``) and the mid-2025 trim rule.
 
     ``mel_config``: a :class:`cosyml.features.mel.MelConfig` (the model yaml's ``feat_extractor``).

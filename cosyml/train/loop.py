@@ -223,7 +223,9 @@ class TrainResult:
     history: list[EpochResult] = field(default_factory=list)
 
 
-def resolve_settings(cfg: TrainConfig, model_train_conf: Mapping[str, Any] | None, steps_per_epoch: int) -> OptimSettings:
+def resolve_settings(
+    cfg: TrainConfig, model_train_conf: Mapping[str, Any] | None, steps_per_epoch: int
+) -> OptimSettings:
     """Merge TrainConfig over the model yaml's ``train_conf`` (over upstream's SFT values)."""
     yaml_conf = {**UPSTREAM_TRAIN_CONF, **dict(model_train_conf or {})}
     optim = cfg.optim or str(yaml_conf["optim"])
@@ -447,7 +449,13 @@ def train(
             callbacks.log(summary, step)
 
     def checkpoint(
-        name: str, kind: str, epoch: int, next_epoch: int, next_batch: int, cv: tuple[Any, ...] = (), is_best: bool = False
+        name: str,
+        kind: str,
+        epoch: int,
+        next_epoch: int,
+        next_batch: int,
+        cv: tuple[Any, ...] = (),
+        is_best: bool = False,
     ) -> CheckpointInfo:
         rngs = ddp.gather_objects(capture_rng(), info)  # collective: every rank calls it
         record = CheckpointInfo(

@@ -217,12 +217,24 @@ def main() -> None:
     token = torch.randint(0, vocab, (1, 8), generator=gen)
     spk = torch.randn(1, 192, generator=gen)
     io.update(
-        {"infer.token": token, "infer.prompt_token": prompt_token, "infer.prompt_feat": prompt_feat, "infer.embedding": spk}
+        {
+            "infer.token": token,
+            "infer.prompt_token": prompt_token,
+            "infer.prompt_feat": prompt_feat,
+            "infer.embedding": spk,
+        }
     )
     for streaming, finalize in ((False, True), (True, False), (True, True)):
         mel, _ = flow.inference(
-            token, torch.tensor([8]), prompt_token, torch.tensor([6]), prompt_feat, torch.tensor([12]), spk,
-            streaming=streaming, finalize=finalize,
+            token,
+            torch.tensor([8]),
+            prompt_token,
+            torch.tensor([6]),
+            prompt_feat,
+            torch.tensor([12]),
+            spk,
+            streaming=streaming,
+            finalize=finalize,
         )
         io[f"infer.mel.streaming{int(streaming)}.finalize{int(finalize)}"] = mel.clone()
         print(f"inference streaming={streaming} finalize={finalize}: mel {tuple(mel.shape)}")

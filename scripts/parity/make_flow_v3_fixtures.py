@@ -140,18 +140,37 @@ def main() -> None:
     token = torch.randint(0, vocab, (1, 8), generator=gen)
     spk = torch.randn(1, 192, generator=gen)
     io.update(
-        {"infer.token": token, "infer.prompt_token": prompt_token, "infer.prompt_feat": prompt_feat, "infer.embedding": spk}
+        {
+            "infer.token": token,
+            "infer.prompt_token": prompt_token,
+            "infer.prompt_feat": prompt_feat,
+            "infer.embedding": spk,
+        }
     )
     for streaming, finalize in ((False, True), (True, False), (True, True)):
         mel, _ = flow.inference(
-            token, torch.tensor([8]), prompt_token, torch.tensor([6]), prompt_feat, torch.tensor([12]), spk,
-            streaming=streaming, finalize=finalize,
+            token,
+            torch.tensor([8]),
+            prompt_token,
+            torch.tensor([6]),
+            prompt_feat,
+            torch.tensor([12]),
+            spk,
+            streaming=streaming,
+            finalize=finalize,
         )
         io[f"infer.mel.streaming{int(streaming)}.finalize{int(finalize)}"] = mel.clone()
         print(f"inference streaming={streaming} finalize={finalize}: mel {tuple(mel.shape)}")
     mel, _ = flow.inference(
-        token, torch.tensor([8]), prompt_token[:, :0], torch.tensor([0]), prompt_feat[:, :0], torch.tensor([0]), spk,
-        streaming=False, finalize=True,
+        token,
+        torch.tensor([8]),
+        prompt_token[:, :0],
+        torch.tensor([0]),
+        prompt_feat[:, :0],
+        torch.tensor([0]),
+        spk,
+        streaming=False,
+        finalize=True,
     )
     io["infer.mel.noprompt"] = mel.clone()
     print(f"inference without prompt: mel {tuple(mel.shape)}")

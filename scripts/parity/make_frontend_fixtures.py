@@ -114,10 +114,12 @@ def main() -> None:
     front.device = torch.device("cpu")
     option = onnxruntime.SessionOptions()
     option.intra_op_num_threads = 1
-    front.campplus_session = onnxruntime.InferenceSession(str(out / "campplus.onnx"), option,
-                                                          providers=["CPUExecutionProvider"])
-    front.speech_tokenizer_session = onnxruntime.InferenceSession(str(out / "speech_tokenizer_v2.onnx"), option,
-                                                                  providers=["CPUExecutionProvider"])
+    front.campplus_session = onnxruntime.InferenceSession(
+        str(out / "campplus.onnx"), option, providers=["CPUExecutionProvider"]
+    )
+    front.speech_tokenizer_session = onnxruntime.InferenceSession(
+        str(out / "speech_tokenizer_v2.onnx"), option, providers=["CPUExecutionProvider"]
+    )
     results: dict[str, object] = {"embeddings": {}, "speech_tokens": {}}
     for name in _clips():
         wav = str(out / f"{name}.wav")
@@ -153,8 +155,24 @@ def main() -> None:
         "no_split": [front.text_normalize(t, split=False) for t in NORMALIZE_TEXTS],
         "split": [front.text_normalize(t, split=True) for t in NORMALIZE_TEXTS],
     }
-    numbers = ["0", "7", "13", "21", "100", "101", "999", "1000", "1001", "1100", "1234", "2024", "1000001",
-               "12345678", "007", "123456789012"]
+    numbers = [
+        "0",
+        "7",
+        "13",
+        "21",
+        "100",
+        "101",
+        "999",
+        "1000",
+        "1001",
+        "1100",
+        "1234",
+        "2024",
+        "1000001",
+        "12345678",
+        "007",
+        "123456789012",
+    ]
     results["inflect"] = {n: inflect.engine().number_to_words(n) for n in numbers}
 
     commit = subprocess.run(["git", "-C", args.upstream, "rev-parse", "HEAD"], capture_output=True, text=True)

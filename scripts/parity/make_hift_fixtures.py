@@ -149,9 +149,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--upstream", type=Path, default=Path("/work/upstream/CosyVoice"))
     parser.add_argument("--out", type=Path, default=Path("tests/fixtures/parity/hift"))
-    parser.add_argument(
-        "--tsv", type=Path, default=Path("/work/shared/reference/upstream-state-dicts.tsv")
-    )
+    parser.add_argument("--tsv", type=Path, default=Path("/work/shared/reference/upstream-state-dicts.tsv"))
     args = parser.parse_args()
     torch.set_num_threads(1)
     generator, f0_module = _import_upstream(args.upstream.resolve())
@@ -236,11 +234,7 @@ def main() -> None:
     }
     (args.out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
 
-    rows = [
-        line
-        for line in args.tsv.read_text().splitlines()
-        if line.startswith("v2\thift.pt\t")
-    ]
+    rows = [line for line in args.tsv.read_text().splitlines() if line.startswith("v2\thift.pt\t")]
     (args.out / "v2_hift_keys.tsv").write_text("\n".join(rows) + "\n")
     print(f"wrote {args.out} ({len(state)} tiny keys, {len(rows)} full-size rows, upstream {commit[:7]})")
 

@@ -118,9 +118,16 @@ def main() -> None:
     torch.manual_seed(SEED_STREAM)
     chunks = [o["tts_speech"][0].clone() for o in model.tts(stream=True, **common)]
     assert len(chunks) == len(calls)
-    runs["stream"] = {"seed": SEED_STREAM, "calls": list(calls), "tokens": torch.tensor(stream_tokens), "chunks": chunks}
-    print(f"stream: {len(calls)} vocoder calls, mel frames {[c['mel'].shape[2] for c in calls]}, "
-          f"cache {[c['cache_source'].shape[2] for c in calls]}")
+    runs["stream"] = {
+        "seed": SEED_STREAM,
+        "calls": list(calls),
+        "tokens": torch.tensor(stream_tokens),
+        "chunks": chunks,
+    }
+    print(
+        f"stream: {len(calls)} vocoder calls, mel frames {[c['mel'].shape[2] for c in calls]}, "
+        f"cache {[c['cache_source'].shape[2] for c in calls]}"
+    )
 
     calls.clear()
     torch.manual_seed(SEED_SEGMENTS)

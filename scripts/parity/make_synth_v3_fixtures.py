@@ -233,7 +233,9 @@ def main() -> None:
     parser.add_argument("--upstream", default="/work/upstream/CosyVoice")
     parser.add_argument("--matcha", default="/work/upstream/paimon/third_party/Matcha-TTS")
     parser.add_argument("--transformers-path", default="/work/upstream/tf4513")
-    parser.add_argument("--kit", default="/work/upstream/kits/v3", help="cosyml kit DIR --version cosyvoice3 --official-text-ids")
+    parser.add_argument(
+        "--kit", default="/work/upstream/kits/v3", help="cosyml kit DIR --version cosyvoice3 --official-text-ids"
+    )
     parser.add_argument(
         "--part",
         choices=("llm", "token2wav"),

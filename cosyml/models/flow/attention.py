@@ -48,9 +48,7 @@ def relative_sinusoids(size: int, d_model: int, device: torch.device, dtype: tor
     -(size-1). Even channels hold sin(p·w_i), odd channels cos(p·w_i), w_i = 10000^(-2i/D).
     """
     positions = torch.arange(size - 1, -size, -1, dtype=torch.float32, device=device).unsqueeze(1)
-    freqs = torch.exp(
-        torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / d_model)
-    )
+    freqs = torch.exp(torch.arange(0, d_model, 2, dtype=torch.float32, device=device) * -(math.log(10000.0) / d_model))
     angles = positions * freqs
     table = torch.zeros(2 * size - 1, d_model, device=device)
     table[:, 0::2] = torch.sin(angles)

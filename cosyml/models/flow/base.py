@@ -182,4 +182,3 @@ class TokenToMelFlow(nn.Module):
             noise=noise,
         )
         return mel[:, :, prompt_frames:].float()
-

@@ -120,7 +120,9 @@ class FlowConfig:
         _require(enc, "use_cnn_module", True, False, "flow.encoder")
         _require(enc, "use_dynamic_chunk", False, False, "flow.encoder")
         if enc.get("global_cmvn") is not None:
-            raise ModelDirError("model yaml 'flow.encoder.global_cmvn' is set; cosyml supports the CosyVoice2 flow only")
+            raise ModelDirError(
+                "model yaml 'flow.encoder.global_cmvn' is set; cosyml supports the CosyVoice2 flow only"
+            )
         encoder = EncoderConfig(
             input_size=_int(enc, "input_size", None, "flow.encoder"),
             output_size=_int(enc, "output_size", 256, "flow.encoder"),
@@ -386,7 +388,9 @@ def _read_cfm(cfm_node: Any) -> CFMConfig:
         params = params.kwargs().get("content", params.kwargs())
     params = dict(params or {})
     if params.get("solver", "euler") != "euler":
-        raise ModelDirError("model yaml 'flow.decoder.cfm_params.solver' must be 'euler' (the only solver upstream has)")
+        raise ModelDirError(
+            "model yaml 'flow.decoder.cfm_params.solver' must be 'euler' (the only solver upstream has)"
+        )
     cfm = CFMConfig(
         sigma_min=_float(params, "sigma_min", 1e-4, "flow.decoder.cfm_params"),
         t_scheduler=str(params.get("t_scheduler", "cosine")),

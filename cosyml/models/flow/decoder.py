@@ -139,7 +139,9 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, dropout: float, act_fn: str) -> None:
         super().__init__()
         approximate = "tanh" if act_fn == "gelu-approximate" else "none"
-        self.net = nn.ModuleList([GeluProjection(dim, 4 * dim, approximate), nn.Dropout(dropout), nn.Linear(4 * dim, dim)])
+        self.net = nn.ModuleList(
+            [GeluProjection(dim, 4 * dim, approximate), nn.Dropout(dropout), nn.Linear(4 * dim, dim)]
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.net:
@@ -232,7 +234,9 @@ class CausalConditionalDecoder(nn.Module):
         for i, out_width in enumerate(c.channels):
             last = i == len(c.channels) - 1
             resample: nn.Module = CausalConv1d(out_width, out_width, 3) if last else _Downsample(out_width)
-            self.down_blocks.append(Level([CausalResnetBlock(width, out_width, time_dim), transformers(out_width), resample]))
+            self.down_blocks.append(
+                Level([CausalResnetBlock(width, out_width, time_dim), transformers(out_width), resample])
+            )
             width = out_width
         self.mid_blocks = nn.ModuleList(
             Level([CausalResnetBlock(width, width, time_dim), transformers(width)]) for _ in range(c.num_mid_blocks)

@@ -175,7 +175,9 @@ class FeedForward(nn.Module):
         super().__init__()
         inner = int(dim * mult)
         self.ff = nn.Sequential(
-            nn.Sequential(nn.Linear(dim, inner), nn.GELU(approximate="tanh")), nn.Dropout(dropout), nn.Linear(inner, dim)
+            nn.Sequential(nn.Linear(dim, inner), nn.GELU(approximate="tanh")),
+            nn.Dropout(dropout),
+            nn.Linear(inner, dim),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -82,7 +82,9 @@ class UpsampleConformerEncoder(nn.Module):
 
         def blocks(n: int) -> nn.ModuleList:
             return nn.ModuleList(
-                ConformerBlock(d, c.attention_heads, c.linear_units, c.dropout_rate, c.attention_dropout_rate, c.key_bias)
+                ConformerBlock(
+                    d, c.attention_heads, c.linear_units, c.dropout_rate, c.attention_dropout_rate, c.key_bias
+                )
                 for _ in range(n)
             )
 
