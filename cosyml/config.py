@@ -14,6 +14,7 @@ import dataclasses
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -371,7 +372,11 @@ def check_values(obj: Any, prefix: str = "") -> None:
             )
         if obj.slice_min_s >= obj.slice_max_s:
             raise ConfigError(f"{prefix}slice_min_s: {obj.slice_min_s:g} is not below slice_max_s={obj.slice_max_s:g}")
-    section_check = {EvaluateConfig: _check_evaluate, RegistryConfig: _check_registry, TuneConfig: _check_tune}
+    section_check: dict[type, Callable[[Any, str], None]] = {
+        EvaluateConfig: _check_evaluate,
+        RegistryConfig: _check_registry,
+        TuneConfig: _check_tune,
+    }
     if type(obj) in section_check and prefix:
         section_check[type(obj)](obj, prefix.rstrip("."))
 

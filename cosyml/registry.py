@@ -592,7 +592,7 @@ def register_candidates(
                 continue
             stage = Path(tmp) / _sanitize(cand.name)
             stage.mkdir()
-            parts = {p: _stage_part(p, getattr(cand, p), candidates.model_dir, stage, where) for p in ("llm", "flow")}  # type: ignore[arg-type]
+            parts = {p: _stage_part(p, getattr(cand, p), candidates.model_dir, stage, where) for p in ("llm", "flow")}
             weights_hash = hashlib.sha256(
                 f"{base.hash}|{parts['llm'].sha256}|{parts['flow'].sha256}".encode()
             ).hexdigest()

@@ -30,6 +30,7 @@ the home folder start with ``~``. Keys that look like credentials are dropped fr
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -382,7 +383,7 @@ class StageRun:
         clean = [Param(k, mask(v)[:6000]) for k, v in public_params(params).items()]
         for i in range(0, len(clean), 100):  # MLflow takes at most 100 params per batch
             chunk = clean[i : i + 100]
-            self._send("params", "params", lambda chunk=chunk: self._client.log_batch(self.run_id, params=chunk))
+            self._send("params", "params", functools.partial(self._client.log_batch, self.run_id, params=chunk))
 
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if not self.active or not tags:
@@ -666,7 +667,8 @@ def _end_run(
         mlflow.end_run(status)  # pops the run first, then records the status
     except Exception:  # the next stage on this host marks the run (see mark_abandoned_runs)
         with contextlib.suppress(Exception):
-            if mlflow.active_run() is not None and mlflow.active_run().info.run_id == handle.run_id:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == handle.run_id:
                 fluent._active_run_stack.get().pop()
         monitor = fluent.run_id_to_system_metrics_monitor.pop(handle.run_id, None)
         if monitor is not None:

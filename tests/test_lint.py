@@ -28,3 +28,12 @@ def test_ruff_format_clean():
         pytest.skip("ruff is not installed in this environment (it is in the dev extra)")
     result = subprocess.run([ruff, "format", "--check", "."], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 0, "run `ruff format .`:\n" + result.stdout[-4000:]
+
+
+def test_mypy_clean():
+    mypy = shutil.which("mypy") or str(Path(sys.executable).parent / "mypy")
+    if not Path(mypy).exists():
+        pytest.skip("mypy is not installed in this environment (it is in the dev extra)")
+    # configured in pyproject.toml ([tool.mypy]: the package, unused ignores are errors)
+    result = subprocess.run([mypy], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-4000:]

@@ -228,12 +228,12 @@ def run(args: argparse.Namespace) -> int:
         # Once one line names its own weights, every line names them, so no line inherits another's.
         per_line_weights = any(isinstance(f, dict) and ("llm" in f or "flow" in f) for _, _, f in items)
         weights = {"llm": args.llm or "base", "flow": args.flow or "base"} if per_line_weights else {}
-        for index, (name, where, fields) in enumerate(items):
-            if isinstance(fields, CosymlError):
-                jobs.append((name, where, fields, out_dir / f"{name}.wav"))
+        for index, (name, where, line) in enumerate(items):
+            if isinstance(line, CosymlError):
+                jobs.append((name, where, line, out_dir / f"{name}.wav"))
                 continue
-            merged = {**defaults, **weights, **fields}
-            if "seed" not in fields and args.seed is not None:
+            merged = {**defaults, **weights, **line}
+            if "seed" not in line and args.seed is not None:
                 merged["seed"] = args.seed + index
             try:
                 jobs.append((name, where, _build(merged, where), out_dir / f"{name}.wav"))

@@ -12,11 +12,12 @@ import argparse
 import dataclasses
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import Params, as_flat_dict
 from cosyml.errors import InputError
+from cosyml.models.keys import Part
 
 PARTS = ("llm", "flow")
 
@@ -204,7 +205,7 @@ def _train_part(
     if cfg.log_checkpoints not in ("all", "best", "final", "none"):
         raise InputError(f"train.log_checkpoints: unknown value '{cfg.log_checkpoints}'; use all, best, final or none")
     md = ModelDir(params.model_dir)
-    md.check(parts=(part,), frontend=False)
+    md.check(parts=(cast(Part, part),), frontend=False)
     train_list, dev_list = _check_shards(
         data, md.speech_tokenizer_path.name, needs_instruct=md.version == "v3" and part == "llm"
     )

@@ -19,6 +19,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cosyml.audio import AUDIO_EXTENSIONS
 from cosyml.data.kaldi import KaldiLine, read_kaldi_lines
@@ -132,7 +133,7 @@ def read_transcript(path: Path) -> tuple[str | None, str | None]:
     return decode_transcript(data, name)
 
 
-def _transcript_fields(path: Path) -> dict[str, object]:
+def _transcript_fields(path: Path) -> dict[str, Any]:
     """SourceClip fields for a transcript file: text, or text_error, or (too large) a problem."""
     with contextlib.suppress(OSError):
         size = path.stat().st_size
@@ -235,7 +236,7 @@ def _scan_root(root: Path, label: str, scan: Scan) -> None:
                     used.add(stem + suffix)
                     clip = dataclasses.replace(
                         clip, text_source=text_source, **_transcript_fields(folder / (stem + suffix))
-                    )  # type: ignore[arg-type]
+                    )
                     break
             if stem + ".original.txt" in present:
                 used.add(stem + ".original.txt")
@@ -255,7 +256,7 @@ def _scan_root(root: Path, label: str, scan: Scan) -> None:
                         audio=None,
                         text_source="lab" if name.endswith(".lab") else "normalized",
                         **_transcript_fields(folder / name),
-                    )  # type: ignore[arg-type]
+                    )
                 )
             elif name.endswith(".original.txt"):
                 continue  # LibriTTS keeps the unnormalised text next to the normalised one

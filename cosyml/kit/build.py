@@ -26,6 +26,7 @@ from cosyml.kit.model_yaml import (
 from cosyml.kit.tokenizer import qwen_vocab_size
 from cosyml.models import keys
 from cosyml.models.flow import build_flow
+from cosyml.models.keys import Part
 from cosyml.models.llm import build_llm
 from cosyml.models.modeldir import ModelDir
 from cosyml.models.vocoder import build_hift
@@ -146,6 +147,7 @@ def _write_kit(model_dir: Path, seed: int, dims: KitDims | KitDimsV3, version: s
     llm.tie_weights()
     flow = build_flow(md.config)
     hift = build_hift(md.config)
-    paths = {part: md.write_weights(part, module) for part, module in (("llm", llm), ("flow", flow), ("hift", hift))}
+    modules: dict[Part, torch.nn.Module] = {"llm": llm, "flow": flow, "hift": hift}
+    paths = {part: md.write_weights(part, module) for part, module in modules.items()}
     md.check()
     return Kit(model_dir, frontend, paths["llm"], paths["flow"], paths["hift"], version)

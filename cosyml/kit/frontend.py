@@ -54,6 +54,8 @@ class TinySpeechTokenizer(nn.Module):
     Every layer zeroes frames past each utterance's length, so padding never leaks into valid frames.
     """
 
+    powers: torch.Tensor  # (8,) 3**k, the base-3 digit weights (a buffer)
+
     def __init__(self, width: int = 32, depth: int = 0, num_mels: int = 128, gain: float = 3.0) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(num_mels, width, 3, stride=2, padding=1)

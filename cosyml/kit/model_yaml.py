@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -595,7 +596,7 @@ def write_model_yaml_v3(path: str | Path, dims: KitDimsV3 | None = None) -> Path
     return path
 
 
-def qwen_config_dict(dims: KitDims | KitDimsV3, vocab_size: int, endoftext_id: int | None = None) -> dict[str, object]:
+def qwen_config_dict(dims: KitDims | KitDimsV3, vocab_size: int, endoftext_id: int | None = None) -> dict[str, Any]:
     """``config.json`` of the tiny backbone: Qwen2.5-0.5B's file with the kit's sizes.
 
     ``endoftext_id`` is the tokenizer's ``<|endoftext|>`` id (151643 officially); None leaves bos/eos unset.

@@ -62,7 +62,7 @@ def _construct_node(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return loader.construct_mapping(node, deep=True)
     if isinstance(node, yaml.SequenceNode):
         return loader.construct_sequence(node, deep=True)
-    value = loader.construct_scalar(node)  # type: ignore[arg-type]
+    value = loader.construct_scalar(node)
     return None if value == "" else value
 
 
@@ -74,7 +74,7 @@ def _make_tag_constructor(kind: str):
 
 
 def _construct_ref(loader: yaml.SafeLoader, node: yaml.Node) -> _Ref:
-    return _Ref(str(loader.construct_scalar(node)))  # type: ignore[arg-type]
+    return _Ref(str(loader.construct_scalar(node)))
 
 
 for _kind in ("new", "name", "apply"):

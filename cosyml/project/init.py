@@ -287,6 +287,7 @@ def init_project(
     md = check_model_dir(model_dir)
     clip_report = check_clips(clips)
     whisper_report = check_whisper(whisper) if whisper else None
+    sets_src: Path | None
     if test_sets is not None:
         sets_src = Path(test_sets).expanduser()
         if not sets_src.is_dir():

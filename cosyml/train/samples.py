@@ -70,7 +70,7 @@ class EpochSampler:
         self.other_weights = other_weights
         self.max_tokens = max_tokens
         self.seed = seed
-        self._engine = None
+        self._engine: Any = None  # a SynthEngine once loaded
         self._speaker_file = self.out_dir / "speaker_embedding.pt"
         #: ``index<TAB>file-name slug<TAB>sentence`` per line: which sentence each sample file speaks.
         self.sentences_file = self.out_dir / "sentences.txt"
