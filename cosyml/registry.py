@@ -806,46 +806,49 @@ def requirements(cosyml_wheel: str) -> list[str]:
 
 
 def build_cosyml_wheel(out_dir: Path) -> Path:
-    """A wheel of the cosyml source this process runs (``pip wheel --no-deps --no-build-isolation``: offline,
-    with the setuptools already installed); one line when it cannot be built."""
-    import subprocess
-    import sys
+    """A wheel (PEP 427, pure Python, no dependencies declared: the voice's requirements list them) of the
+    cosyml package this process runs, written directly from its files.
 
-    source = Path(__file__).resolve().parents[1]
-    if not (source / "pyproject.toml").is_file():
-        raise CosymlError(
-            f"{source}: no pyproject.toml beside the cosyml package; register from a cosyml checkout "
-            "(pip install -e .) so the voice can carry cosyml as a wheel"
-        )
+    Works the same from a checkout and from an installed cosyml (a ``cosyml init`` project has no
+    pyproject.toml), needs no network and no build backend, and the same files give the same bytes (sorted
+    entries, fixed timestamps), so re-registering the same code uploads nothing new.
+    """
+    import base64
+    import zipfile
+
+    import cosyml
+
+    package = Path(cosyml.__file__).resolve().parent
+    version = cosyml.__version__
+    dist_info = f"cosyml-{version}.dist-info"
+    files: list[tuple[str, bytes]] = []
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
+            files.append((f"cosyml/{path.relative_to(package).as_posix()}", path.read_bytes()))
+    metadata = f"Metadata-Version: 2.1\nName: cosyml\nVersion: {version}\nRequires-Python: >=3.11\n"
+    wheel_info = "Wheel-Version: 1.0\nGenerator: cosyml\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    entry_points = "[console_scripts]\ncosyml = cosyml.cli:main\n"
+    files += [
+        (f"{dist_info}/METADATA", metadata.encode()),
+        (f"{dist_info}/WHEEL", wheel_info.encode()),
+        (f"{dist_info}/entry_points.txt", entry_points.encode()),
+    ]
+
+    def record_line(name: str, data: bytes) -> str:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        return f"{name},sha256={digest},{len(data)}"
+
+    record = "\n".join([*(record_line(n, d) for n, d in files), f"{dist_info}/RECORD,,"]) + "\n"
+    files.append((f"{dist_info}/RECORD", record.encode()))
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="cosyml-wheel-") as tmp:  # pip builds in place: not in the checkout
-        tree = Path(tmp) / "src"
-        shutil.copytree(source / "cosyml", tree / "cosyml", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        for name in ("pyproject.toml", "README.md", "LICENSE"):
-            if (source / name).is_file():
-                shutil.copyfile(source / name, tree / name)
-        done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "pip",
-                "wheel",
-                "--no-deps",
-                "--no-build-isolation",
-                "--quiet",
-                "-w",
-                str(out_dir),
-                str(tree),
-            ],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-    wheels = sorted(out_dir.glob("cosyml-*.whl"))
-    if done.returncode != 0 or not wheels:
-        reason = (done.stderr.strip().splitlines() or ["no wheel written"])[-1][:200]
-        raise CosymlError(f"{source}: cannot build the cosyml wheel a voice carries ({reason})")
-    return wheels[-1]
+    wheel = out_dir / f"cosyml-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        for name, data in files:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            info.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(info, data)
+    return wheel
 
 
 # ---------------------------------------------------------------------------------------------- policy

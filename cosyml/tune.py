@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +38,8 @@ from typing import Any
 from cosyml.config import Params, RegistryConfig, with_overrides
 from cosyml.errors import ConfigError, CosymlError
 from cosyml.evaluation.candidates import BASE, PARTS, Candidate, parse_candidate, weight_file
+from cosyml.fileio import write_if_changed
+from cosyml.tracking import mask
 
 #: Searchable sampling parameters: (kind, lowest allowed, highest allowed) as SynthRequest.validate checks them.
 SEARCHABLE: dict[str, tuple[type, float, float]] = {
@@ -466,14 +467,13 @@ def write_sampling(result: StudyResult, path: str | Path) -> Path:
         "ss": best.ss,
         "trial": best.number,
         "study": result.study_name,
-        "storage": result.storage,
+        # the storage URL as tracking shows it: no password, project paths relative (the file is versioned
+        # by DVC and read on other machines)
+        "storage": mask(result.storage),
         "finished_trials": result.finished,
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_if_changed(path, (json.dumps(data, indent=1) + "\n").encode("utf-8"))
     return path
 
 

@@ -15,6 +15,15 @@ def _isolated_tracking(tmp_path_factory):
     yield
 
 
+@pytest.fixture(autouse=True)
+def _no_experiment_leak():
+    """``mlflow.set_experiment`` (run in-process by cosyml's stages) exports MLFLOW_EXPERIMENT_ID for child
+    processes; a later test's subprocess with another store would inherit an id that does not exist there."""
+    yield
+    for name in ("MLFLOW_EXPERIMENT_ID", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_RUN_ID"):
+        os.environ.pop(name, None)
+
+
 @pytest.fixture(scope="session")
 def kit_dir(tmp_path_factory):
     """A complete tiny model directory (official layout), built once per test session."""

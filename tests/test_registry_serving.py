@@ -3,7 +3,10 @@ feature cache must neither grow with requests nor recompute a prompt it has seen
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +126,25 @@ def test_an_environment_manager_that_cannot_work_here_is_one_line(monkeypatch, c
     assert main(["serve", "--env-manager", "conda", "--model-uri", "runs:/x/model"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "--env-manager conda: `conda` is not on PATH" in err, err
+
+
+def test_the_cosyml_wheel_builds_from_an_installed_package_without_a_checkout(tmp_path):
+    """A `cosyml init` project runs an installed cosyml (no pyproject.toml beside it): `promote --register`
+    failed there ("no pyproject.toml beside the cosyml package"). The wheel is written from the package files,
+    and the installed copy gives the same bytes as the checkout."""
+    from cosyml.registry import build_cosyml_wheel
+
+    wheel = build_cosyml_wheel(tmp_path / "from_checkout")
+    site = tmp_path / "site"
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index", "--target", str(site)]
+    subprocess.run([*pip, str(wheel)], check=True, capture_output=True)
+    script = (
+        "import sys, cosyml; from pathlib import Path; from cosyml.registry import build_cosyml_wheel;"
+        f"assert Path(cosyml.__file__).is_relative_to({str(site)!r}), cosyml.__file__;"
+        f"print(build_cosyml_wheel(Path({str(tmp_path / 'from_installed')!r})))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rebuilt = Path(done.stdout.strip().splitlines()[-1])
+    assert rebuilt.read_bytes() == wheel.read_bytes()

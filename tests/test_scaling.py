@@ -214,7 +214,8 @@ def test_training_logs_checkpoints_and_wavs_to_s3_through_the_server(client_env,
     }
     assert set(checkpoints) | set(wavs) | {"weights/llm.pt"} <= set(in_run)
     local = work / "exp" / "llm" / "checkpoints" / Path(checkpoints[0]).name
-    assert in_run[checkpoints[0]] == local.stat().st_size
+    # checkpoints are logged as weights only (no optimizer state): smaller than the full checkpoint on disk
+    assert 0 < in_run[checkpoints[0]] < local.stat().st_size
     _figure(f"training run upload: {len(in_run)} objects, {sum(in_run.values())} bytes")
 
 

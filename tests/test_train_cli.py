@@ -4,6 +4,7 @@ again, checkpoint logging after resume, and two trainings aimed at one folder.""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -62,7 +63,8 @@ def test_a_finished_run_asked_again_says_so_and_rewrites_nothing(shards, kit_dir
     weights = out / "llm.pt"
     md5, mtime = hashlib.md5(weights.read_bytes()).hexdigest(), weights.stat().st_mtime_ns
     (trained,) = runs_of("done")
-    assert {"train/loss", "data/train_utts", "epoch/cv_loss"} <= set(trained.data.metrics)
+    assert {"train/loss", "epoch/cv_loss"} <= set(trained.data.metrics)
+    assert "data/train_utts" in trained.data.params  # counts are params: the run page opens with the curves
     capsys.readouterr()
 
     assert main(train_args(shards, out, params)) == 0
@@ -85,7 +87,10 @@ def test_best_checkpoint_logging_after_resume_follows_the_loops_rule(shards, kit
     client = MlflowClient()
     by_start = sorted(runs_of("best"), key=lambda r: r.info.start_time)
     logged = [[a.path for a in client.list_artifacts(r.info.run_id, "checkpoints")] for r in by_start]
-    assert logged == [["checkpoints/epoch_0.pt"], []], logged
+    # one best.pt (weights only) + best.json naming it; the resumed run finds nothing better to upload
+    assert logged == [["checkpoints/best.json", "checkpoints/best.pt"], []], logged
+    best = json.loads(Path(client.download_artifacts(by_start[0].info.run_id, "checkpoints/best.json")).read_text())
+    assert best["checkpoint"] == "epoch_0"
 
 
 def test_a_second_train_into_the_same_folder_stops_at_once_naming_the_holder(shards, kit_dir, tmp_path):

@@ -438,3 +438,19 @@ def test_a_resumed_study_proposes_new_points_and_says_it_resumed(tmp_path: Path)
     points = [tuple(sorted(t.params.items())) for t in result.trials]
     assert len(points) == 6 and len(set(points)) == 6, points
     assert result.trials[0].params == baseline  # the baseline stays trial 0, and is not enqueued again
+
+
+def test_sampling_json_names_no_password_and_no_absolute_project_path(tmp_path, monkeypatch):
+    """Issue 17.10: the storage URL (password, absolute paths) was written as given."""
+    from cosyml.tune import StudyResult, TrialRecord, write_sampling
+
+    monkeypatch.chdir(tmp_path)
+    best = TrialRecord(number=1, state="COMPLETE", params={"top_p": 0.8}, value=0.5, cer=0.1, ss=0.8)
+    for storage, hidden in (
+        ("postgresql://tuner:s3cret-pw@127.0.0.1:5432/optuna", "s3cret-pw"),
+        (f"sqlite:///{tmp_path}/exp/tune/optuna.db", str(tmp_path)),
+    ):
+        result = StudyResult(study_name="s", storage=storage, direction="maximize", trials=[best], best=best)
+        text = write_sampling(result, tmp_path / "exp" / "tune" / "sampling.json").read_text()
+        assert hidden not in text, text
+        assert json.loads(text)["sampling"] == {"top_p": 0.8}
