@@ -62,3 +62,17 @@ def test_two_averages_of_the_same_checkpoints_are_byte_identical_and_a_rerun_lea
     os.utime(a, ns=(1, 1))
     average_checkpoints(run_dir, a, num=3)
     assert a.stat().st_mtime_ns == 1  # same bytes: not rewritten
+
+
+def test_a_run_stopped_by_max_steps_inside_its_first_epoch_averages_its_last_step(tmp_path):
+    """The full-size rehearsal (train.max_steps=2) left only step checkpoints and `cosyml average` refused it."""
+    for step in (1, 2):
+        model = TinyLM()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(step))
+        record = CheckpointInfo(f"step_{step}", "step", 0, step, 1, 0, "h")
+        save_checkpoint(tmp_path, record, {"model": model.state_dict()})
+    result = average_checkpoints(tmp_path, tmp_path / "out" / "llm.pt", num=5, by="cv_loss")
+    assert result.sources == ["step_2"]
+    assert torch.all(torch.load(result.path, weights_only=True)["norm.weight"] == 2.0)

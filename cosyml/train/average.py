@@ -34,13 +34,21 @@ class AverageResult:
 
 
 def select_checkpoints(folder: str | Path, num: int, by: str = "cv_loss") -> list[CheckpointInfo]:
-    """The epoch checkpoints to average, oldest first: the ``num`` lowest CV losses, or the last ``num``."""
+    """The epoch checkpoints to average, oldest first: the ``num`` lowest CV losses, or the last ``num``.
+
+    A run that ``train.max_steps`` stopped before any epoch ended has only step checkpoints: the newest one
+    is taken alone (there is no CV loss to rank by).
+    """
     if by not in AVERAGE_BY:
         raise ConfigError(f"train.average_by: unknown value '{by}'; use cv_loss or last")
     if num < 1:
         raise ConfigError(f"train.average_num: must be >= 1, got {num}")
-    epochs = [i for i in list_checkpoints(folder) if i.kind == "epoch"]
+    found = list_checkpoints(folder)
+    epochs = [i for i in found if i.kind == "epoch"]
     if not epochs:
+        steps = [i for i in found if i.kind == "step"]
+        if steps:  # a run stopped by train.max_steps inside its first epoch: its last state is the result
+            return [steps[-1]]
         raise InputError(f"{folder}: no epoch checkpoints to average; train at least one epoch first")
     if by == "cv_loss":
         scored = [i for i in epochs if i.cv_loss is not None]
