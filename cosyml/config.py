@@ -28,6 +28,10 @@ T = TypeVar("T")
 DEFAULT_PARAMS = Path("params.yaml")
 
 
+#: Transcripts matching this (game markup such as ``{NICKNAME}``, ``#name#``, ``<tag>``) are rejected.
+PLACEHOLDER_PATTERN = r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"
+
+
 @dataclass(frozen=True)
 class PrepareConfig:
     """``prepare``: raw clips -> normalised 24 kHz mono clips, kaldi files, manifest, rejects."""
@@ -55,9 +59,7 @@ class PrepareConfig:
     min_dev: int = 2  # warn when dev gets fewer clips (the split never moves a clip to meet it)
     seed: int = 1986  # seed of the train/dev split
     instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file
-    placeholder_pattern: str = (
-        r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"  # transcripts matching this (game markup) are rejected
-    )
+    placeholder_pattern: str = PLACEHOLDER_PATTERN  # transcripts matching this (game markup) are rejected
     silence_floor_dbfs: float = -60.0  # frames below this level are silence whatever the peak
     slice_min_silence_s: float = 0.3  # a pause must be this long to cut a long recording there
     min_confidence: float = 0.3  # Whisper transcripts below this confidence are rejected (review them)
@@ -216,9 +218,7 @@ class TuneConfig:
     """``tune``: Optuna search over the synthesis sampling parameters of one candidate (``cosyml tune``)."""
 
     candidate: str = ""  # "llm=SRC,flow=SRC"; empty = sft-avg for each part that exists, else base
-    space: dict[str, list[float]] = field(
-        default_factory=_default_space
-    )  # name: [low, high] (top_p top_k win_size tau_r)
+    space: dict[str, list[float]] = field(default_factory=_default_space)  # [low, high] per searched name
     n_trials: int = 20  # trials the study should hold in all (finished ones count; a rerun resumes)
     seed: int = 1986  # TPE sampler seed
     direction: str = "maximize"  # the objective is the registry composite ss_weight*SS - cer_weight*CER
