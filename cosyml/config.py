@@ -372,13 +372,13 @@ def check_values(obj: Any, prefix: str = "") -> None:
             )
         if obj.slice_min_s >= obj.slice_max_s:
             raise ConfigError(f"{prefix}slice_min_s: {obj.slice_min_s:g} is not below slice_max_s={obj.slice_max_s:g}")
-    section_check: dict[type, Callable[[Any, str], None]] = {
+    section_check: dict[type, Callable[[Any], None]] = {
         EvaluateConfig: _check_evaluate,
         RegistryConfig: _check_registry,
         TuneConfig: _check_tune,
     }
     if type(obj) in section_check and prefix:
-        section_check[type(obj)](obj, prefix.rstrip("."))
+        section_check[type(obj)](obj)
 
 
 def load_params(path: str | Path | None = None) -> Params:
@@ -483,12 +483,12 @@ def _check_range(
 def check_evaluation_params(params: Params) -> None:
     """Check the value ranges of ``evaluate``, ``registry`` and ``tune`` (also done when params load; kept
     for callers that build a :class:`Params` by hand). One :class:`ConfigError` line naming the key."""
-    _check_evaluate(params.evaluate, "evaluate")
-    _check_registry(params.registry, "registry")
-    _check_tune(params.tune, "tune")
+    _check_evaluate(params.evaluate)
+    _check_registry(params.registry)
+    _check_tune(params.tune)
 
 
-def _check_evaluate(ev: EvaluateConfig, section: str = "evaluate") -> None:
+def _check_evaluate(ev: EvaluateConfig) -> None:
     for name in ("batch_size", "synth_batch_size", "bootstrap_resamples"):
         _check_range(ev, "evaluate", name, 1)
     for name in (
@@ -534,7 +534,7 @@ def _check_evaluate(ev: EvaluateConfig, section: str = "evaluate") -> None:
         raise ConfigError(f"evaluate.device: {ev.device!r} is not auto, cpu, cuda or cuda:N")
 
 
-def _check_registry(reg: RegistryConfig, section: str = "registry") -> None:
+def _check_registry(reg: RegistryConfig) -> None:
     for name in ("max_tokens", "cer_weight", "ss_weight", "max_cer_regression"):
         _check_range(reg, "registry", name, 0)
     _check_range(reg, "registry", "max_missing_ratio", 0, 1)
@@ -547,7 +547,7 @@ def _check_registry(reg: RegistryConfig, section: str = "registry") -> None:
         raise ConfigError(f"registry.previous_alias: '{reg.previous_alias}' is also registry.alias; use another name")
 
 
-def _check_tune(tune: TuneConfig, section: str = "tune") -> None:
+def _check_tune(tune: TuneConfig) -> None:
     _check_range(tune, "tune", "n_trials", 1)
     _check_range(tune, "tune", "seed", 0, _SEED_MAX)
     for name in ("max_utts", "synth_max_tokens"):
