@@ -137,13 +137,22 @@ class TrainConfig:
     early_stop_patience: int = 0  # epochs without CV improvement before stopping; 0 = off
     early_stop_min_delta: float = 0.0  # a CV loss must improve by more than this to count
     average_num: int = 5  # checkpoints averaged into the final weights
-    average_by: str = "cv_loss"  # cv_loss (best-n, upstream --val_best) | last (last-n epochs)
+    average_by: str = "cv_loss"  # cv_loss (best-n, upstream --val_best) | last (last-n) | probe (best-n probe)
     find_unused_parameters: bool = True  # DDP: needed when some parameters get no gradient in a step
     device: str = "auto"  # auto (CUDA when present, the LOCAL_RANK GPU under torchrun) | cpu | cuda
     log_checkpoints: str = "best"  # which checkpoints become MLflow artifacts: all | best | final | none
     sample_every_epochs: int = 1  # per-epoch audio samples (sft mode) every N epochs; 0 = off
     sample_max_tokens: int = 75  # cap per sample sentence (25 speech tokens = 1 s of audio)
+    probe_every_epochs: int = 0  # per-epoch probe (probe/cer, probe/ss in MLflow) every N epochs; 0 = off
+    probe_in_domain: int = 2  # dev-split lines in the probe set (besides the fixed zh and en lines)
+    probe_texts: list[str] = field(default_factory=list)  # "zh:text" / "en:text" lines; empty = the built-in four
+    probe_max_tokens: int = 100  # cap on speech tokens per probe line (25 = 1 s): bounds the probe's cost
+    early_stop_on: str = "cv_loss"  # what early stopping and the "best" checkpoint follow: cv_loss | probe
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
+
+
+#: The default candidate grid's sources per part (best-probe is left out, said once, without probe scores).
+GRID_SOURCES = ("base", "sft-avg", "best-probe")
 
 
 @dataclass(frozen=True)
@@ -170,8 +179,8 @@ class EvaluateConfig:
     max_no_speech_prob: float = 0.6  # flag outputs Whisper thinks hold no speech
     # --- the candidate grid (`cosyml evaluate`): synthesise every test text with every candidate
     candidates: list[str] = field(default_factory=list)  # "llm=SRC,flow=SRC[,name=N]"; empty = the grid below
-    llm_sources: list[str] = field(default_factory=lambda: ["base", "sft-avg"])  # base|sft-avg|epoch-K|last|file
-    flow_sources: list[str] = field(default_factory=lambda: ["base", "sft-avg"])  # the same for the flow
+    llm_sources: list[str] = field(default_factory=lambda: list(GRID_SOURCES))  # base|sft-avg|epoch-K|last|best-probe
+    flow_sources: list[str] = field(default_factory=lambda: list(GRID_SOURCES))  # the same for the flow
     exp_dir: str = "exp"  # sft-avg = <exp_dir>/<part>/<part>.pt; epoch-K = <exp_dir>/<part>/checkpoints/epoch_K.pt
     eval_dir: str = "exp/eval"  # per-candidate audio + caches, candidates.json, metrics.json, report.html
     sft_data: str = "data/prepared"  # speaker-SFT set built from <sft_data>/<sft_split>; "" = no SFT set
@@ -342,8 +351,14 @@ _RANGES: dict[type, dict[str, _Rule]] = {
         "utts_per_shard": (1, None, False, "utterances per shard, at least 1"),
         "min_shards": (1, None, False, "shards, at least 1"),
     },
+    TrainConfig: {
+        "probe_every_epochs": (0, None, False, "epochs (0 = no probe)"),
+        "probe_in_domain": (0, None, False, "a number of dev lines (0 = none)"),
+        "probe_max_tokens": (1, None, False, "speech tokens per line, at least 1 (25 = 1 s)"),
+    },
 }
 _CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
+    TrainConfig: {"early_stop_on": ("cv_loss", "probe")},
     ExtractConfig: {"device": ("auto", "cpu", "cuda"), "token_batches": ("auto", "on", "off")},
     PrepareConfig: {"whisper_device": ("auto", "cpu", "cuda")},
 }
@@ -372,6 +387,10 @@ def check_values(obj: Any, prefix: str = "") -> None:
             )
         if obj.slice_min_s >= obj.slice_max_s:
             raise ConfigError(f"{prefix}slice_min_s: {obj.slice_min_s:g} is not below slice_max_s={obj.slice_max_s:g}")
+    if isinstance(obj, TrainConfig) and obj.early_stop_on == "probe" and obj.probe_every_epochs == 0:
+        raise ConfigError(
+            f"{prefix}early_stop_on: 'probe' needs the probe; set {prefix}probe_every_epochs to 1 (or N) or use cv_loss"
+        )
     section_check: dict[type, Callable[[Any], None]] = {
         EvaluateConfig: _check_evaluate,
         RegistryConfig: _check_registry,

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="llm=SRC,flow=SRC[,name=N]",
         help="a candidate (repeatable, or several separated by ';'); SRC: base, sft-avg, epoch-K, last, "
-        "or a weight file (default: the params grid evaluate.llm_sources x evaluate.flow_sources)",
+        "best-probe, or a weight file (default: the params grid evaluate.llm_sources x evaluate.flow_sources)",
     )
     p.add_argument("--out", default=None, metavar="EVAL_DIR", help="output folder (evaluate.eval_dir)")
     p.add_argument(
@@ -61,6 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cosyml.commands.train import probe_rank
     from cosyml.evaluation.candidates import select_candidates
     from cosyml.evaluation.report import write_outputs
     from cosyml.evaluation.suite import run_suite
@@ -80,16 +81,25 @@ def run(args: argparse.Namespace) -> int:
     )
     check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.evaluate
-    candidates = select_candidates(args.candidates, cfg.candidates, cfg.llm_sources, cfg.flow_sources, cfg.exp_dir)
+
+    def log(message: str) -> None:
+        print(f"cosyml: {message}", file=sys.stderr)
+
+    candidates = select_candidates(
+        args.candidates,
+        cfg.candidates,
+        cfg.llm_sources,
+        cfg.flow_sources,
+        cfg.exp_dir,
+        rank=probe_rank(params.registry),
+        log=log,
+    )
     flat = {
         **as_flat_dict(cfg, "evaluate."),
         "model_dir": params.model_dir,
         "prepare.speaker": params.prepare.speaker,
         "evaluate.candidates": ";".join(c.name for c in candidates),
     }
-
-    def log(message: str) -> None:
-        print(f"cosyml: {message}", file=sys.stderr)
 
     with stage_run("evaluate", params.prepare.speaker, flat) as tracked:
         result = run_suite(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -217,7 +218,12 @@ def _train_part(
         raise InputError(
             f"{train_list}: every utterance was filtered out ({dict(train_set.dropped)}); check train.data limits"
         )
-    average_by = cfg.average_by if cv_set is not None else "last"  # no dev split: no CV loss to rank by
+    average_by = cfg.average_by
+    if cv_set is None and average_by == "cv_loss":
+        average_by = "last"  # no dev split: no CV loss to rank by
+    if average_by == "probe" and cfg.probe_every_epochs == 0:
+        raise InputError("train.average_by: 'probe' needs the probe; set train.probe_every_epochs to 1 (or N)")
+    rank = probe_rank(params.registry)
     model = load_base_part(md, part)
     checkpoint_dir = output / "checkpoints"
     weights = output / f"{part}.pt"
@@ -225,7 +231,7 @@ def _train_part(
     done = ddp.broadcast_object(done, info)  # every rank takes the same branch
     if done is not None:
         if info.is_main and average:
-            average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by)
+            average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by, rank=rank)
         return {
             "epochs": done.next_epoch,
             "steps": done.step,
@@ -243,9 +249,35 @@ def _train_part(
 
     def body(run: Any) -> dict[str, Any]:
         sampler = None
-        if info.is_main and cfg.sample_every_epochs > 0:
-            sampler = _epoch_sampler(part, md, output, dev_list or train_list, cfg.sample_max_tokens)
-            run.log_artifact(sampler.write_sentences(), "samples")  # which sentence each sample file speaks
+        if info.is_main and (cfg.sample_every_epochs > 0 or cfg.probe_every_epochs > 0):
+            sampler, rows = _epoch_sampler(
+                part, md, output, dev_list or train_list, cfg.sample_max_tokens, cfg.probe_in_domain
+            )
+            if cfg.sample_every_epochs > 0:
+                run.log_artifact(sampler.write_sentences(), "samples")  # which sentence each sample file speaks
+        probe = None
+        if sampler is not None and cfg.probe_every_epochs > 0:
+            probe = _epoch_probe(params, md, sampler, rows, output / "probe")
+            if probe is not None:
+                run.log_artifact(probe.write_lines(), "probe")  # which text each probe wav speaks
+
+        def on_probe(epoch: int, trained: Any) -> dict[str, float] | None:
+            if probe is None:
+                return None
+            from cosyml.models.modeldir import save_state_dict
+
+            weights_file = save_state_dict(trained, output / "probe" / f"{part}.pt")  # the engine reads files
+            try:
+                result = probe.run(weights_file, epoch)
+            finally:
+                weights_file.unlink(missing_ok=True)  # up to 2 GB: not kept in the run folder
+            for line, error in result.skipped:
+                print(f"cosyml: probe line {line.utt} ({line.text[:40]!r}) skipped: {error}", file=sys.stderr)
+            print(f"cosyml: {result.summary_line()}", file=sys.stderr)
+            for wav in result.wavs:
+                run.log_artifact(wav, f"probe/epoch_{epoch:03d}")
+            run.log_metrics({"probe/seconds": result.seconds, "probe/skipped": float(len(result.skipped))}, step=epoch)
+            return result.scores
 
         def on_epoch_end(epoch: Any) -> None:
             fields = dataclasses.asdict(epoch)
@@ -256,7 +288,11 @@ def _train_part(
                 if k in ("train_loss", "cv_loss", "train_acc", "cv_acc") and v is not None
             }
             run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch.epoch)
-            if sampler is not None and epoch.checkpoint and (epoch.epoch + 1) % cfg.sample_every_epochs == 0:
+            if epoch.probe:  # probe/cer, probe/ss, probe/cer_zh ... by epoch, next to epoch/cv_loss
+                skip = ("n", "skipped", "seconds")
+                run.log_metrics({f"probe/{k}": v for k, v in epoch.probe.items() if k not in skip}, step=epoch.epoch)
+            samples_due = cfg.sample_every_epochs > 0 and (epoch.epoch + 1) % cfg.sample_every_epochs == 0
+            if sampler is not None and epoch.checkpoint and samples_due:
                 for wav in sampler.render(epoch.checkpoint, epoch.epoch):
                     run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
 
@@ -270,7 +306,14 @@ def _train_part(
                     ckpt.path,
                     "checkpoints",
                     "best.pt",
-                    {"checkpoint": ckpt.name, "epoch": ckpt.epoch, "step": ckpt.step, "cv_loss": ckpt.cv_loss},
+                    {
+                        "checkpoint": ckpt.name,
+                        "epoch": ckpt.epoch,
+                        "step": ckpt.step,
+                        "cv_loss": ckpt.cv_loss,
+                        "probe": ckpt.probe,
+                        "best_by": cfg.early_stop_on,
+                    },
                 )
 
         result = train(
@@ -286,11 +329,12 @@ def _train_part(
                 logger=_StepLogger(run),
                 on_epoch_end=on_epoch_end,
                 on_checkpoint=on_checkpoint,
+                on_probe=on_probe,
             ),
         )
         if not info.is_main or not average:
             return {"epochs": result.epochs_completed, "steps": result.step, "weights": checkpoint_dir}
-        averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by)
+        averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by, rank=rank)
         run.set_tags({"cosyml.averaged_from": ",".join(averaged.sources), "cosyml.part": part})
         if cfg.log_checkpoints in ("all", "best", "final"):
             run.log_artifact(weights, "weights")
@@ -323,9 +367,12 @@ class _StepLogger:
             self.run.log_metrics(curves, step=step)
 
 
-def _epoch_sampler(part: str, model_dir: Any, output: Path, data_list: Path, max_tokens: int) -> Any:
+def _epoch_sampler(
+    part: str, model_dir: Any, output: Path, data_list: Path, max_tokens: int, probe_rows: int = 0
+) -> tuple[Any, list[dict[str, Any]]]:
     """Per-epoch sft samples: the fixed sentences from the first shard rows; the other part's best
-    available weights are ``<output>/../<other>/<other>.pt`` (where `cosyml train` averages them)."""
+    available weights are ``<output>/../<other>/<other>.pt`` (where `cosyml train` averages them).
+    Also returns the first ``max(2, probe_rows)`` rows (the probe's in-domain lines)."""
     from cosyml.data.shards import iter_shard_rows, read_data_list
     from cosyml.train.samples import EpochSampler, sample_set_from_rows
 
@@ -333,14 +380,65 @@ def _epoch_sampler(part: str, model_dir: Any, output: Path, data_list: Path, max
     rows = []
     for row in iter_shard_rows(read_data_list(data_list), columns=columns):
         rows.append(row)
-        if len(rows) >= 2:
+        if len(rows) >= max(2, probe_rows):
             break
     other = "flow" if part == "llm" else "llm"
-    return EpochSampler(
+    sampler = EpochSampler(
         model_dir.root,
         part,
         sample_set_from_rows(rows),
         output / "samples",
         other_weights=output.parent / other / f"{other}.pt",
         max_tokens=max_tokens,
+    )
+    return sampler, rows
+
+
+def probe_rank(registry: Any) -> Any:
+    """``(cer, ss) -> composite`` with the registry's function and weights (``registry``: a RegistryConfig)."""
+    from cosyml.registry import Scores, composite
+
+    def rank(cer: float, ss: float) -> float:
+        return composite(Scores(cer, (cer, cer), ss, (ss, ss), 0, 0, 0.0), registry)
+
+    return rank
+
+
+def _epoch_probe(params: Params, model_dir: Any, sampler: Any, rows: list[dict[str, Any]], out_dir: Path) -> Any:
+    """The run's :class:`~cosyml.train.probe.EpochProbe`, or None (said once) when no Whisper checkpoint or
+    no campplus.onnx is there to score with. Whisper and CAM++ run on the CPU (training keeps the GPU)."""
+    from cosyml.train.probe import EpochProbe, probe_lines
+
+    cfg = params.train
+    whisper = params.evaluate.whisper_model or params.prepare.whisper_model
+    campplus = Path(params.evaluate.campplus_model or Path(model_dir.root) / "campplus.onnx")
+    missing = None
+    if not whisper or not Path(whisper).is_file():
+        missing = f"no Whisper checkpoint ({whisper or 'evaluate.whisper_model and prepare.whisper_model are empty'})"
+    elif not campplus.is_file():
+        missing = f"{campplus} not found (set evaluate.campplus_model)"
+    if missing:
+        print(f"cosyml: train.probe_every_epochs: the probe is off: {missing}", file=sys.stderr)
+        return None
+    lines = probe_lines([str(r["text"]) for r in rows], cfg.probe_in_domain, cfg.probe_texts, seed=cfg.seed)
+
+    def load_asr() -> Any:
+        from cosyml.evaluation.asr import WhisperASR
+
+        return WhisperASR.load(whisper, device="cpu", batch_size=params.evaluate.batch_size)
+
+    def load_embedder() -> Any:
+        from cosyml.evaluation.speaker import campplus_embedder
+
+        return campplus_embedder(campplus, device="cpu")
+
+    return EpochProbe(
+        sampler,
+        lines,
+        load_asr,
+        load_embedder,
+        params.evaluate,
+        probe_rank(params.registry),
+        out_dir,
+        max_tokens=cfg.probe_max_tokens,
     )

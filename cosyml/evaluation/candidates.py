@@ -6,6 +6,10 @@ A candidate is a pair of weight sources, one for the LLM and one for the flow. A
 - ``sft-avg``: the averaged SFT weights, ``<exp_dir>/<part>/<part>.pt`` (what ``cosyml average`` writes);
 - ``epoch-K`` (or ``epoch_K``): the training checkpoint ``<exp_dir>/<part>/checkpoints/epoch_K.pt``;
 - ``last``: the newest ``epoch_*.pt`` in ``<exp_dir>/<part>/checkpoints``;
+- ``best-probe``: the epoch checkpoint of ``<exp_dir>/<part>/checkpoints`` with the highest probe composite
+  (the per-epoch CER/SS of ``train.probe_every_epochs``, ranked with the registry's weights). In the params
+  grid a part without probe scores drops its ``best-probe`` candidates with one line; named on the
+  command line it is reported as missing like any absent file;
 - anything else: a weight file, a checkpoint, or a model directory (its ``<part>.pt``).
 
 On the command line a candidate is ``llm=SOURCE,flow=SOURCE[,name=NAME]`` (a part left out is ``base``);
@@ -19,14 +23,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cosyml.errors import ConfigError, ModelDirError
 from cosyml.models.keys import Part
+from cosyml.train.average import ProbeRank, best_probe_checkpoint
 
 BASE = "base"
+BEST_PROBE = "best-probe"
+NO_PROBE_SCORES = "best-probe_<no probe scores>.pt"  # file name a best-probe source resolves to without scores
 PARTS: tuple[Part, ...] = ("llm", "flow")
 _EPOCH = re.compile(r"^epoch[-_](\d+)$")
 _SLUG_UNSAFE = re.compile(r"[^A-Za-z0-9.-]+")
@@ -67,12 +74,18 @@ def slugify(name: str) -> str:
     return slug
 
 
-def resolve_alias(source: str, part: str, exp_dir: str | Path = "exp") -> str:
-    """The weight source an alias stands for (see the module docstring); other values unchanged."""
+def resolve_alias(source: str, part: str, exp_dir: str | Path = "exp", rank: ProbeRank | None = None) -> str:
+    """The weight source an alias stands for (see the module docstring); other values unchanged.
+
+    ``rank``: ``(cer, ss) -> composite`` for ``best-probe`` (default: the registry's default weights)."""
     source = source.strip()
     exp = Path(exp_dir)
     if source in ("", BASE):
         return BASE
+    if source == BEST_PROBE:
+        folder = exp / part / "checkpoints"
+        best = best_probe_checkpoint(folder, rank) if folder.is_dir() else None
+        return best.path if best is not None else str(folder / NO_PROBE_SCORES)
     if source == "sft-avg":
         return str(exp / part / f"{part}.pt")
     match = _EPOCH.match(source)
@@ -89,7 +102,7 @@ def resolve_alias(source: str, part: str, exp_dir: str | Path = "exp") -> str:
     return source
 
 
-def parse_candidate(spec: str, exp_dir: str | Path = "exp") -> Candidate:
+def parse_candidate(spec: str, exp_dir: str | Path = "exp", rank: ProbeRank | None = None) -> Candidate:
     """``"llm=SOURCE,flow=SOURCE[,name=NAME]"`` -> :class:`Candidate` (one-line :class:`ConfigError` if malformed)."""
     fields: dict[str, str] = {}
     for piece in spec.split(","):
@@ -101,7 +114,7 @@ def parse_candidate(spec: str, exp_dir: str | Path = "exp") -> Candidate:
         if not sep or key not in (*PARTS, "name") or not value.strip():
             raise ConfigError(
                 f"candidate {spec!r}: expected llm=SOURCE,flow=SOURCE[,name=NAME] "
-                "(SOURCE: base, sft-avg, epoch-K, last or a weight file)"
+                "(SOURCE: base, sft-avg, epoch-K, last, best-probe or a weight file)"
             )
         if key in fields:
             raise ConfigError(f"candidate {spec!r}: '{key}' given twice")
@@ -110,8 +123,8 @@ def parse_candidate(spec: str, exp_dir: str | Path = "exp") -> Candidate:
     name = fields.get("name") or f"llm={labels['llm']},flow={labels['flow']}"
     return Candidate(
         name=name,
-        llm=resolve_alias(labels["llm"], "llm", exp_dir),
-        flow=resolve_alias(labels["flow"], "flow", exp_dir),
+        llm=resolve_alias(labels["llm"], "llm", exp_dir, rank),
+        flow=resolve_alias(labels["flow"], "flow", exp_dir, rank),
         llm_label=labels["llm"],
         flow_label=labels["flow"],
     )
@@ -122,11 +135,29 @@ def split_specs(specs: Sequence[str]) -> list[str]:
     return [s.strip() for spec in specs for s in spec.split(";") if s.strip()]
 
 
-def grid(llm_sources: Sequence[str], flow_sources: Sequence[str], exp_dir: str | Path = "exp") -> list[Candidate]:
-    """Every LLM source with every flow source, LLM-major (``base`` x ``base`` first when listed first)."""
+def grid(
+    llm_sources: Sequence[str],
+    flow_sources: Sequence[str],
+    exp_dir: str | Path = "exp",
+    rank: ProbeRank | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[Candidate]:
+    """Every LLM source with every flow source, LLM-major (``base`` x ``base`` first when listed first).
+
+    A ``best-probe`` source of a part whose checkpoints carry no probe scores is left out, said once per
+    part through ``log``."""
+    sources = {"llm": list(llm_sources or [BASE]), "flow": list(flow_sources or [BASE])}
+    for part in PARTS:
+        if BEST_PROBE in sources[part] and resolve_alias(BEST_PROBE, part, exp_dir, rank).endswith(NO_PROBE_SCORES):
+            sources[part] = [s for s in sources[part] if s.strip() != BEST_PROBE] or [BASE]
+            if log is not None:
+                log(
+                    f"{Path(exp_dir) / part / 'checkpoints'}: no probe scores; the {part} best-probe candidates are "
+                    "skipped (train with train.probe_every_epochs=1 to have them)"
+                )
     return [
-        parse_candidate(f"llm={llm},flow={flow}", exp_dir)
-        for llm, flow in itertools.product(llm_sources or [BASE], flow_sources or [BASE])
+        parse_candidate(f"llm={llm},flow={flow}", exp_dir, rank)
+        for llm, flow in itertools.product(sources["llm"], sources["flow"])
     ]
 
 
@@ -136,11 +167,16 @@ def select_candidates(
     llm_sources: Sequence[str],
     flow_sources: Sequence[str],
     exp_dir: str | Path = "exp",
+    rank: ProbeRank | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> list[Candidate]:
-    """Command-line candidates if any, else ``evaluate.candidates``, else the grid. Duplicates (same
-    weights) and duplicate names stop with one line."""
+    """Command-line candidates if any, else ``evaluate.candidates``, else the grid (``rank`` and ``log``: see
+    :func:`grid`). Duplicates (same weights) and duplicate names stop with one line."""
     specs = split_specs(cli_specs) or split_specs(param_specs)
-    candidates = [parse_candidate(s, exp_dir) for s in specs] if specs else grid(llm_sources, flow_sources, exp_dir)
+    if specs:
+        candidates = [parse_candidate(s, exp_dir, rank) for s in specs]
+    else:
+        candidates = grid(llm_sources, flow_sources, exp_dir, rank, log)
     seen_weights: dict[tuple[str, str], str] = {}
     seen_slugs: dict[str, str] = {}
     unique: list[Candidate] = []

@@ -15,8 +15,9 @@ Leftover ``.*.tmp`` files from a killed writer are ignored and removed by the ne
 
 Names: ``epoch_{E}`` at the end of epoch E (0-based), ``step_{S}`` every ``save_every_steps``.
 Retention (:func:`apply_retention`): the newest ``keep_last`` stay full (resumable); older epoch
-checkpoints among the ``keep_best`` lowest CV losses are slimmed to weights only (enough for averaging
-and export); everything else is deleted.
+checkpoints among the ``keep_best`` lowest CV losses, or among the ``keep_best`` highest probe composites
+(when the probe ran), are slimmed to weights only (enough for averaging and export); everything else is
+deleted.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import random
 import time
 from collections.abc import Iterator, Mapping
@@ -55,6 +57,11 @@ RUN_CONTROL_FIELDS = frozenset(
         "early_stop_min_delta",
         "average_num",
         "average_by",
+        "probe_every_epochs",
+        "probe_in_domain",
+        "probe_texts",
+        "probe_max_tokens",
+        "early_stop_on",
     }
 )
 
@@ -73,6 +80,9 @@ class CheckpointInfo:
     full: bool = True  # has optimiser/RNG state (resumable); False = weights only
     cv_loss: float | None = None
     cv_acc: float | None = None
+    # the epoch's probe scores (cosyml.train.probe): "cer", "ss", "cer_<lang>", "ss_<lang>", "composite"
+    # (higher is better, the registry's weights at training time), "n", "skipped"; None: no probe ran
+    probe: dict[str, float] | None = None
     saved_at: float = 0.0
     path: str = ""  # the .pt file (filled in when listed)
 
@@ -191,6 +201,12 @@ def load_checkpoint(path: str | Path, expected_hash: str | None = None, mmap: bo
     return data
 
 
+def probe_composite(info: CheckpointInfo) -> float | None:
+    """The probe composite stored with ``info`` (higher is better), or None when no probe scored it."""
+    value = (info.probe or {}).get("composite")
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
 def apply_retention(folder: str | Path, keep_last: int, keep_best: int) -> None:
     """Keep the newest ``keep_last`` checkpoints full; slim older epoch checkpoints among the ``keep_best``
     lowest CV losses to weights only; delete the rest."""
@@ -199,6 +215,8 @@ def apply_retention(folder: str | Path, keep_last: int, keep_best: int) -> None:
     keep_full = {i.name for i in full[-max(1, keep_last) :]}
     epochs = [i for i in infos if i.kind == "epoch" and i.cv_loss is not None]
     best = {i.name for i in sorted(epochs, key=lambda i: (i.cv_loss, -i.step))[: max(0, keep_best)]}
+    probed = [i for i in infos if i.kind == "epoch" and probe_composite(i) is not None]
+    best |= {i.name for i in sorted(probed, key=lambda i: (-(probe_composite(i) or 0.0), -i.step))[: max(0, keep_best)]}
     for info in infos:
         if info.name in keep_full:
             continue

@@ -23,7 +23,12 @@ Precision: fp32 on CPU; on GPU ``precision: auto`` is bf16 autocast where suppor
 
 Callbacks (rank 0 only): a :class:`MetricLogger` and/or ``on_log(metrics, step)`` every ``log_every_steps``
 steps and once with the data summary at step 0, ``on_epoch_end(EpochResult)``, ``on_checkpoint(CheckpointInfo, is_best)`` (``is_best``:
-the loop's own rule, ``early_stop_min_delta`` and the best CV loss restored on resume included). The loop
+the loop's own rule, ``early_stop_min_delta`` and the best CV loss restored on resume included), and
+``on_probe(epoch, model)`` every ``probe_every_epochs`` epochs after validation and before the epoch's
+checkpoint is written: it scores the model's current weights and returns the scores (a flat dict with
+``"composite"``, higher is better) or ``None``. The scores go into the checkpoint record
+(``CheckpointInfo.probe``), are broadcast from rank 0 to every rank (outside the rank-0 block), and
+with ``early_stop_on: probe`` decide ``is_best`` and early stopping instead of the CV loss. The loop
 knows nothing about MLflow. Callbacks run inside :func:`_rank0_block`: they may not call collectives
 (every rank computes what they log first) and whatever they draw from the python/numpy/torch RNGs (an
 audio sampler loading a synthesis engine does) is given back, so a run with callbacks and a resumed run
@@ -186,6 +191,7 @@ class EpochResult:
     cv_utts: int
     checkpoint: str | None
     is_best: bool
+    probe: dict[str, float] | None = None  # on_probe's scores for this epoch (None: no probe ran)
 
 
 class MetricLogger(Protocol):
@@ -202,6 +208,7 @@ class TrainCallbacks:
     on_epoch_end: Callable[[EpochResult], None] | None = None
     on_checkpoint: Callable[[CheckpointInfo, bool], None] | None = None
     logger: MetricLogger | None = None
+    on_probe: Callable[[int, torch.nn.Module], dict[str, float] | None] | None = None
 
     @property
     def logs(self) -> bool:
@@ -354,7 +361,61 @@ class Progress:
     next_epoch: int = 0
     next_batch: int = 0  # batches of next_epoch already consumed
     # loop counters kept in checkpoints: early stopping, skipped steps (and "epoch_sums" mid-epoch)
-    extra: dict[str, Any] = field(default_factory=lambda: {"best_cv": math.inf, "bad_epochs": 0, "skipped_steps": 0})
+    extra: dict[str, Any] = field(
+        default_factory=lambda: {"best_cv": math.inf, "best_probe": -math.inf, "bad_epochs": 0, "skipped_steps": 0}
+    )
+
+
+def probe_due(cfg: TrainConfig, epoch: int) -> bool:
+    """Does the probe run after (0-based) ``epoch``? Every ``probe_every_epochs``-th epoch; 0 = never."""
+    return cfg.probe_every_epochs > 0 and (epoch + 1) % cfg.probe_every_epochs == 0
+
+
+def run_probe(
+    cfg: TrainConfig, epoch: int, model: torch.nn.Module, callbacks: TrainCallbacks, info: DistInfo
+) -> dict[str, float] | None:
+    """Rank 0's probe scores of ``model`` after ``epoch``, on every rank (None: not due, off, or nothing scored).
+
+    Whether a broadcast happens depends only on ``cfg`` (the same on every rank), never on rank 0's callback,
+    so the ranks always meet in it; the probe itself runs in the rank-0 block (no collectives, RNG untouched).
+    """
+    if not probe_due(cfg, epoch):
+        return None
+    scores = None
+    if info.is_main and callbacks.on_probe is not None:
+        with _rank0_block():
+            scores = callbacks.on_probe(epoch, model)
+    return ddp.broadcast_object(scores, info)
+
+
+def _update_best(
+    cfg: TrainConfig, extra: dict[str, Any], cv_loss: float | None, probe: Mapping[str, float] | None
+) -> bool:
+    """Update the best CV loss / probe composite and the early-stopping count; is this epoch the best one?
+
+    ``early_stop_on`` picks the rule: a CV loss below the best by more than ``early_stop_min_delta``, or a
+    probe composite above the best by more than it. An epoch the rule cannot judge (no CV set, no probe
+    this epoch) neither resets nor counts towards ``early_stop_patience``.
+    """
+    composite = probe.get("composite") if probe else None
+    if composite is not None and not math.isfinite(composite):
+        composite = None
+    cv_better = cv_loss is not None and cv_loss < extra["best_cv"] - cfg.early_stop_min_delta
+    if cv_better:
+        extra["best_cv"] = cv_loss
+    best_probe = extra.get("best_probe", -math.inf)
+    probe_better = composite is not None and composite > best_probe + cfg.early_stop_min_delta
+    if probe_better:
+        extra["best_probe"] = composite
+    if cfg.early_stop_on == "probe":
+        is_best, judged = probe_better, composite is not None
+    else:
+        is_best, judged = cv_better, cv_loss is not None
+    if is_best:
+        extra["bad_epochs"] = 0
+    elif judged:
+        extra["bad_epochs"] += 1
+    return is_best
 
 
 def _resume_path(resume: str | Path | None, checkpoint_dir: Path, info: DistInfo) -> str | None:
@@ -456,11 +517,12 @@ def train(
         next_batch: int,
         cv: tuple[Any, ...] = (),
         is_best: bool = False,
+        probe: dict[str, float] | None = None,
     ) -> CheckpointInfo:
         rngs = ddp.gather_objects(capture_rng(), info)  # collective: every rank calls it
         record = CheckpointInfo(
             name=name, kind=kind, epoch=epoch, step=step, next_epoch=next_epoch, next_batch=next_batch,
-            config_hash=chash, cv_loss=cv[0] if cv else None, cv_acc=cv[1] if cv else None,
+            config_hash=chash, cv_loss=cv[0] if cv else None, cv_acc=cv[1] if cv else None, probe=probe,
         )  # fmt: skip
         if emit:
             with _rank0_block():
@@ -571,16 +633,13 @@ def train(
             if reached_max:
                 return TrainResult(step, epochs_completed, False, checkpoint_dir, history)
 
-        # ---- end of epoch: validate, checkpoint, early stopping
+        # ---- end of epoch: validate, probe, checkpoint, early stopping
         cv_loss, cv_acc, cv_utts = (None, None, 0)
         if cv_set is not None:
             cv_loss, cv_acc, cv_utts = evaluate(model, cv_set, info, autocast_dtype)
-        is_best = cv_loss is not None and cv_loss < extra["best_cv"] - cfg.early_stop_min_delta
-        if is_best:
-            extra["best_cv"], extra["bad_epochs"] = cv_loss, 0
-        elif cv_loss is not None:
-            extra["bad_epochs"] += 1
-        record = checkpoint(f"epoch_{epoch}", "epoch", epoch, epoch + 1, 0, (cv_loss, cv_acc), is_best)
+        probe = run_probe(cfg, epoch, model, callbacks, info)
+        is_best = _update_best(cfg, extra, cv_loss, probe)
+        record = checkpoint(f"epoch_{epoch}", "epoch", epoch, epoch + 1, 0, (cv_loss, cv_acc), is_best, probe)
         last_saved = record.name
         epochs_completed = epoch + 1
         result = EpochResult(
@@ -593,6 +652,7 @@ def train(
             cv_utts=cv_utts,
             checkpoint=record.path or None,
             is_best=is_best,
+            probe=probe,
         )
         history.append(result)
         if emit and callbacks.on_epoch_end:

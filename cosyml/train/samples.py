@@ -10,6 +10,8 @@ Knows nothing of MLflow: :meth:`EpochSampler.render` returns the wav paths it wr
 from __future__ import annotations
 
 import re
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -96,27 +98,68 @@ class EpochSampler:
             combos["both"] = {self.part: str(checkpoint), self.other: str(self.other_weights)}
         return combos
 
-    def render(self, checkpoint: str | Path, epoch: int) -> list[Path]:
-        """Write ``<out_dir>/epoch_XXX/<label>_<i>_<slug>.wav`` for every combination and sentence ``i``
-        (``slug``: :func:`sentence_slug` of the sentence, whose full text is in :attr:`sentences_file`)."""
+    def best_combination(self, checkpoint: str | Path) -> tuple[str, dict[str, str]]:
+        """The combination the probe scores: ``both`` (the other part's best available weights) when they
+        exist, else ``<part>_only`` (the other part at its base weights)."""
+        combos = self.combinations(checkpoint)
+        label = "both" if "both" in combos else f"{self.part}_only"
+        return label, combos[label]
+
+    def synthesize_lines(
+        self,
+        weights: dict[str, str],
+        texts: Sequence[str],
+        paths: Sequence[Path],
+        seeds: Sequence[int],
+        max_tokens: int | None = None,
+    ) -> list[str | None]:
+        """Synthesise ``texts[i]`` (sft mode, seed ``seeds[i]``) with ``weights`` into ``paths[i]``.
+
+        Returns one entry per line: None when written, else the one-line reason it could not be
+        synthesised (the line is skipped; training never stops for it). The engine is back on its base
+        weights afterwards.
+        """
         from cosyml.synth.request import SynthRequest
 
         engine = self._load()
-        written: list[Path] = []
-        for label, weights in self.combinations(checkpoint).items():
+        errors: list[str | None] = []
+        try:
             engine.swap(llm=weights["llm"], flow=weights["flow"])
-            for i, text in enumerate(self.samples.texts):
-                request = SynthRequest(
-                    text=text,
-                    mode="sft",
-                    speaker=self.samples.speaker,
-                    speaker_file=self._speaker_file,
-                    max_tokens=self.max_tokens,
-                    seed=self.seed + i,
-                )
-                result = engine.synthesize(request)
-                path = self.out_dir / f"epoch_{epoch:03d}" / f"{label}_{i}_{sentence_slug(text)}.wav"
+            for text, path, seed in zip(texts, paths, seeds, strict=True):
+                try:
+                    request = SynthRequest(
+                        text=text,
+                        mode="sft",
+                        speaker=self.samples.speaker,
+                        speaker_file=self._speaker_file,
+                        max_tokens=max_tokens or self.max_tokens,
+                        seed=seed,
+                    )
+                    result = engine.synthesize(request)
+                except Exception as exc:  # any failure of one line: reported, skipped, training goes on
+                    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    errors.append(f"{type(exc).__name__}: {reason}"[:300])
+                    continue
                 write_wav(path, result.wav, result.sample_rate)
-                written.append(path)
-        engine.swap(llm="base", flow="base")
+                errors.append(None)
+        finally:
+            engine.swap(llm="base", flow="base")
+        return errors
+
+    def render(self, checkpoint: str | Path, epoch: int) -> list[Path]:
+        """Write ``<out_dir>/epoch_XXX/<label>_<i>_<slug>.wav`` for every combination and sentence ``i``
+        (``slug``: :func:`sentence_slug` of the sentence, whose full text is in :attr:`sentences_file`).
+        A sentence that cannot be synthesised is left out (one line on stderr)."""
+        written: list[Path] = []
+        texts = self.samples.texts
+        seeds = [self.seed + i for i in range(len(texts))]
+        for label, weights in self.combinations(checkpoint).items():
+            paths = [
+                self.out_dir / f"epoch_{epoch:03d}" / f"{label}_{i}_{sentence_slug(t)}.wav" for i, t in enumerate(texts)
+            ]
+            for path, error in zip(paths, self.synthesize_lines(weights, texts, paths, seeds), strict=True):
+                if error is None:
+                    written.append(path)
+                else:
+                    print(f"cosyml: sample {path.name} (epoch {epoch}) skipped: {error}", file=sys.stderr)
         return written
