@@ -96,11 +96,16 @@ def test_each_epoch_logs_probe_cer_and_ss_to_mlflow(probed_run):
     assert client.get_metric_history(run.info.run_id, "probe/seconds")[0].value > 0
     logged = [a.path for a in client.list_artifacts(run.info.run_id, "probe/epoch_001")]
     assert len(logged) == 3 and all(p.endswith(".wav") for p in logged), logged  # 1 dev line + 2 speakable
-    assert "probe/lines.txt" in [a.path for a in client.list_artifacts(run.info.run_id, "probe")]
+    probe_files = [a.path for a in client.list_artifacts(run.info.run_id, "probe")]
+    assert {"probe/lines.txt", "probe/curves.svg"} <= set(probe_files), probe_files
 
 
 def test_probe_scores_are_stored_with_each_epoch_checkpoint(probed_run):
+    from cosyml.train.probe import read_history
+
     out, _ = probed_run
+    history = read_history(out / "probe" / "history.json")  # the curves outlive checkpoint retention
+    assert [r["epoch"] for r in history] == [0, 1] and all("cv_loss" in r and "cer" in r for r in history)
     epochs = {i.name: i for i in list_checkpoints(out / "checkpoints") if i.kind == "epoch"}
     assert set(epochs) == {"epoch_0", "epoch_1"}
     for info in epochs.values():
@@ -324,3 +329,36 @@ def test_selection_helpers_reject_bad_input(tmp_path):
     with pytest.raises(InputError):
         select_checkpoints(tmp_path / "none", 1, "probe")
     assert math.isclose(select_checkpoints(tmp_path, 4, "probe")[0].probe["ss"], 0.6)
+
+
+def test_history_keeps_one_entry_per_epoch_of_the_latest_run(tmp_path):
+    from cosyml.train.probe import read_history, write_history
+
+    path = tmp_path / "probe" / "history.json"
+    for epoch, cer in ((0, 0.5), (1, 0.4), (2, 0.3)):
+        write_history(path, epoch, {"cer": cer, "ss": 0.5, "composite": 0.5 - cer, "cv_loss": None})
+    write_history(path, 1, {"cer": 0.9, "ss": 0.1, "composite": -0.8})  # a restarted run reached epoch 1 again
+    assert [(r["epoch"], r["cer"]) for r in read_history(path)] == [(0, 0.5), (1, 0.9)]
+    assert "cv_loss" not in read_history(path)[0]
+    path.write_text("not json")
+    assert read_history(path) == []
+
+
+def test_the_report_plots_cer_and_ss_against_epoch_per_part(tmp_path):
+    from cosyml.evaluation.report import probe_curves_svg, render_html, write_plots
+    from cosyml.evaluation.suite import SuiteResult
+
+    history = [
+        {"epoch": 0, "cer": 0.30, "ss": 0.60, "composite": 0.30, "cv_loss": 2.0},
+        {"epoch": 1, "cer": 0.10, "ss": 0.70, "composite": 0.60, "cv_loss": 2.2},
+        {"epoch": 2, "cer": 0.40, "ss": 0.65, "composite": 0.25, "cv_loss": 2.4},
+    ]
+    svg = probe_curves_svg("llm", history)
+    assert svg.count("<polyline") == 3 and "best probe composite: epoch 1" in svg
+    assert "CER/WER %: 10.0" in svg and "SS ×100: 70.0" in svg
+    result = SuiteResult(tmp_path, "spk", tmp_path, True, [], [], {}, probe_history={"llm": history})
+    page = render_html(result)
+    assert 'id="probe-llm"' in page and "Training curves" in page and '<tr class="best"><td>1</td>' in page
+    assert [p.name for p in write_plots(result, tmp_path / "plots")][-1] == "probe_llm.svg"
+    empty = render_html(SuiteResult(tmp_path, "spk", tmp_path, True, [], [], {}))
+    assert "train.probe_every_epochs: 1" in empty

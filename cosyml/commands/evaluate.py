@@ -111,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
             progress=not args.no_progress,
             log=log,
         )
+        result.probe_history = _probe_history(Path(cfg.exp_dir))
         files = write_outputs(result, cfg.report_max_utts)
         metrics: dict[str, float] = {
             "skipped_items": len(result.skipped),
@@ -149,6 +150,14 @@ def run(args: argparse.Namespace) -> int:
             "no candidate could be evaluated: " + "; ".join(f"{c.candidate.name}: {c.error}" for c in result.candidates)
         )
     return 0
+
+
+def _probe_history(exp_dir: Path) -> dict[str, list[dict]]:
+    """Each trained part's per-epoch probe history (``<exp_dir>/<part>/probe/history.json``), for the report."""
+    from cosyml.train.probe import HISTORY_FILE, read_history
+
+    found = {part: read_history(exp_dir / part / "probe" / HISTORY_FILE) for part in ("llm", "flow")}
+    return {part: rows for part, rows in found.items() if rows}
 
 
 def format_table(result) -> str:

@@ -200,6 +200,7 @@ def _train_part(
     from cosyml.train.average import average_checkpoints
     from cosyml.train.batching import UtteranceSet, default_featurizer
     from cosyml.train.loop import TrainCallbacks, completed_checkpoint, train
+    from cosyml.train.probe import HISTORY_FILE, write_history
     from cosyml.versioning import data_version
 
     cfg = params.train
@@ -291,6 +292,8 @@ def _train_part(
             if epoch.probe:  # probe/cer, probe/ss, probe/cer_zh ... by epoch, next to epoch/cv_loss
                 skip = ("n", "skipped", "seconds")
                 run.log_metrics({f"probe/{k}": v for k, v in epoch.probe.items() if k not in skip}, step=epoch.epoch)
+                entry = {**epoch.probe, "cv_loss": epoch.cv_loss, "train_loss": epoch.train_loss, "step": epoch.step}
+                write_history(output / "probe" / HISTORY_FILE, epoch.epoch, entry)
             samples_due = cfg.sample_every_epochs > 0 and (epoch.epoch + 1) % cfg.sample_every_epochs == 0
             if sampler is not None and epoch.checkpoint and samples_due:
                 for wav in sampler.render(epoch.checkpoint, epoch.epoch):
@@ -334,6 +337,9 @@ def _train_part(
         )
         if not info.is_main or not average:
             return {"epochs": result.epochs_completed, "steps": result.step, "weights": checkpoint_dir}
+        curves = _probe_curves(part, output / "probe")
+        if curves is not None:
+            run.log_artifact(curves, "probe")  # CER/SS/CV loss against epoch, beside the metrics' own charts
         averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by, rank=rank)
         run.set_tags({"cosyml.averaged_from": ",".join(averaged.sources), "cosyml.part": part})
         if cfg.log_checkpoints in ("all", "best", "final"):
@@ -392,6 +398,18 @@ def _epoch_sampler(
         max_tokens=max_tokens,
     )
     return sampler, rows
+
+
+def _probe_curves(part: str, probe_dir: Path) -> Path | None:
+    """``<probe_dir>/curves.svg`` from the probe history (None when no epoch was probed)."""
+    from cosyml.evaluation.report import probe_curves_svg
+    from cosyml.fileio import atomic_write_text
+    from cosyml.train.probe import HISTORY_FILE, read_history
+
+    history = read_history(probe_dir / HISTORY_FILE)
+    if not history:
+        return None
+    return atomic_write_text(probe_dir / "curves.svg", probe_curves_svg(part, history))
 
 
 def probe_rank(registry: Any) -> Any:

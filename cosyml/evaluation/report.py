@@ -195,6 +195,10 @@ def write_plots(result: SuiteResult, folder: Path) -> tuple[Path, ...]:
             ),
         ),
     )
+    for part, history in result.probe_history.items():
+        if history:
+            images.append(folder / f"probe_{part}.svg")
+            write_if_changed(images[-1], probe_curves_svg(part, history).encode("utf-8"))
     return (by_candidate, by_subset, *images)
 
 
@@ -374,6 +378,119 @@ def bar_chart_svg(
     return "".join(parts)
 
 
+_CURVES = (("cer", "CER/WER %", "#c0392b"), ("ss", "SS ×100", "#2e7d32"), ("cv_loss", "CV loss (own scale)", "#5a6475"))
+
+
+def probe_curves_svg(part: str, history: Sequence[dict[str, Any]], width: int = 560, height: int = 240) -> str:
+    """A standalone SVG line chart of one part's training: probe CER % and SS ×100 against epoch on one
+    axis (0 to the highest value), the CV loss on its own scale (its range in the legend), and a dashed
+    line at the best probe composite's epoch. ``history``: :func:`cosyml.train.probe.read_history` rows."""
+    rows = sorted((r for r in history if isinstance(r.get("epoch"), int)), key=lambda r: r["epoch"])
+    left, right, top, bottom = 44, 16, 28, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+    epochs = [r["epoch"] for r in rows] or [0]
+    e0, e1 = min(epochs), max(epochs)
+
+    def x(epoch: float) -> float:
+        return left + (plot_w * (epoch - e0) / (e1 - e0) if e1 > e0 else plot_w / 2)
+
+    def finite(r: dict[str, Any], key: str) -> float | None:
+        v = r.get(key)
+        return float(v) if isinstance(v, int | float) and math.isfinite(v) else None
+
+    scaled = [100 * v for r in rows for k in ("cer", "ss") if (v := finite(r, k)) is not None]
+    y_top = max([100.0, *scaled])
+    cv = [v for r in rows if (v := finite(r, "cv_loss")) is not None]
+    cv_lo, cv_hi = (min(cv), max(cv)) if cv else (0.0, 1.0)
+    parts = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="{_e(part)} probe curves" class="curves">',
+        f'<text x="{left}" y="16" font-size="13" fill="#1d2330">{_e(part)}: probe CER/SS and CV loss by epoch</text>',
+        f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#9aa3b2"/>',
+        f'<line x1="{left}" y1="{top}" x2="{left}" y2="{top + plot_h}" stroke="#9aa3b2"/>',
+        f'<text x="{left - 4}" y="{top + 4}" font-size="11" text-anchor="end" fill="#5a6475">{y_top:.0f}</text>',
+        f'<text x="{left - 4}" y="{top + plot_h}" font-size="11" text-anchor="end" fill="#5a6475">0</text>',
+    ]
+    for e in sorted(set(epochs)):
+        parts.append(
+            f'<text x="{x(e):.1f}" y="{top + plot_h + 14}" font-size="11" text-anchor="middle" fill="#5a6475">{e}</text>'
+        )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" font-size="11" text-anchor="middle" fill="#5a6475">'
+        "epoch</text>"
+    )
+    best = [(c, r["epoch"]) for r in rows if (c := finite(r, "composite")) is not None]
+    if best:
+        best_epoch = max(best, key=lambda pair: (pair[0], pair[1]))[1]
+        bx = x(best_epoch)
+        parts.append(
+            f'<line x1="{bx:.1f}" y1="{top}" x2="{bx:.1f}" y2="{top + plot_h}" stroke="#1d2330" stroke-dasharray="4 3">'
+            f"<title>best probe composite: epoch {best_epoch}</title></line>"
+        )
+    for i, (key, label, color) in enumerate(_CURVES):
+        points = []
+        for r in rows:
+            v = finite(r, key)
+            if v is None:
+                continue
+            share = (v - cv_lo) / (cv_hi - cv_lo) if key == "cv_loss" and cv_hi > cv_lo else None
+            if key == "cv_loss":
+                y = top + plot_h * (1 - (share if share is not None else 0.5))
+            else:
+                y = top + plot_h * (1 - 100 * v / y_top)
+            points.append((x(r["epoch"]), y, v))
+        if not points:
+            continue
+        dash = ' stroke-dasharray="2 2"' if key == "cv_loss" else ""
+        path = " ".join(f"{px:.1f},{py:.1f}" for px, py, _ in points)
+        parts.append(f'<polyline points="{path}" fill="none" stroke="{color}" stroke-width="1.8"{dash}/>')
+        for px, py, v in points:
+            shown = f"{v:.4g}" if key == "cv_loss" else f"{100 * v:.1f}"
+            parts.append(
+                f'<circle cx="{px:.1f}" cy="{py:.1f}" r="2.5" fill="{color}"><title>{label}: {shown}</title></circle>'
+            )
+        legend = f"{label} [{cv_lo:.3g}..{cv_hi:.3g}]" if key == "cv_loss" else label
+        lx = left + 8 + i * 170
+        parts.append(f'<text x="{lx}" y="{top + 12}" font-size="11" fill="{color}">{_e(legend)}</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def _probe_section(result: SuiteResult) -> str:
+    """Per trained part: the probe curves and a table of the probed epochs (the best composite marked)."""
+    parts = {p: h for p, h in result.probe_history.items() if h}
+    if not parts:
+        return (
+            '<p class="meta">No per-epoch probe history in the training runs (train with '
+            "<code>train.probe_every_epochs: 1</code> to see CER/SS against epoch here).</p>"
+        )
+    blocks = []
+    for part, history in parts.items():
+        composites = [r.get("composite") for r in history if isinstance(r.get("composite"), int | float)]
+        best = max(composites) if composites else None
+        body = []
+        for r in history:
+            mark = ' class="best"' if best is not None and r.get("composite") == best else ""
+            cv = r.get("cv_loss")
+            comp = r.get("composite")
+            body.append(
+                f"<tr{mark}><td>{r['epoch']}</td><td>{'–' if cv is None else f'{cv:.4f}'}</td>"
+                f"<td>{_pct(r.get('cer'))}</td><td>{_pct(r.get('ss'))}</td>"
+                f"<td>{'–' if comp is None else f'{comp:.4f}'}</td></tr>"
+            )
+        blocks.append(
+            f'<div class="chart" id="probe-{_e(part)}">{probe_curves_svg(part, history)}'
+            f"<table><thead><tr><th>epoch</th><th>CV loss</th><th>CER/WER %</th><th>SS ×100</th><th>composite</th>"
+            f"</tr></thead><tbody>{''.join(body)}</tbody></table></div>"
+        )
+    note = (
+        '<p class="meta">Per-epoch probe of each training run (a few fixed dev and out-of-domain lines, fixed '
+        "seeds): CER/WER and SS of the epoch's weights, with the CV loss on its own scale. The dashed line is the "
+        "epoch with the best composite (the <code>best-probe</code> source).</p>"
+    )
+    return note + f'<div class="charts">{"".join(blocks)}</div>'
+
+
 def _candidate_table(result: SuiteResult) -> str:
     scored = result.scored
     finite = [c.summary.cer for c in scored if c.summary and c.summary.cer is not None]
@@ -551,6 +668,7 @@ def render_html(result: SuiteResult, max_utts: int = 4) -> str:
         f'<h1>Evaluation of speaker “{_e(result.speaker)}”</h1><p class="meta">{meta}</p>{notice}'
         f"<h2>Candidates</h2>{_candidate_table(result)}{charts}"
         f"<h2>Per subset</h2>{_subset_table(result)}"
+        f'<h2>Training curves</h2><div id="probe-curves">{_probe_section(result)}</div>'
         f"<h2>Skipped</h2>{_skipped_section(result)}"
         f'<h2>Listen</h2><div id="listen">{_listen_section(result, max_utts)}</div>'
         f"<h2>Settings</h2><details><summary>settings</summary><pre>{settings}</pre></details>"

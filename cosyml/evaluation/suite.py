@@ -137,6 +137,8 @@ class SuiteResult:
     candidates: list[CandidateResult]
     settings: dict[str, Any]
     engine_loaded: bool = False
+    # per part, the training's per-epoch probe history (cosyml.train.probe.read_history), for the report's curves
+    probe_history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def skipped(self) -> list[ItemProblem]:

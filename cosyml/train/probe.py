@@ -20,6 +20,7 @@ Whisper and CAM++ are built on first use and kept (one load per run). Knows noth
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -223,3 +224,35 @@ class EpochProbe:
             scores["skipped"] = float(len(skipped))
             scores["seconds"] = seconds
         return ProbeResult(epoch, label, scores, skipped, wavs, seconds, synth_seconds)
+
+
+# ------------------------------------------------------------------------------------------ history
+
+HISTORY_FILE = "history.json"  # in the probe folder: the curves, kept when retention deletes checkpoints
+
+
+def write_history(path: str | Path, epoch: int, entry: dict[str, float]) -> Path:
+    """Record ``entry`` (probe scores, CV loss, ...) for ``epoch`` in the JSON history at ``path``.
+
+    Entries of later epochs are dropped (they belong to an earlier run that this one restarted), so the
+    file always describes the run that wrote it last. Atomic: a killed run leaves the previous file.
+    """
+    path = Path(path)
+    history = {int(e["epoch"]): e for e in read_history(path) if int(e["epoch"]) < epoch}
+    history[epoch] = {"epoch": epoch, **{k: v for k, v in entry.items() if v is not None}}
+    rows = [history[e] for e in sorted(history)]
+    return atomic_write_text(path, json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
+
+
+def read_history(path: str | Path) -> list[dict[str, float]]:
+    """The entries of a history file, oldest epoch first ([] when absent or unreadable)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    if not isinstance(rows, list):
+        return []
+    return [r for r in rows if isinstance(r, dict) and isinstance(r.get("epoch"), int)]
