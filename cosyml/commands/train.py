@@ -262,6 +262,8 @@ def _train_part(
             if probe is not None:
                 run.log_artifact(probe.write_lines(), "probe")  # which text each probe wav speaks
 
+        probed: dict[int, str] = {}  # epoch -> the combination the probe synthesised (not rendered again as samples)
+
         def on_probe(epoch: int, trained: Any) -> dict[str, float] | None:
             if probe is None:
                 return None
@@ -272,6 +274,7 @@ def _train_part(
                 result = probe.run(weights_file, epoch)
             finally:
                 weights_file.unlink(missing_ok=True)  # up to 2 GB: not kept in the run folder
+            probed[epoch] = result.label
             for line, error in result.skipped:
                 print(f"cosyml: probe line {line.utt} ({line.text[:40]!r}) skipped: {error}", file=sys.stderr)
             print(f"cosyml: {result.summary_line()}", file=sys.stderr)
@@ -296,7 +299,8 @@ def _train_part(
                 write_history(output / "probe" / HISTORY_FILE, epoch.epoch, entry)
             samples_due = cfg.sample_every_epochs > 0 and (epoch.epoch + 1) % cfg.sample_every_epochs == 0
             if sampler is not None and epoch.checkpoint and samples_due:
-                for wav in sampler.render(epoch.checkpoint, epoch.epoch):
+                skip = (probed[epoch.epoch],) if epoch.epoch in probed else ()
+                for wav in sampler.render(epoch.checkpoint, epoch.epoch, skip):
                     run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
 
         def on_checkpoint(ckpt: Any, is_best: bool) -> None:
@@ -439,11 +443,14 @@ def _epoch_probe(params: Params, model_dir: Any, sampler: Any, rows: list[dict[s
         print(f"cosyml: train.probe_every_epochs: the probe is off: {missing}", file=sys.stderr)
         return None
     lines = probe_lines([str(r["text"]) for r in rows], cfg.probe_in_domain, cfg.probe_texts, seed=cfg.seed)
+    # evaluate.max_tokens, else room for twice the longest line's characters: an honest transcript fits,
+    # a hallucinating Whisper (224 tokens a line) does not cost more than the line could hold
+    whisper_cap = params.evaluate.max_tokens or min(224, 2 * max((len(x.text) for x in lines), default=0) + 8)
 
     def load_asr() -> Any:
         from cosyml.evaluation.asr import WhisperASR
 
-        return WhisperASR.load(whisper, device="cpu", batch_size=params.evaluate.batch_size)
+        return WhisperASR.load(whisper, device="cpu", batch_size=params.evaluate.batch_size, max_tokens=whisper_cap)
 
     def load_embedder() -> Any:
         from cosyml.evaluation.speaker import campplus_embedder

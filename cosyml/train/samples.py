@@ -146,14 +146,17 @@ class EpochSampler:
             engine.swap(llm="base", flow="base")
         return errors
 
-    def render(self, checkpoint: str | Path, epoch: int) -> list[Path]:
+    def render(self, checkpoint: str | Path, epoch: int, skip: Sequence[str] = ()) -> list[Path]:
         """Write ``<out_dir>/epoch_XXX/<label>_<i>_<slug>.wav`` for every combination and sentence ``i``
         (``slug``: :func:`sentence_slug` of the sentence, whose full text is in :attr:`sentences_file`).
+        Combinations named in ``skip`` are not rendered (the probe already spoke with them this epoch).
         A sentence that cannot be synthesised is left out (one line on stderr)."""
         written: list[Path] = []
         texts = self.samples.texts
         seeds = [self.seed + i for i in range(len(texts))]
         for label, weights in self.combinations(checkpoint).items():
+            if label in skip:
+                continue
             paths = [
                 self.out_dir / f"epoch_{epoch:03d}" / f"{label}_{i}_{sentence_slug(t)}.wav" for i, t in enumerate(texts)
             ]
