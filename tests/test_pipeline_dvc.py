@@ -87,6 +87,8 @@ def test_every_stage_recorded_one_mlflow_run(workspace):
     history = [m.value for m in client.get_metric_history(train.info.run_id, "epoch/cv_loss")]
     assert len(history) == 3 and history[-1] < history[0]  # the tiny LLM learns the toy voice's tokens
     assert train.data.tags.get("cosyml.data_version")  # the shards' md5 from dvc.lock
+    for key in ("probe/cer", "probe/ss"):  # the demo probes every epoch (params.yaml train.probe_every_epochs)
+        assert [m.step for m in client.get_metric_history(train.info.run_id, key)] == [0, 1, 2], key
     samples = [a.path for a in client.list_artifacts(train.info.run_id, "samples/epoch_002")]
     assert samples and all(p.endswith(".wav") for p in samples)  # per-epoch audio, playable in the UI
     assert "evaluate" in stages and "promote" in stages

@@ -94,8 +94,9 @@ def test_each_epoch_logs_probe_cer_and_ss_to_mlflow(probed_run):
     cer = [m.value for m in client.get_metric_history(run.info.run_id, "probe/cer")]
     assert all(math.isfinite(v) and v >= 0.0 for v in cer)  # CER can pass 1 (insertions)
     assert client.get_metric_history(run.info.run_id, "probe/seconds")[0].value > 0
-    logged = [a.path for a in client.list_artifacts(run.info.run_id, "probe/epoch_001")]
-    assert len(logged) == 3 and all(p.endswith(".wav") for p in logged), logged  # 1 dev line + 2 speakable
+    logged = [a.path for a in client.list_artifacts(run.info.run_id, "samples/epoch_001")]
+    # 1 dev line + 2 speakable lines, as that epoch's audio samples (sample_every_epochs is 0 here)
+    assert sorted(Path(p).name for p in logged) == ["p00_dev_en.wav", "p01_ood_zh.wav", "p02_ood_en.wav"], logged
     probe_files = [a.path for a in client.list_artifacts(run.info.run_id, "probe")]
     assert {"probe/lines.txt", "probe/curves.svg"} <= set(probe_files), probe_files
 
@@ -362,3 +363,18 @@ def test_the_report_plots_cer_and_ss_against_epoch_per_part(tmp_path):
     assert [p.name for p in write_plots(result, tmp_path / "plots")][-1] == "probe_llm.svg"
     empty = render_html(SuiteResult(tmp_path, "spk", tmp_path, True, [], [], {}))
     assert "train.probe_every_epochs: 1" in empty
+
+
+def test_without_a_whisper_checkpoint_the_probe_says_once_that_it_is_off(kit_dir, tmp_path, capsys):
+    from types import SimpleNamespace
+
+    from cosyml.commands.train import _epoch_probe
+    from cosyml.config import Params, with_overrides
+
+    params = with_overrides(Params(), {"model_dir": str(kit_dir), "train.probe_every_epochs": 1})
+    assert _epoch_probe(params, SimpleNamespace(root=kit_dir), None, [], tmp_path) is None
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "cosyml: train.probe_every_epochs: the probe is off: no Whisper checkpoint "
+        "(evaluate.whisper_model and prepare.whisper_model are empty)"
+    ]

@@ -278,8 +278,8 @@ def _train_part(
             for line, error in result.skipped:
                 print(f"cosyml: probe line {line.utt} ({line.text[:40]!r}) skipped: {error}", file=sys.stderr)
             print(f"cosyml: {result.summary_line()}", file=sys.stderr)
-            for wav in result.wavs:
-                run.log_artifact(wav, f"probe/epoch_{epoch:03d}")
+            for wav in result.wavs:  # the probe's audio is that epoch's samples of its combination
+                run.log_artifact(wav, f"samples/epoch_{epoch:03d}")
             run.log_metrics({"probe/seconds": result.seconds, "probe/skipped": float(len(result.skipped))}, step=epoch)
             return result.scores
 
