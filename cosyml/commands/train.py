@@ -293,14 +293,14 @@ def _train_part(
             }
             run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch.epoch)
             if epoch.probe:  # probe/cer, probe/ss, probe/cer_zh ... by epoch, next to epoch/cv_loss
-                skip = ("n", "skipped", "seconds")
-                run.log_metrics({f"probe/{k}": v for k, v in epoch.probe.items() if k not in skip}, step=epoch.epoch)
+                counts = ("n", "skipped", "seconds")
+                run.log_metrics({f"probe/{k}": v for k, v in epoch.probe.items() if k not in counts}, step=epoch.epoch)
                 entry = {**epoch.probe, "cv_loss": epoch.cv_loss, "train_loss": epoch.train_loss, "step": epoch.step}
                 write_history(output / "probe" / HISTORY_FILE, epoch.epoch, entry)
             samples_due = cfg.sample_every_epochs > 0 and (epoch.epoch + 1) % cfg.sample_every_epochs == 0
             if sampler is not None and epoch.checkpoint and samples_due:
-                skip = (probed[epoch.epoch],) if epoch.epoch in probed else ()
-                for wav in sampler.render(epoch.checkpoint, epoch.epoch, skip):
+                spoken = (probed[epoch.epoch],) if epoch.epoch in probed else ()
+                for wav in sampler.render(epoch.checkpoint, epoch.epoch, spoken):
                     run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
 
         def on_checkpoint(ckpt: Any, is_best: bool) -> None:

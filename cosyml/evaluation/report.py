@@ -466,7 +466,7 @@ def _probe_section(result: SuiteResult) -> str:
         )
     blocks = []
     for part, history in parts.items():
-        composites = [r.get("composite") for r in history if isinstance(r.get("composite"), int | float)]
+        composites = [float(c) for r in history if isinstance(c := r.get("composite"), int | float)]
         best = max(composites) if composites else None
         body = []
         for r in history:
