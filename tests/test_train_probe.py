@@ -378,3 +378,28 @@ def test_without_a_whisper_checkpoint_the_probe_says_once_that_it_is_off(kit_dir
         "cosyml: train.probe_every_epochs: the probe is off: no Whisper checkpoint "
         "(evaluate.whisper_model and prepare.whisper_model are empty)"
     ]
+
+
+def test_under_torchrun_rank_0_probes_and_every_rank_stops_on_its_composite(shards, kit_dir, tmp_path):
+    """Two gloo ranks: only rank 0 synthesises and scores; the composite reaches rank 1 through a broadcast
+    outside the rank-0 block (a collective inside it would fail at once), so early stopping on the probe
+    stops both ranks at the same epoch."""
+    import os
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "ddp" / "llm"
+    # min_delta this large: no epoch after the first improves, patience 1 stops after epoch 1 of 4
+    params = params_file(tmp_path, kit_dir, "probe_ddp", max_epochs=4, early_stop_on="probe", early_stop_patience=1,
+                         early_stop_min_delta=1e9, keep_last=4)  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "cosyml",
+           *train_args(shards, out, params)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "trained llm: 2 epochs" in done.stdout, done.stdout[-2000:]
+    summaries = [line for line in done.stderr.splitlines() if "probe epoch" in line]
+    assert [line.split("probe epoch ")[1][:1] for line in summaries] == ["0", "1"], summaries  # rank 0 only
+    records = {i.name: i for i in list_checkpoints(out / "checkpoints")}
+    assert set(records) == {"epoch_0", "epoch_1"} and all(r.probe for r in records.values())
