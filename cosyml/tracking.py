@@ -344,6 +344,15 @@ class _Upload:
                     self.client.log_dict(self.run_id, self.info, f"{folder}/{Path(name).stem}.json".lstrip("/"))
 
 
+def _upload_error(exc: BaseException) -> str:
+    """The useful part of a failed upload's message: MLflow's HTTP errors end with urllib3's cause
+    (``(Caused by ResponseError('too many 500 error responses'))``) after a long URL."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    cause = re.search(r"\(Caused by (.+)\)\s*$", first)
+    return (cause.group(1) if cause else first)[:300]
+
+
 @dataclass
 class _PendingList:
     """The run's artifacts that are not in the store yet, as ``<pending_dir>/<run_id>.json`` (rewritten
@@ -355,6 +364,8 @@ class _PendingList:
     uploads: dict[str, _Upload] = field(default_factory=dict)  # by dest: a newer best.pt replaces the older
 
     def add(self, upload: _Upload) -> None:
+        if self.uploads.get(upload.dest) is upload:  # a retry that failed again: keep its place
+            return
         self.uploads.pop(upload.dest, None)
         self.uploads[upload.dest] = upload
         self._save()
@@ -428,7 +439,9 @@ class _Outbox:
                 return
             if self.backlog:
                 self._retry_uploads()
-            if isinstance(call, _Upload) and self.backlog:  # the store still refuses: keep the order, no wait
+            if self.offline:  # the server itself went away during that retry
+                self._hold(kind, label, call)
+            elif isinstance(call, _Upload) and self.backlog:  # the store still refuses: keep the order, no wait
                 self._stash(call, None)
             else:
                 self._try(kind, label, call)
@@ -452,7 +465,7 @@ class _Outbox:
                     self.backlog.pop(call.dest, None)  # waits in `pending` with the rest, in order
                 self._hold(kind, label, call)
             elif isinstance(call, _Upload) and call.on_disk():
-                self._stash(call, first)
+                self._stash(call, _upload_error(exc))
             else:
                 self.failed[kind] += 1
                 if kind not in self.told_failed:
@@ -479,8 +492,9 @@ class _Outbox:
         if upload.dest not in self.backlog and len(self.backlog) >= MAX_PENDING:
             self.dropped["artifacts"] += 1
             return
-        self.backlog.pop(upload.dest, None)
-        self.backlog[upload.dest] = upload
+        if self.backlog.get(upload.dest) is not upload:  # new, or a newer file for the same path: last
+            self.backlog.pop(upload.dest, None)
+            self.backlog[upload.dest] = upload
         if self.pending_list is not None:
             self.pending_list.add(upload)
         if error is None:
@@ -491,7 +505,7 @@ class _Outbox:
             self.told_stalled = True
             listed = f" (listed in {self.pending_list.path})" if self.pending_list is not None else ""
             warn(
-                f"tracking: the artifact store behind {self.uri} did not take {upload.dest} ({error[:300]}); "
+                f"tracking: the artifact store behind {self.uri} did not take {upload.dest} ({error}); "
                 f"the stage goes on, artifacts are kept on disk{listed} and retried later"
             )
 
@@ -517,7 +531,9 @@ class _Outbox:
     def _flush(self) -> None:
         while self.pending and not self.offline:
             kind, label, call = self.pending.popleft()
-            if not self._try(kind, label, call) and self.offline:
+            if isinstance(call, _Upload) and self.backlog:  # the server is back, its artifact store is not
+                self._stash(call, None)
+            elif not self._try(kind, label, call) and self.offline:
                 self.pending.pop()  # _try queued it at the back: put it back first in line
                 self.pending.appendleft((kind, label, call))
 
@@ -605,7 +621,7 @@ def flush_pending(dry_run: bool = False) -> list[FlushResult]:
             try:
                 upload()
             except Exception as exc:  # the store still refuses: keep the rest for the next flush
-                result.error = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                result.error = _upload_error(exc)
                 break
             result.uploaded.append(upload.dest)
             result.uploaded_bytes += upload.size()

@@ -189,3 +189,58 @@ def test_an_object_store_killed_mid_training_loses_nothing_and_the_leftovers_upl
     assert {f"checkpoints/epoch_{i}.pt" for i in range(3)} | {"weights/llm.pt"} <= stored
     assert {p for p in stored if p.startswith("samples/epoch_002/")}  # the last epoch's wavs
     assert store.secret_key not in done.stdout + done.stderr
+
+
+def test_refused_artifacts_are_one_line_and_track_flush_uploads_them_later(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd
+):
+    """The same path on the local store, no servers: the artifact folder cannot be created (a file is in
+    the way) until the user clears it, then `cosyml track flush` uploads what the stage left."""
+    from cosyml.cli import main
+    from cosyml.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+
+    uri, pending, blocker = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "pending", tmp_path / "store"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("COSYML_PENDING_DIR", str(pending))
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    blocker.write_text("not a folder")
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.create_experiment(
+        "cosyml/toy", artifact_location=(blocker / "mlruns").as_uri(), tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    )
+    out = tmp_path / "exp" / "llm"
+    (out / "samples").mkdir(parents=True)
+    wav, gone = out / "samples" / "a.wav", out / "samples" / "b.wav"
+    wav.write_bytes(b"\0" * 3000)
+    gone.write_bytes(b"\0" * 2000)
+    with stage_run("train_llm", "toy", {"x": 1}) as run:
+        run.log_artifact(wav, "samples/epoch_000")
+        run.log_artifact(gone, "samples/epoch_000")
+        run.log_dict({"epoch": 0}, "checkpoints/best.json")
+        run.log_metrics({"loss": 1.0}, step=0)
+    err = capfd.readouterr().err.splitlines()
+    left = [line for line in err if "not logged" in line]
+    assert left == [
+        "cosyml: warning: tracking: 3 artifacts not logged (5.0 kB: samples/epoch_000/a.wav, "
+        f"samples/epoch_000/b.wav, checkpoints/best.json): the artifact store behind {uri} did not take them; "
+        f"they are on disk under {out / 'samples'}; upload later with: cosyml track flush"
+    ], err
+    assert sum("did not take samples/epoch_000/a.wav" in line for line in err) == 1
+    assert client.get_run(run.run_id).data.metrics == {"loss": 1.0}  # the rest of the run is complete
+
+    assert main(["track", "flush", "--dry-run"]) == 0
+    assert f"run {run.run_id}: 3 artifacts pending" in capfd.readouterr().out
+    assert main(["track", "flush"]) == 1  # still in the way: nothing lost, the list stays
+    assert "still pending (the store refused samples/epoch_000/a.wav" in capfd.readouterr().out
+    assert len(json.loads((pending / f"{run.run_id}.json").read_text())["uploads"]) == 3
+
+    blocker.unlink()  # the user clears the store; meanwhile one file was deleted
+    gone.unlink()
+    assert main(["track", "flush"]) == 0
+    assert capfd.readouterr().out.strip() == (
+        f"track flush: run {run.run_id}: 2 artifacts uploaded (3.0 kB); 1 dropped, their files are gone"
+    )
+    assert _artifacts(client, run.run_id) == {"samples/epoch_000/a.wav", "checkpoints/best.json"}
+    assert not list(pending.glob("*.json"))
+    assert main(["track", "flush"]) == 0
+    assert "nothing pending" in capfd.readouterr().out
