@@ -685,10 +685,10 @@ class StageRun:
         if not self.active or not path.exists():
             return
         if path.is_dir():
-            upload = _Upload("dir", artifact_path or "", source=str(path.resolve()))
+            upload = _Upload("dir", artifact_path or "", source=str(path.absolute()))
         else:
             dest = f"{artifact_path}/{path.name}" if artifact_path else path.name
-            upload = _Upload("file", dest, source=str(path.resolve()))
+            upload = _Upload("file", dest, source=str(path.absolute()))
         self._send_upload(upload)
 
     def log_weights(
@@ -704,7 +704,7 @@ class StageRun:
             return
         dest = f"{artifact_path}/{name or checkpoint.name}"
         meta = _mask_values(dict(info)) if info else None
-        self._send_upload(_Upload("weights", dest, source=str(checkpoint.resolve()), info=meta))
+        self._send_upload(_Upload("weights", dest, source=str(checkpoint.absolute()), info=meta))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.active:

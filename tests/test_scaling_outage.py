@@ -95,7 +95,7 @@ def test_artifacts_the_store_refused_are_retried_at_a_later_log_point(
         (listed,) = pending.glob("*.json")
         record = json.loads(listed.read_text())
         assert [u["dest"] for u in record["uploads"]] == ["files/second.bin", "notes/later.txt"]
-        assert record["uploads"][0]["source"] == str(second.resolve())  # a path, not a copy
+        assert record["uploads"][0]["source"] == str(second.absolute())  # a path, not a copy
         restarted = contextlib.ExitStack()
         restarted.enter_context(s3_server(again=store))
         step, deadline = 2, time.monotonic() + 60
