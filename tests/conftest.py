@@ -12,6 +12,8 @@ def _isolated_tracking(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # artifacts a killed store did not take are listed here, not in the user's ~/.local/state
+    os.environ.setdefault("COSYML_PENDING_DIR", str(root / "pending-uploads"))
     yield
 
 
