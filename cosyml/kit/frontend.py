@@ -64,8 +64,8 @@ class SpectralCampPlus(nn.Module):
     - level, 1 value: that mean (the overall dynamic range), scaled down; it makes zero-padding change
       the output as it does for the real CAM++.
 
-    The 160 statistics are rotated into 192 dims by a fixed matrix with orthonormal columns (from
-    ``seed``), which keeps every cosine similarity between them. What it can show: which clips differ
+    The 160 statistics are mapped into 192 dims by a fixed matrix with orthonormal columns (a
+    reflection drawn from ``seed``), which keeps every cosine similarity between them. What it can show: which clips differ
     in pitch or timbre from the rest (two espeak voices separate by far). What it cannot: it is not
     trained, so it does not ignore what real speaker embeddings ignore (content, channel, emotion).
     """
@@ -74,9 +74,11 @@ class SpectralCampPlus(nn.Module):
 
     def __init__(self, seed: int = 0, num_bins: int = 80, dim: int = 192, level_weight: float = 0.1) -> None:
         super().__init__()
-        generator = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(dim, 2 * num_bins, generator=generator))
-        self.register_buffer("projection", q)
+        # A Householder reflection I - 2 v v^T / |v|^2 is orthogonal; its first 160 columns are
+        # orthonormal. (No QR: LAPACK's start-up costs a second on a busy machine, for every kit.)
+        v = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        reflection = torch.eye(dim, dtype=torch.float64) - 2.0 * torch.outer(v, v) / torch.dot(v, v)
+        self.register_buffer("projection", reflection[:, : 2 * num_bins].to(torch.float32).contiguous())
         self.level_weight = level_weight
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
