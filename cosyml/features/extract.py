@@ -606,6 +606,10 @@ def extract(
         checked = None
         if all(r.complete for r in results):
             checked = check_split_speakers(data_dir, out_root, present, speaker_check or SpeakerCheckConfig())
+        else:  # a check of an earlier run would describe other features: none until the next complete run
+            (out_root / SPEAKER_REPORT).unlink(missing_ok=True)
+            for split in present:
+                (out_root / split / EXCLUDED_FILE).unlink(missing_ok=True)
     return ExtractResult(
         model_dir=Path(model_dir),
         models=extractor.models,
