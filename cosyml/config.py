@@ -85,6 +85,10 @@ class ExtractConfig:
     checkpoint_every: int = 200  # utterances between atomic writes of the resume cache
     workers: int = 0  # threads that decode audio, compute features and run model batches; 0 = one per core
     token_batches: str = "auto"  # "auto" (padded batches on CUDA, one clip per call on the CPU), "on" or "off"
+    speaker_min_similarity: float = 0.5  # speaker check: cosine to the speaker's centroid below this = speaker_outlier
+    speaker_max_z: float = 0.0  # also outlier when more than this many robust sd below the speaker's median; 0 = off
+    speaker_min_clips: int = 5  # speakers with fewer clips get no outlier verdicts (said so)
+    drop_speaker_outliers: bool = False  # leave speaker outliers out of the shards (listed, never silent)
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,9 @@ _RANGES: dict[type, dict[str, _Rule]] = {
         "num_threads": (0, None, False, "threads (0 = automatic)"),
         "checkpoint_every": (1, None, False, "utterances, at least 1"),
         "workers": (0, None, False, "threads (0 = one per core)"),
+        "speaker_min_similarity": (-1.0, 1.0, False, "a cosine similarity in [-1, 1]"),
+        "speaker_max_z": (0.0, None, False, "robust standard deviations, 0 (off) or more"),
+        "speaker_min_clips": (2, None, False, "clips, at least 2"),
     },
     ShardsConfig: {
         "utts_per_shard": (1, None, False, "utterances per shard, at least 1"),

@@ -50,7 +50,9 @@ _PREPARE = """\
 
 _MIDDLE = """\
   extract:
-    cmd: cosyml extract --data data/prepared --model-dir ${model_dir} --output data/features
+    cmd: >-
+      cosyml extract --data data/prepared --model-dir ${model_dir} --output data/features
+      --metrics exp/extract_metrics.json
     deps:
       - data/prepared
       - ${model_dir}
@@ -59,6 +61,9 @@ _MIDDLE = """\
       - model_dir
     outs:
       - data/features
+    metrics:
+      - exp/extract_metrics.json:
+          cache: false
 
   shards:
     cmd: cosyml shards --data data/prepared --features data/features --output data/shards
@@ -133,6 +138,7 @@ _MIDDLE = """\
       - exp/flow/flow.pt
       - data/prepared
       - data/features/train/spk2embedding.pt
+      - data/features/speaker_check.json
       - ${evaluate.test_sets}
 {whisper_dep}    params:
       - model_dir
