@@ -155,10 +155,7 @@ def register_candidates(
     """Register every candidate (or those named in ``only``) of ``candidates``; see the module docstring."""
     mlc = registry_client()
     name = model_name(config, candidates.speaker)
-    chosen = [c for c in candidates.candidates if only is None or c.name in only]
-    if only is not None and len(chosen) != len(set(only)):
-        missing = sorted(set(only) - {c.name for c in chosen})
-        raise InputError(f"{candidates.path}: no candidate named {', '.join(missing)}")
+    chosen = _chosen(candidates, only)
     speakers = speaker_table(
         candidates.speaker, speakers_file if speakers_file is not None else config.speakers, candidates.model_dir
     )
@@ -206,6 +203,15 @@ def register_candidates(
             out.append(RegisteredVersion(name, str(version.version), cand.name, key, created=created))
         run.set_tags({"cosyml.registered": ",".join(f"{r.candidate}=v{r.version}" for r in out if not r.skipped)})
     return out
+
+
+def _chosen(candidates: CandidateSet, only: list[str] | None) -> list[Candidate]:
+    """The candidates named in ``only`` (all when None); a name that is not there is one line."""
+    chosen = [c for c in candidates.candidates if only is None or c.name in only]
+    if only is not None and len(chosen) != len(set(only)):
+        missing = sorted(set(only) - {c.name for c in chosen})
+        raise InputError(f"{candidates.path}: no candidate named {', '.join(missing)}")
+    return chosen
 
 
 def _version_key(call: _Call, parts: Mapping[str, PartWeights]) -> str:
