@@ -293,7 +293,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, prefix: str = "") ->
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass type (every caller passes one); a TypeVar cannot be bound to 'any dataclass class'
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown parameter; known ones are: {', '.join(sorted(names))}")
@@ -301,7 +301,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, prefix: str = "") ->
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_mapping(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]
+            kwargs[name] = from_mapping(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]  # is_dataclass narrows hint to a dataclass type, which mypy does not match with type[T]
         else:
             kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
     obj = cls(**kwargs)

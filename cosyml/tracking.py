@@ -961,3 +961,202 @@ def _end_run(
         lines.append("tracking: system metrics sampling stopped at the outage")
     for line in lines:
         warn(line)
+
+
+# ---------------------------------------------------------------------------------------------- model registry
+# The MLflow calls behind cosyml.registry (a separate block from the stage-run logging above): the registry
+# client, the experiments that hold shared assets, runs logged once per content, aliases, logged models and
+# their metrics. The registry modules never import mlflow; what they call on the client handle returned
+# here is model-version bookkeeping (search, tag, alias, describe).
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a new experiment in a local sqlite store go to ``mlruns/`` beside the database file,
+    not beside whatever the working directory is (None: the store's own default)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def registry_client() -> Any:
+    """An MlflowClient on the project's tracking URI (``MLFLOW_TRACKING_URI`` or ./mlflow.db), with the
+    store's tables created; also sets the fluent API's URI (``mlflow models serve`` inherits it)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from cosyml.errors import ConfigError
+
+    if not tracking_enabled():
+        raise ConfigError("COSYML_TRACKING=off: the model registry needs MLflow; unset COSYML_TRACKING")
+    uri = default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with store_creation_lock(uri):
+        mlc = MlflowClient(tracking_uri=uri)
+        # Open (and on a fresh sqlite file create and migrate) the tracking and registry tables now,
+        # under the lock: two processes migrating one new database at once crash one of them.
+        mlc.search_experiments(max_results=1)
+        mlc.search_registered_models(max_results=1)
+    return mlc
+
+
+@contextlib.contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """For a ``sqlite:///`` store: hold (waiting for it) an exclusive lock on ``.<db name>.lock`` beside
+    the database while the block creates or migrates it; other stores need no lock (a server migrates
+    its own database once, at start)."""
+    import fcntl
+
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def experiment_id(mlc: Any, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts as :func:`_artifact_location` says) if needed."""
+    import mlflow
+
+    exp = mlc.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlc.create_experiment(name, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
+    except mlflow.exceptions.MlflowException:  # created by another process meanwhile
+        return mlc.get_experiment_by_name(name).experiment_id
+
+
+def log_once(
+    mlc: Any, experiment: str, match: dict[str, str], run_name: str, tags: dict[str, str], files: list[tuple[str, Path]]
+) -> tuple[str, bool]:
+    """The id of the complete run in ``experiment`` tagged with ``match``, or of a new one holding ``files``
+    (``(artifact path, local file)`` pairs). Returns (run id, created). Only a complete upload is reused."""
+    exp_id = experiment_id(mlc, experiment)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {**match, "cosyml.complete": "true"}.items())
+    found = mlc.search_runs([exp_id], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id, False
+    run_id = mlc.create_run(exp_id, run_name=run_name, tags={**match, **tags}).info.run_id
+    try:
+        for name, path in files:
+            parent = str(Path(name).parent)
+            mlc.log_artifact(run_id, str(path.resolve()), artifact_path=None if parent == "." else parent)
+        mlc.set_tag(run_id, "cosyml.complete", "true")
+    except BaseException:
+        mlc.set_terminated(run_id, status="FAILED")
+        raise
+    mlc.set_terminated(run_id)
+    return run_id, True
+
+
+def finished_runs(mlc: Any, experiment: str, max_results: int = 1000) -> list[Any]:
+    """The FINISHED runs of ``experiment``, newest first ([] when there is no such experiment)."""
+    exp = mlc.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(
+        mlc.search_runs(
+            [exp.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
+    )
+
+
+def ensure_registered_model(mlc: Any, name: str, tags: dict[str, str], description: str) -> None:
+    """Create registered model ``name`` unless it exists (or another process creates it meanwhile)."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):
+        mlc.create_registered_model(name, tags=tags, description=description)
+
+
+def alias_version(mlc: Any, name: str, alias: str) -> Any | None:
+    """The version ``alias`` points at, or None (no such alias or model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlc.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def registered_aliases(mlc: Any, name: str) -> dict[str, str] | None:
+    """``{alias: version}`` of registered model ``name``, or None when there is no such model.
+    (``search_model_versions`` leaves a version's aliases empty; the registered model holds them.)"""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {str(k): str(v) for k, v in (mlc.get_registered_model(name).aliases or {}).items()}
+    except MlflowException:
+        return None
+
+
+def logged_model_metrics(mlc: Any, model_id: str) -> dict[str, float]:
+    """The latest value of each metric of logged model ``model_id`` ({} when it cannot be read)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        metrics = mlc.get_logged_model(model_id).metrics or []
+    except MlflowException:
+        return {}
+    latest: dict[str, float] = {}
+    for metric in sorted(metrics, key=lambda m: (m.timestamp, m.step)):
+        latest[metric.key] = metric.value
+    return latest
+
+
+def log_model_metrics(model_id: str, run_id: str | None, metrics: Mapping[str, float]) -> None:
+    """Metrics of a logged model (its "Metrics" in the MLflow UI; the latest value of a key wins)."""
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics), model_id=model_id, run_id=run_id)
+
+
+def log_model_artifacts(model_id: str, folder: Path) -> None:
+    """Upload the files of ``folder`` into logged model ``model_id``."""
+    import mlflow
+
+    mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_id: str
+    artifact_location: str
+
+
+@contextlib.contextmanager
+def logged_model(name: str, run_id: str | None, model_type: str, tags: Mapping[str, str]) -> Iterator[LoggedModel]:
+    """A new logged model for the block to fill (:func:`log_model_artifacts`); READY when the block
+    ends, FAILED when it raises."""
+    import mlflow
+
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type=model_type, tags=dict(tags))
+    try:
+        yield LoggedModel(logged.model_id, logged.artifact_location)
+    except BaseException:
+        mlflow.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+
+
+def register_model(model_uri: str, name: str, tags: Mapping[str, str]) -> Any:
+    """A new version of registered model ``name`` from ``model_uri`` (``models:/<model_id>``)."""
+    import mlflow
+
+    return mlflow.register_model(model_uri, name, tags=dict(tags))
+
+
+def version_model_id(version: Any) -> str | None:
+    """The logged model behind a model version (MLflow 3 leaves ``model_id`` empty in listings; the
+    source ``models:/<model_id>`` names it)."""
+    model_id = getattr(version, "model_id", None)
+    source = str(getattr(version, "source", "") or "")
+    if not model_id and source.startswith("models:/m-"):
+        model_id = source.removeprefix("models:/").strip("/")
+    return model_id or None

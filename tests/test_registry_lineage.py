@@ -32,7 +32,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_the_run_that_wrote_the_weights_is_found_and_no_other(store) -> None:
-    from cosyml.registry import _producer_run
+    from cosyml.registry.lineage import producer_run
 
     mlc, run = store
     names = {"cosyml.averaged_from": "epoch_1_whole.pt,epoch_2_whole.pt", "cosyml.part": "llm"}
@@ -43,24 +43,24 @@ def test_the_run_that_wrote_the_weights_is_found_and_no_other(store) -> None:
         {"out": "exp/avg/llm.pt", "checkpoints": "exp/llm/checkpoints"},
         {"cosyml.averaged_from": "epoch_2_whole.pt"},
     )
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/llm/llm.pt") == trained
-    assert _producer_run(mlc, SPEAKER, "llm", str(Path("exp/llm/llm.pt").resolve())) == trained
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/avg/llm.pt") == averaged
+    assert producer_run(mlc, SPEAKER, "llm", "exp/llm/llm.pt") == trained
+    assert producer_run(mlc, SPEAKER, "llm", str(Path("exp/llm/llm.pt").resolve())) == trained
+    assert producer_run(mlc, SPEAKER, "llm", "exp/avg/llm.pt") == averaged
     # an unrelated file beside the checkpoint names, or beside a produced file, is nobody's output
-    assert _producer_run(mlc, SPEAKER, "llm", "my_llm.pt") is None
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/llm/my_llm.pt") is None
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/other_llm/llm.pt") is None
-    assert _producer_run(mlc, SPEAKER, "flow", "exp/llm/llm.pt") is None  # another part's stage
-    assert _producer_run(mlc, SPEAKER, "llm", "base") is None
+    assert producer_run(mlc, SPEAKER, "llm", "my_llm.pt") is None
+    assert producer_run(mlc, SPEAKER, "llm", "exp/llm/my_llm.pt") is None
+    assert producer_run(mlc, SPEAKER, "llm", "exp/other_llm/llm.pt") is None
+    assert producer_run(mlc, SPEAKER, "flow", "exp/llm/llm.pt") is None  # another part's stage
+    assert producer_run(mlc, SPEAKER, "llm", "base") is None
 
 
 def test_the_newest_writer_of_a_file_wins(store) -> None:
-    from cosyml.registry import _producer_run
+    from cosyml.registry.lineage import producer_run
 
     mlc, run = store
     run("average_flow", {"out": "exp/flow/flow.pt"})
     newer = run("average_flow", {"out": "exp/flow/flow.pt"})
-    assert _producer_run(mlc, SPEAKER, "flow", "exp/flow/flow.pt") == newer
+    assert producer_run(mlc, SPEAKER, "flow", "exp/flow/flow.pt") == newer
 
 
 def test_promote_list_shows_the_champion_and_previous_aliases(store, capsys) -> None:
@@ -91,11 +91,11 @@ def test_promote_list_of_an_unknown_model_is_one_line(store, capsys) -> None:
 
 RACE = """
 import sys, time
-from cosyml import registry
+from cosyml.tracking import registry_client
 start = float(sys.argv[1])
 while time.time() < start:
     time.sleep(0.001)
-registry.client().search_registered_models(max_results=1)
+registry_client().search_registered_models(max_results=1)
 print("store ready")
 """
 

@@ -83,7 +83,7 @@ def write_jsonl(path: Path, rows: Iterable[object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
-            data = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row  # type: ignore[arg-type]
+            data = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row  # type: ignore[arg-type]  # rows are dataclass instances or mappings, never dataclass classes (which is_dataclass also admits)
             f.write(json.dumps(data, ensure_ascii=False) + "\n")
 
 

@@ -301,11 +301,11 @@ class FrontendExtractor:
         batch = max(1, self.config.batch_size)
         with_tokens = [i for i, c in enumerate(clips) if c.mel is not None and c.tokens is None]
         mels = [clips[i].mel for i in with_tokens]
-        token_lists = self.tokenizer.tokenize(mels, batch, executor=self.pool)  # type: ignore[arg-type]
+        token_lists = self.tokenizer.tokenize(mels, batch, executor=self.pool)  # type: ignore[arg-type]  # with_tokens selects clips whose mel is not None; the comprehension does not narrow
         if self.encoder.padding_exact:
             embeddings = self.encoder.embed([c.fbank for c in clips], batch, executor=self.pool)
         else:
-            embeddings = np.stack([c.embedding for c in clips])  # type: ignore[misc]
+            embeddings = np.stack([c.embedding for c in clips])  # type: ignore[misc]  # without exact padding every clip's embedding was computed in prepare (not None)
         tokens: list[list[int]] = [c.tokens or [] for c in clips]
         for i, ids in zip(with_tokens, token_lists, strict=True):
             tokens[i] = ids
@@ -364,7 +364,7 @@ def _clips(
     next_item = len(futures)
     for k in range(len(items)):
         clip = futures[k].result()
-        futures[k] = None  # type: ignore[call-overload]  # release finished features early
+        futures[k] = None  # type: ignore[call-overload]  # release finished features early: a consumed slot becomes None in a list of Futures
         if next_item < len(items):
             futures.append(pool.submit(prepare, *items[next_item]))
             next_item += 1

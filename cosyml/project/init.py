@@ -112,7 +112,7 @@ def check_model_dir(path: str | Path) -> ModelDirReport:
         )
     md = ModelDir(root)
     other = "v3" if md.version == "v2" else "v2"
-    stray = root / keys.SPEECH_TOKENIZER_NAME[other]  # type: ignore[index]
+    stray = root / keys.SPEECH_TOKENIZER_NAME[other]  # type: ignore[index]  # other is 'v2' or 'v3' (a str to mypy); the table is keyed by those Literal values
     if stray.is_file() and not md.speech_tokenizer_path.is_file():
         raise ModelDirError(
             f"{stray}: a {other} speech tokenizer in a {md.version} directory ({md.yaml_path.name}); "
@@ -306,7 +306,7 @@ def init_project(
         [_path_for_project(Path(c), project) for c in clips],
         _path_for_project(whisper_report.path, project) if whisper_report else "",
         language,
-        "eval" if test_sets is None else _path_for_project(sets_src, project),  # type: ignore[arg-type]
+        "eval" if test_sets is None else _path_for_project(sets_src, project),  # type: ignore[arg-type]  # sets_src is set whenever test_sets is not None (above); mypy does not relate the two
     )
     texts = render_project(params)
     written_before: dict[str, str] = state.get("files", {})
