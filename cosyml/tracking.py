@@ -810,16 +810,12 @@ def _command_line(stage: str) -> str:
 
 
 def _use_experiment(name: str) -> str:
-    """Select (creating if needed) the experiment, tagged as a model-training experiment; returns its id.
-    With a local sqlite store, artifacts go to ``mlruns/`` beside the database file rather than beside
-    whatever the working directory is."""
+    """Select (creating if needed) the experiment, tagged as a model-training experiment; returns its id
+    (artifact location: :func:`_artifact_location`)."""
     import mlflow
 
-    uri = mlflow.get_tracking_uri()
     if mlflow.get_experiment_by_name(name) is None:
-        location = None
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+        location = _artifact_location(mlflow.get_tracking_uri())
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # another process created it first
             mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     exp = mlflow.set_experiment(name)
