@@ -66,12 +66,8 @@ class PrepareConfig:
     whisper_batch_size: int = 8  # clips per Whisper forward
     whisper_max_tokens: int = 0  # most tokens Whisper writes per clip; 0 = its default (224)
     whisper_device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    check_transcripts: str = (
-        "auto"  # compare each given transcript with Whisper: auto (when whisper_model is set), on, off
-    )
-    transcript_max_cer: float = (
-        0.5  # clips whose transcript differs more from Whisper's (CER zh/ja/ko, WER else) are set aside
-    )
+    check_transcripts: str = "auto"  # compare given transcripts with Whisper: auto (if whisper_model), on, off
+    transcript_max_cer: float = 0.5  # set aside clips whose text is further from Whisper's (CER zh, WER en)
 
 
 @dataclass(frozen=True)
