@@ -132,15 +132,22 @@ def toy_clips(corpus: Path = TOY_CORPUS) -> list[ToyClip]:
 
 
 def cache_key(corpus: Path = TOY_CORPUS, settings: TrainSettings | None = None) -> str:
-    """sha256 (16 hex digits) of the corpus clips, this module's source, the settings and the torch/whisper
-    versions: a change to any of them trains a new checkpoint."""
+    """sha256 (16 hex digits) of the corpus clips, the training code (this module, and the audio and
+    cleaning code prepare runs), prepare's defaults, the settings and the torch/whisper versions: a change
+    to any of them trains a new checkpoint."""
     import whisper
 
     digest = hashlib.sha256()
     for path in sorted(corpus.glob("*")):
         if path.name.startswith(TOY_CLIP_PREFIXES) and path.suffix in (".wav", ".lab"):
             digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(Path(__file__).read_bytes())
+    from cosyml import audio
+    from cosyml.config import PrepareConfig
+    from cosyml.data import clean
+
+    for module in (__file__, audio.__file__, clean.__file__):  # the training code and what _as_prepared runs
+        digest.update(Path(module).read_bytes())
+    digest.update(repr(PrepareConfig()).encode())  # prepare's defaults shape the prepared clips
     digest.update(repr(settings or TrainSettings()).encode())
     digest.update(f"{torch.__version__} {whisper.__version__}".encode())
     return digest.hexdigest()[:16]
