@@ -156,3 +156,25 @@ def test_a_whisper_that_disagrees_with_most_clips_sets_nothing_aside(tmp_path: P
     assert result.transcripts_checked == 4 and len(result.entries) == 4
     assert not read_rejects(result.rejects_path)
     assert any("Whisper disagrees with 4 of 4 transcripts" in w for w in warnings)
+
+
+def test_check_state_follows_the_whisper_settings() -> None:
+    from cosyml.data.prepare import transcript_check_state
+
+    with_whisper = PrepareConfig(whisper_model="w.pt")
+    assert transcript_check_state(with_whisper) == "on"
+    assert transcript_check_state(PrepareConfig()).startswith("off: no Whisper checkpoint")
+    assert transcript_check_state(replace(with_whisper, check_transcripts="off")).startswith("off")
+    assert transcript_check_state(replace(with_whisper, transcribe=False)).startswith("off: Whisper is off")
+    assert transcript_check_state(replace(with_whisper, transcribe=False, check_transcripts="on")) == "on"
+
+
+def test_yaml_on_and_off_are_the_choices(tmp_path: Path) -> None:
+    """YAML reads an unquoted on/off as a boolean; the parameter still gets the word."""
+    from cosyml.config import load_params
+
+    params = tmp_path / "params.yaml"
+    params.write_text("prepare:\n  check_transcripts: off\n", encoding="utf-8")
+    assert load_params(params).prepare.check_transcripts == "off"
+    params.write_text("prepare:\n  check_transcripts: on\n", encoding="utf-8")
+    assert load_params(params).prepare.check_transcripts == "on"

@@ -432,6 +432,8 @@ def transcript_check_state(cfg: PrepareConfig) -> str:
                 "--whisper PATH) or set prepare.check_transcripts=auto"
             )
         return "off: no Whisper checkpoint (set prepare.whisper_model or pass --whisper to check transcripts)"
+    if cfg.check_transcripts == "auto" and not cfg.transcribe:
+        return "off: Whisper is off (--no-transcribe); set prepare.check_transcripts=on to check transcripts anyway"
     return "on"
 
 
@@ -441,7 +443,7 @@ class TranscriptVerdict:
 
     hypothesis: str  # Whisper's text (simplified characters for zh)
     language: str  # the language the texts were scored in
-    metric: str  # "cer" (zh, ja, ko, yue) or "wer"
+    metric: str  # "CER" (zh, ja, ko, yue) or "WER"
     error: float  # edits / reference tokens; can exceed 1
 
 
@@ -662,15 +664,13 @@ def _prepare_into(
     review_rows: list[ReviewRow] = []
     verdicts = {p.utt: _transcript_verdict(p, transcripts[p.utt], cfg) for p in to_check}
     mismatched = [p for p in to_check if verdicts[p.utt].error > cfg.transcript_max_cer]
-    check_note = ""
     if to_check and len(mismatched) > MAX_MISMATCH_SHARE * len(to_check):
         # Whisper disagreeing with most transcripts says more about Whisper (a toy or wrong checkpoint, a
         # wrong prepare.language) than about the data: never set aside most of a corpus on its word.
-        check_note = (
+        messages.append(
             f"transcript check: Whisper disagrees with {len(mismatched)} of {len(to_check)} transcripts (more than "
             f"{MAX_MISMATCH_SHARE:.0%}), so nothing was set aside; check prepare.whisper_model and prepare.language"
         )
-        messages.append(check_note)
         mismatched = []
     for p in mismatched:
         verdict, t = verdicts[p.utt], transcripts[p.utt]
