@@ -178,3 +178,30 @@ def test_yaml_on_and_off_are_the_choices(tmp_path: Path) -> None:
     assert load_params(params).prepare.check_transcripts == "off"
     params.write_text("prepare:\n  check_transcripts: on\n", encoding="utf-8")
     assert load_params(params).prepare.check_transcripts == "on"
+
+
+def test_cli_logs_the_mismatches_to_listen_to(toy_whisper: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    import mlflow
+
+    monkeypatch.chdir(tmp_path)
+    uri = (tmp_path / "mlruns").as_uri()  # a file store: faster to create than sqlite in a test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    for stem in ("vo_zh_003", "vo_zh_041", "vo_zh_010", "vo_zh_011", "vo_zh_012", "vo_en_007"):
+        shutil.copy(TOY / f"{stem}.wav", raw / f"{stem}.wav")
+        shutil.copy(TOY / f"{stem}.lab", raw / f"{stem}.lab")
+    shutil.copy(TOY / "vo_zh_041.lab", raw / "vo_zh_003.lab")
+    shutil.copy(TOY / "vo_zh_003.lab", raw / "vo_zh_041.lab")
+    args = ["prepare", "--input", "raw", "--output", "data", "--speaker", "cli", "--whisper", str(toy_whisper)]
+    code = main([*args, "--no-progress", "--metrics", "m.json", "--set", "prepare.min_dev=0"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "transcript check: 2 of 6 transcripts differ from what Whisper hears" in out
+    assert json.loads((tmp_path / "m.json").read_text(encoding="utf-8"))["rejects_transcript_mismatch"] == 2
+    mlflow.set_tracking_uri(uri)
+    row = mlflow.search_runs(experiment_names=["cosyml/cli"]).iloc[0]
+    assert row["metrics.rejects_transcript_mismatch"] == 2 and row["metrics.transcripts_checked"] == 6
+    logged = mlflow.MlflowClient().list_artifacts(row["run_id"], "transcript_mismatch")
+    assert sorted(Path(a.path).name for a in logged) == ["vo_zh_003.wav", "vo_zh_041.wav"]
