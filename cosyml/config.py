@@ -66,6 +66,8 @@ class PrepareConfig:
     whisper_batch_size: int = 8  # clips per Whisper forward
     whisper_max_tokens: int = 0  # most tokens Whisper writes per clip; 0 = its default (224)
     whisper_device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    check_transcripts: str = "auto"  # compare given transcripts with Whisper: auto (if whisper_model), on, off
+    transcript_max_cer: float = 0.5  # set aside clips whose text is further from Whisper's (CER zh, WER en)
 
 
 @dataclass(frozen=True)
@@ -73,6 +75,7 @@ class KitConfig:
     """``kit``: the tiny model directory the demo pipeline builds (``cosyml kit``)."""
 
     version: str = "cosyvoice2"  # cosyvoice2 or cosyvoice3 (Fun-CosyVoice3 layout)
+    whisper: str = "random"  # whisper.pt: random, or trained (hears the toy corpus; minutes once, then cached)
 
 
 @dataclass(frozen=True)
@@ -283,6 +286,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is str:
         if isinstance(value, dict | list):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML reads an unquoted on/off (and yes/no) as a boolean
+            return "on" if value else "off"
         return "" if value is None else str(value)
     return value
 
@@ -335,6 +340,7 @@ _RANGES: dict[type, dict[str, _Rule]] = {
         "min_confidence": (0, 1, False, "a confidence between 0 and 1"),
         "whisper_batch_size": (1, None, False, "clips per batch, at least 1"),
         "whisper_max_tokens": (0, None, False, "tokens (0 = Whisper's default)"),
+        "transcript_max_cer": (0, None, True, "an error rate above 0, e.g. 0.5"),
     },
     ExtractConfig: {
         "batch_size": (1, None, False, "clips per batch, at least 1"),
@@ -352,7 +358,8 @@ _RANGES: dict[type, dict[str, _Rule]] = {
 }
 _CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     ExtractConfig: {"device": ("auto", "cpu", "cuda"), "token_batches": ("auto", "on", "off")},
-    PrepareConfig: {"whisper_device": ("auto", "cpu", "cuda")},
+    PrepareConfig: {"whisper_device": ("auto", "cpu", "cuda"), "check_transcripts": ("auto", "on", "off")},
+    KitConfig: {"whisper": ("random", "trained")},
 }
 
 

@@ -32,3 +32,12 @@ def kit_dir(tmp_path_factory):
     from cosyml.kit.build import build_kit
 
     return build_kit(tmp_path_factory.mktemp("kit") / "model").model_dir
+
+
+@pytest.fixture(scope="session")
+def toy_whisper():
+    """The tiny Whisper trained on the toy corpus (:func:`cosyml.kit.whisper.trained_toy_whisper`): trained
+    once per machine (a few CPU minutes) and cached in ``~/.cache/cosyml/toy-whisper`` by content hash."""
+    from cosyml.kit.whisper import trained_toy_whisper
+
+    return trained_toy_whisper()

@@ -6,7 +6,7 @@ Layout of a prepared data folder ``DATA`` (all paths inside the files are relati
     DATA/train/{wav.scp,text,utt2spk,spk2utt[,instruct],manifest.jsonl}
     DATA/dev/{...same...}
     DATA/rejects.jsonl               one line per rejected input file or slice
-    DATA/transcripts_review.tsv      Whisper transcripts to check (utt, confidence, text, source)
+    DATA/transcripts_review.tsv      Whisper texts to check (utt, confidence, text, source, reason, transcript)
     DATA/summary.json                counts and hours per split, rejects per reason
     DATA/whisper_cache.jsonl         Whisper results keyed by audio hash (lets a re-run skip decoding)
 
@@ -43,6 +43,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "duplicate_audio",  # same normalised samples as an earlier clip
     "no_text",  # no transcript and transcription is off or has no Whisper model
     "low_confidence",  # Whisper transcript confidence below min_confidence
+    "transcript_mismatch",  # the clip's transcript differs from what Whisper hears (error above transcript_max_cer)
 )
 
 TEXT_SOURCES = ("lab", "normalized", "kaldi", "whisper", "review")

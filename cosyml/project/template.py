@@ -28,7 +28,7 @@ stages:
 
 KIT_STAGE = """\
   kit:
-    cmd: cosyml kit ${model_dir} --version ${kit.version}
+    cmd: cosyml kit ${model_dir} --version ${kit.version} --whisper ${kit.whisper}
     params:
       - kit
     outs:
@@ -38,13 +38,16 @@ KIT_STAGE = """\
 
 _PREPARE = """\
   prepare:
-    cmd: cosyml prepare --output data/prepared --no-progress
+    cmd: cosyml prepare --output data/prepared --metrics exp/prepare/metrics.json --no-progress
     deps:
 {input_deps}
     params:
       - prepare
     outs:
       - data/prepared
+    metrics:
+      - exp/prepare/metrics.json:
+          cache: false
 
 """
 
