@@ -29,6 +29,7 @@ COMMANDS = {
     "register",
     "promote",
     "serve",
+    "track",
 }
 
 
