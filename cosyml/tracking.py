@@ -1048,6 +1048,21 @@ def log_once(
     return run_id, True
 
 
+def logged_weights(mlc: Any, experiment: str, weights_sha256: str, artifact: str) -> tuple[str, str] | None:
+    """(run id, file sha256) of a finished run of ``experiment`` tagged with ``weights_sha256`` (a state
+    dict's content hash) whose ``artifact`` was uploaded; None when there is none (or it is still pending)."""
+    exp = mlc.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = f"tags.`cosyml.weights_sha256` = '{weights_sha256}' and attributes.status = 'FINISHED'"
+    for run in mlc.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"]):
+        stored = run.data.tags.get("cosyml.file_sha256")
+        folder = str(Path(artifact).parent)
+        if stored and any(f.path == artifact for f in mlc.list_artifacts(run.info.run_id, folder)):
+            return run.info.run_id, stored
+    return None
+
+
 def finished_runs(mlc: Any, experiment: str, max_results: int = 1000) -> list[Any]:
     """The FINISHED runs of ``experiment``, newest first ([] when there is no such experiment)."""
     exp = mlc.get_experiment_by_name(experiment)

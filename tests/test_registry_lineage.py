@@ -121,3 +121,50 @@ def test_two_processes_opening_a_fresh_sqlite_store_at_once_both_work(tmp_path: 
         assert [p.returncode for p in procs] == [0, 0], [err[-600:] for _, err in outs]
         assert all("store ready" in out for out, _ in outs)
         assert (db.parent / ".mlflow.db.lock").is_file()
+
+
+def test_weights_the_average_stage_uploaded_are_stored_once(store, tmp_path: Path) -> None:
+    """The full-size rehearsal stored the 2 GB averaged LLM twice: in the average run and again in the
+    registry's content-addressed weights run. The average run's upload is now the stored copy."""
+    import torch
+    from train_helpers import TinyLM
+
+    from cosyml.cli import main
+    from cosyml.pyfunc import file_sha256
+    from cosyml.registry.register import WEIGHTS_EXPERIMENT, ensure_weights
+    from cosyml.registry.staging import PartWeights, tensors_sha256
+    from cosyml.synth.weights import read_weights
+    from cosyml.train.checkpoint import CheckpointInfo, save_checkpoint
+
+    mlc, _ = store
+    checkpoints = tmp_path / "checkpoints"
+    for i in (1, 2):
+        model = TinyLM()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(i))
+        save_checkpoint(
+            checkpoints,
+            CheckpointInfo(f"epoch_{i}", "epoch", i, i, i, 0, "h", cv_loss=float(i)),
+            {"model": model.state_dict()},
+        )
+    out = tmp_path / "exp" / "llm" / "llm.pt"
+    argv = ["average", "--checkpoints", str(checkpoints), "--out", str(out), "--set", f"prepare.speaker={SPEAKER}"]
+    assert main([*argv, "--set", "train.log_checkpoints=best"]) == 0
+    (average,) = [r for r in mlc.search_runs([mlc.get_experiment_by_name(f"cosyml/{SPEAKER}").experiment_id])]
+    sha = tensors_sha256(read_weights(out, "llm"))
+    assert average.data.tags["cosyml.weights_sha256"] == sha
+    assert average.data.tags["cosyml.file_sha256"] == file_sha256(out)
+
+    shared = ensure_weights(mlc, "llm", PartWeights(str(out.resolve()), sha, out), SPEAKER)
+    assert (shared.run_id, shared.created) == (average.info.run_id, False)
+    assert shared.uri == f"runs:/{average.info.run_id}/weights/llm.pt" and shared.file_sha256 == file_sha256(out)
+    assert mlc.get_experiment_by_name(WEIGHTS_EXPERIMENT) is None  # nothing stored a second time
+
+    # other tensors, or an average that uploaded nothing, are stored by the registry as before
+    other = tmp_path / "other" / "llm.pt"
+    torch.save({k: v + 1 for k, v in read_weights(out, "llm").items()}, other.parent.mkdir() or other)
+    other_sha = tensors_sha256(read_weights(other, "llm"))
+    assert ensure_weights(mlc, "llm", PartWeights(str(other), other_sha, other), SPEAKER).created
+    assert main([*argv, "--set", "train.log_checkpoints=none"]) == 0  # same tensors, no upload, no tags
+    assert ensure_weights(mlc, "llm", PartWeights(str(out.resolve()), sha, out), SPEAKER).run_id == average.info.run_id

@@ -36,6 +36,7 @@ from cosyml.tracking import (
     log_model_artifacts,
     log_model_metrics,
     log_once,
+    logged_weights,
     register_model,
     registry_client,
     stage_run,
@@ -100,9 +101,17 @@ class SharedWeights:
     created: bool
 
 
-def ensure_weights(mlc: Any, part: str, weights: PartWeights) -> SharedWeights:
-    """Log a staged fine-tuned ``part`` once per tensor hash; later calls (other versions) reuse it."""
+def ensure_weights(mlc: Any, part: str, weights: PartWeights, speaker: str | None = None) -> SharedWeights:
+    """Log a staged fine-tuned ``part`` once per tensor hash; later calls (other versions) reuse it.
+
+    The ``average_<part>`` stage of ``speaker`` may have uploaded the same tensors already (it tags its run
+    with their hash): then that upload is the stored copy, and a 2 GB LLM is not stored a second time."""
     assert weights.file is not None
+    if speaker is not None:
+        found = logged_weights(mlc, f"cosyml/{speaker}", weights.sha256, f"{WEIGHTS_ARTIFACT}/{part}.pt")
+        if found is not None:
+            run_id, stored = found
+            return SharedWeights(f"runs:/{run_id}/{WEIGHTS_ARTIFACT}/{part}.pt", stored, run_id, False)
     run_id, created = log_once(
         mlc,
         WEIGHTS_EXPERIMENT,
@@ -293,7 +302,7 @@ def _add_version(
     process registered the same identity meanwhile, the first version stays and this one is deleted."""
     assert cand.summary is not None
     mlc, name = call.mlc, call.name
-    shared = {p: ensure_weights(mlc, p, w) for p, w in parts.items() if w.file is not None}
+    shared = {p: ensure_weights(mlc, p, w, call.candidates.speaker) for p, w in parts.items() if w.file is not None}
     spec = VoiceSpec(
         speaker=call.candidates.speaker,
         candidate=cand.name,

@@ -21,8 +21,8 @@ def tensors_sha256(state: Mapping[str, torch.Tensor]) -> str:
     """A hash of a state dict's content (names, dtypes, shapes, bytes), whatever file format held it."""
     digest = hashlib.sha256()
     for key in sorted(state):
-        tensor = state[key].detach().to("cpu").contiguous()
-        digest.update(f"{key}\0{tensor.dtype}\0{tuple(tensor.shape)}\n".encode())
+        tensor = state[key].detach().to("cpu").contiguous().reshape(-1)  # 0-dim tensors cannot view as bytes
+        digest.update(f"{key}\0{tensor.dtype}\0{tuple(state[key].shape)}\n".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
