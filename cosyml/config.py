@@ -1,7 +1,8 @@
 """Typed view of ``params.yaml``: the one source of truth for parameters.
 
 ``params.yaml`` has one top-level section per stage (``prepare``, ``extract``, ``shards``, ...). Each
-section maps onto a frozen dataclass below. A section may leave keys out (the dataclass default
+section maps onto a frozen dataclass: below, or the component's own (``prepare`` -> :mod:`cosyml.data.config`,
+``extract`` -> :mod:`cosyml.features.config`, ``train.data`` -> :mod:`cosyml.train.config`). A section may leave keys out (the dataclass default
 applies); an unknown key, or a value of the wrong type, stops with one line naming the key.
 
 Command-line flags and ``mlflow run -P`` values override the file through :func:`with_overrides`
@@ -21,53 +22,15 @@ from typing import Any, TypeVar
 
 import yaml
 
+from cosyml.data.config import PLACEHOLDER_PATTERN as PLACEHOLDER_PATTERN
+from cosyml.data.config import PrepareConfig as PrepareConfig
 from cosyml.errors import ConfigError
+from cosyml.features.config import ExtractConfig as ExtractConfig
+from cosyml.train.config import TrainDataConfig as TrainDataConfig
 
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-#: Transcripts matching this (game markup such as ``{NICKNAME}``, ``#name#``, ``<tag>``) are rejected.
-PLACEHOLDER_PATTERN = r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """``prepare``: raw clips -> normalised 24 kHz mono clips, kaldi files, manifest, rejects."""
-
-    speaker: str = "speaker"  # utt-id prefix and MLflow experiment cosyml/<speaker>: letters (any script), digits, -
-    inputs: list[str] = field(default_factory=list)  # folders with the raw clips (`cosyml prepare --input` overrides)
-    sample_rate: int = 24000  # Hz of the prepared clips (the model yaml's sample_rate)
-    language: str = "auto"  # "zh", "en", ... or "auto": detected per clip by Whisper when transcribing
-    transcribe: bool = True  # Whisper-transcribe clips that have no transcript
-    whisper_model: str = ""  # local openai-whisper checkpoint (.pt); empty = clips without text are rejected
-    min_duration_s: float = 0.5  # reject clips shorter than this (seconds, after trimming)
-    max_duration_s: float = 30.0  # reject clips longer than this (upstream drops > 40.96 s in training)
-    min_keep_s: float = 1.5  # silence trim never cuts a clip that was longer than this below it
-    trim_top_db: float = 40.0  # frames quieter than peak - top_db are silence
-    trim_pad_s: float = 0.1  # silence kept at each end after trimming
-    max_silence_ratio: float = 0.9  # reject clips that are mostly silence
-    clip_threshold: float = 0.999  # |sample| at or above this counts as clipped
-    max_clipped_ratio: float = 0.01  # reject clips with more clipped samples than this share
-    min_rms_dbfs: float = -50.0  # reject clips whose speech part is quieter than this
-    target_peak: float = 0.9  # peak-normalise louder or quieter clips to this peak
-    long_recording_s: float = 60.0  # recordings longer than this are sliced at silences
-    slice_min_s: float = 3.0  # pieces cut from a long recording are at least this long (seconds)
-    slice_max_s: float = 15.0  # ... and at most this long
-    dev_ratio: float = 0.05  # share of clips held out as the dev (CV) split
-    min_dev: int = 2  # warn when dev gets fewer clips (the split never moves a clip to meet it)
-    seed: int = 1986  # seed of the train/dev split
-    instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file
-    placeholder_pattern: str = PLACEHOLDER_PATTERN  # transcripts matching this (game markup) are rejected
-    silence_floor_dbfs: float = -60.0  # frames below this level are silence whatever the peak
-    slice_min_silence_s: float = 0.3  # a pause must be this long to cut a long recording there
-    min_confidence: float = 0.3  # Whisper transcripts below this confidence are rejected (review them)
-    whisper_batch_size: int = 8  # clips per Whisper forward
-    whisper_max_tokens: int = 0  # most tokens Whisper writes per clip; 0 = its default (224)
-    whisper_device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    check_transcripts: str = "auto"  # compare given transcripts with Whisper: auto (if whisper_model), on, off
-    transcript_max_cer: float = 0.5  # set aside clips whose text is further from Whisper's (CER zh, WER en)
 
 
 @dataclass(frozen=True)
@@ -79,45 +42,12 @@ class KitConfig:
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
-    """``extract``: campplus embeddings and speech tokens from the prepared clips."""
-
-    batch_size: int = 16  # clips per campplus/speech-tokenizer batch
-    num_threads: int = 0  # onnxruntime intra-op threads per session; 0 = 1 (parallelism comes from `workers`)
-    device: str = "auto"  # "auto" (CUDA provider when present), "cpu" or "cuda"
-    checkpoint_every: int = 200  # utterances between atomic writes of the resume cache
-    workers: int = 0  # threads that decode audio, compute features and run model batches; 0 = one per core
-    token_batches: str = "auto"  # "auto" (padded batches on CUDA, one clip per call on the CPU), "on" or "off"
-    speaker_min_similarity: float = 0.5  # speaker check: cosine to the speaker's centroid below this = speaker_outlier
-    speaker_max_z: float = 0.0  # also outlier when more than this many robust sd below the speaker's median; 0 = off
-    speaker_min_clips: int = 5  # speakers with fewer clips get no outlier verdicts (said so)
-    drop_speaker_outliers: bool = False  # leave speaker outliers out of the shards (listed, never silent)
-
-
-@dataclass(frozen=True)
 class ShardsConfig:
     """``shards``: parquet shards and the data.list files upstream's trainer reads."""
 
     utts_per_shard: int = 1000  # utterances per parquet shard (upstream: 1000)
     min_shards: int = 1  # raise to (ranks x workers) to keep every reader busy without duplication
     absolute_paths: bool = False  # data.list entries relative to the list file (True for upstream's trainer)
-
-
-@dataclass(frozen=True)
-class TrainDataConfig:
-    """``train.data``: utterance filters and dynamic batching (upstream's ``data_pipeline`` numbers)."""
-
-    min_length: int = 100  # 10 ms frames: drop clips shorter than 1 s
-    max_length: int = 40960  # 10 ms frames (the model-dir yaml's value)
-    token_min_length: int = 1  # text tokens
-    token_max_length: int = 200  # text tokens, at most
-    min_output_input_ratio: float = 0.0005  # text tokens per 10 ms frame
-    max_output_input_ratio: float = 1.0  # text tokens per 10 ms frame, at most
-    sort_size: int = 500  # utterances sorted by length together before batching
-    max_frames_in_batch: int = 2000  # padded flow-mel frames (50/s) per batch: 40 s of audio
-    shuffle_batches: bool = True  # shuffle the batch order after length sorting
-    use_spk_embedding: bool = True  # batch["embedding"] = speaker mean (SFT) instead of the utterance's
-    normalize_embedding: bool = True  # L2-normalise embeddings, as upstream
 
 
 @dataclass(frozen=True)

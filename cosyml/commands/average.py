@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Literal, cast
 
 from cosyml.commands._common import add_params_arguments, resolve_params
 
@@ -20,10 +21,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from cosyml.config import as_flat_dict
-    from cosyml.tracking import stage_run
     from cosyml.pyfunc import file_sha256
     from cosyml.registry.staging import tensors_sha256
     from cosyml.synth.weights import read_weights
+    from cosyml.tracking import stage_run
     from cosyml.train.average import average_checkpoints
 
     params = resolve_params(args, {"train.average_num": args.num, "train.average_by": args.by})
@@ -34,12 +35,14 @@ def run(args: argparse.Namespace) -> int:
         result = average_checkpoints(args.checkpoints, args.out, num=cfg.average_num, by=cfg.average_by)
         run_.set_tags({"cosyml.averaged_from": ",".join(result.sources), "cosyml.average_by": result.by})
         if cfg.log_checkpoints in ("all", "best", "final"):
-            # the content hashes let the registry reference this upload instead of storing the part again
-            state = read_weights(result.path, part)
-            run_.set_tags(
-                {"cosyml.weights_sha256": tensors_sha256(state), "cosyml.file_sha256": file_sha256(result.path)}
-            )
-            del state
+            if part in ("llm", "flow"):  # an official part: the registry may reference this upload
+                state = read_weights(result.path, cast(Literal["llm", "flow"], part))
+                digests = {
+                    "cosyml.weights_sha256": tensors_sha256(state),
+                    "cosyml.file_sha256": file_sha256(result.path),
+                }
+                run_.set_tags(digests)  # the content hashes the registry looks this upload up by
+                del state
             run_.log_artifact(result.path, "weights")
     print(f"averaged {len(result.sources)} checkpoints ({result.by}: {', '.join(result.sources)}) -> {result.path}")
     return 0

@@ -25,8 +25,8 @@ import numpy as np
 from tqdm import tqdm
 
 from cosyml.audio import Audio, audio_info, read_audio, resample, to_mono, write_wav
-from cosyml.config import PrepareConfig
 from cosyml.data import clean
+from cosyml.data.config import PrepareConfig
 from cosyml.data.kaldi import write_split
 from cosyml.data.layouts import Scan, SourceClip, printable, scan_inputs
 from cosyml.data.records import REJECT_REASONS, ManifestEntry, Reject, write_jsonl

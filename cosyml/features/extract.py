@@ -40,10 +40,10 @@ import numpy as np
 import torch
 
 from cosyml.audio import read_audio, resample, to_mono
-from cosyml.config import ExtractConfig
 from cosyml.data.kaldi import read_kaldi_map, resolve_wav_path
 from cosyml.errors import InputError, ModelDirError
 from cosyml.features.campplus import SpeakerEncoder
+from cosyml.features.config import ExtractConfig
 from cosyml.features.fbank import FRAME_LENGTH, campplus_features
 from cosyml.features.speaker_check import REASON, SpeakerCheckConfig, SpeakerCheckResult, check_speakers
 from cosyml.features.speech_tokens import (
