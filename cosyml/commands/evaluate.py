@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import as_flat_dict, check_evaluation_params
+from cosyml.config import as_flat_dict
 from cosyml.errors import CosymlError
 
 
@@ -79,7 +79,6 @@ def run(args: argparse.Namespace) -> int:
             "evaluate.device": args.device,
         },
     )
-    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.evaluate
     candidates = select_candidates(args.candidates, cfg.candidates, cfg.llm_sources, cfg.flow_sources, cfg.exp_dir)
     flat = {
