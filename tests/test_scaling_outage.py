@@ -22,9 +22,12 @@ from types import SimpleNamespace
 
 import mlflow
 import pytest
-import torch
 from _servers import S3Store, mlflow_server, process, s3_server, wait_for_file
-from test_tracking import shards  # noqa: F401  (the toy corpus as shards for the tiny kit)
+from test_tracking import (
+    _assert_complete_weights,
+    _train_argv,
+    shards,  # noqa: F401  (the toy corpus as shards for the tiny kit)
+)
 
 from cosyml.tracking import stage_run
 
@@ -123,29 +126,8 @@ def test_an_object_store_killed_mid_training_loses_nothing_and_the_leftovers_upl
     store: S3Store = servers.store
     out, log, pending = tmp_path / "exp" / "llm", tmp_path / "train.log", tmp_path / "pending"
     env = _client_env(servers.uri, pending)
-    argv = [
-        sys.executable,
-        "-m",
-        "cosyml",
-        "train",
-        "llm",
-        "--data",
-        str(shards),
-        "--model-dir",
-        str(kit_dir),
-        "--output",
-        str(out),
-        "--max-epochs",
-        "3",
-        "--set",
-        "prepare.speaker=toy",
-        "--set",
-        "train.log_checkpoints=all",
-        "--set",
-        "train.sample_every_epochs=1",
-        "--set",
-        "train.keep_last=3",
-    ]  # fmt: skip  (keep_last: every checkpoint stays to be uploaded later)
+    sets = ("train.log_checkpoints=all", "train.sample_every_epochs=1", "train.keep_last=3")
+    argv = _train_argv(shards, kit_dir, out, 3, *sets)  # keep_last: every checkpoint stays to be uploaded later
     with process(argv, env, log) as train:
         wait_for_file(out / "checkpoints" / "epoch_0.json", train, log, timeout=600)
         store.kill()
@@ -154,8 +136,7 @@ def test_an_object_store_killed_mid_training_loses_nothing_and_the_leftovers_upl
     assert "Traceback" not in text, text[-3000:]
     # training finished untouched: every epoch's checkpoint and the averaged weights, complete
     assert sorted(p.name for p in (out / "checkpoints").glob("epoch_*.json")) == [f"epoch_{i}.json" for i in range(3)]
-    trained, base = torch.load(out / "llm.pt", weights_only=True), torch.load(kit_dir / "llm.pt", weights_only=True)
-    assert {k: v.shape for k, v in trained.items()} == {k: v.shape for k, v in base.items()}
+    _assert_complete_weights(out / "llm.pt", kit_dir)
     # one line for what the store did not take; nothing else missing (the tracking server stayed up)
     lines = text.splitlines()
     left = [m for m in map(LEFT_OVER.match, lines) if m]
