@@ -200,7 +200,7 @@ def main() -> None:
         root = Path(tmp)
         model_dir = root / "model"
         if args.models == "wide":
-            export_campplus(model_dir / "campplus.onnx", seed=0, width=256, depth=6)
+            export_campplus(model_dir / "campplus.onnx", seed=0, width=256, depth=6, kind="random")
             export_speech_tokenizer(model_dir / "speech_tokenizer_v2.onnx", seed=0, width=512, depth=6)
         else:  # the tiny kit's own files: ONNX is nearly free, so this times everything around it
             export_campplus(model_dir / "campplus.onnx")

@@ -1,7 +1,8 @@
 """Typed view of ``params.yaml``: the one source of truth for parameters.
 
 ``params.yaml`` has one top-level section per stage (``prepare``, ``extract``, ``shards``, ...). Each
-section maps onto a frozen dataclass below. A section may leave keys out (the dataclass default
+section maps onto a frozen dataclass: below, or the component's own (``prepare`` -> :mod:`cosyml.data.config`,
+``extract`` -> :mod:`cosyml.features.config`, ``train.data`` -> :mod:`cosyml.train.config`). A section may leave keys out (the dataclass default
 applies); an unknown key, or a value of the wrong type, stops with one line naming the key.
 
 Command-line flags and ``mlflow run -P`` values override the file through :func:`with_overrides`
@@ -21,51 +22,15 @@ from typing import Any, TypeVar
 
 import yaml
 
+from cosyml.data.config import PLACEHOLDER_PATTERN as PLACEHOLDER_PATTERN
+from cosyml.data.config import PrepareConfig as PrepareConfig
 from cosyml.errors import ConfigError
+from cosyml.features.config import ExtractConfig as ExtractConfig
+from cosyml.train.config import TrainDataConfig as TrainDataConfig
 
 T = TypeVar("T")
 
 DEFAULT_PARAMS = Path("params.yaml")
-
-
-#: Transcripts matching this (game markup such as ``{NICKNAME}``, ``#name#``, ``<tag>``) are rejected.
-PLACEHOLDER_PATTERN = r"\{[A-Za-z_]+\}|#\w+#|<[A-Za-z_]+>"
-
-
-@dataclass(frozen=True)
-class PrepareConfig:
-    """``prepare``: raw clips -> normalised 24 kHz mono clips, kaldi files, manifest, rejects."""
-
-    speaker: str = "speaker"  # utt-id prefix and MLflow experiment cosyml/<speaker>: letters (any script), digits, -
-    inputs: list[str] = field(default_factory=list)  # folders with the raw clips (`cosyml prepare --input` overrides)
-    sample_rate: int = 24000  # Hz of the prepared clips (the model yaml's sample_rate)
-    language: str = "auto"  # "zh", "en", ... or "auto": detected per clip by Whisper when transcribing
-    transcribe: bool = True  # Whisper-transcribe clips that have no transcript
-    whisper_model: str = ""  # local openai-whisper checkpoint (.pt); empty = clips without text are rejected
-    min_duration_s: float = 0.5  # reject clips shorter than this (seconds, after trimming)
-    max_duration_s: float = 30.0  # reject clips longer than this (upstream drops > 40.96 s in training)
-    min_keep_s: float = 1.5  # silence trim never cuts a clip that was longer than this below it
-    trim_top_db: float = 40.0  # frames quieter than peak - top_db are silence
-    trim_pad_s: float = 0.1  # silence kept at each end after trimming
-    max_silence_ratio: float = 0.9  # reject clips that are mostly silence
-    clip_threshold: float = 0.999  # |sample| at or above this counts as clipped
-    max_clipped_ratio: float = 0.01  # reject clips with more clipped samples than this share
-    min_rms_dbfs: float = -50.0  # reject clips whose speech part is quieter than this
-    target_peak: float = 0.9  # peak-normalise louder or quieter clips to this peak
-    long_recording_s: float = 60.0  # recordings longer than this are sliced at silences
-    slice_min_s: float = 3.0  # pieces cut from a long recording are at least this long (seconds)
-    slice_max_s: float = 15.0  # ... and at most this long
-    dev_ratio: float = 0.05  # share of clips held out as the dev (CV) split
-    min_dev: int = 2  # warn when dev gets fewer clips (the split never moves a clip to meet it)
-    seed: int = 1986  # seed of the train/dev split
-    instruct: str = ""  # CosyVoice3: instruct prefix written to the `instruct` kaldi file
-    placeholder_pattern: str = PLACEHOLDER_PATTERN  # transcripts matching this (game markup) are rejected
-    silence_floor_dbfs: float = -60.0  # frames below this level are silence whatever the peak
-    slice_min_silence_s: float = 0.3  # a pause must be this long to cut a long recording there
-    min_confidence: float = 0.3  # Whisper transcripts below this confidence are rejected (review them)
-    whisper_batch_size: int = 8  # clips per Whisper forward
-    whisper_max_tokens: int = 0  # most tokens Whisper writes per clip; 0 = its default (224)
-    whisper_device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
 
 
 @dataclass(frozen=True)
@@ -73,18 +38,7 @@ class KitConfig:
     """``kit``: the tiny model directory the demo pipeline builds (``cosyml kit``)."""
 
     version: str = "cosyvoice2"  # cosyvoice2 or cosyvoice3 (Fun-CosyVoice3 layout)
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """``extract``: campplus embeddings and speech tokens from the prepared clips."""
-
-    batch_size: int = 16  # clips per campplus/speech-tokenizer batch
-    num_threads: int = 0  # onnxruntime intra-op threads per session; 0 = 1 (parallelism comes from `workers`)
-    device: str = "auto"  # "auto" (CUDA provider when present), "cpu" or "cuda"
-    checkpoint_every: int = 200  # utterances between atomic writes of the resume cache
-    workers: int = 0  # threads that decode audio, compute features and run model batches; 0 = one per core
-    token_batches: str = "auto"  # "auto" (padded batches on CUDA, one clip per call on the CPU), "on" or "off"
+    whisper: str = "random"  # whisper.pt: random, or trained (hears the toy corpus; minutes once, then cached)
 
 
 @dataclass(frozen=True)
@@ -94,23 +48,6 @@ class ShardsConfig:
     utts_per_shard: int = 1000  # utterances per parquet shard (upstream: 1000)
     min_shards: int = 1  # raise to (ranks x workers) to keep every reader busy without duplication
     absolute_paths: bool = False  # data.list entries relative to the list file (True for upstream's trainer)
-
-
-@dataclass(frozen=True)
-class TrainDataConfig:
-    """``train.data``: utterance filters and dynamic batching (upstream's ``data_pipeline`` numbers)."""
-
-    min_length: int = 100  # 10 ms frames: drop clips shorter than 1 s
-    max_length: int = 40960  # 10 ms frames (the model-dir yaml's value)
-    token_min_length: int = 1  # text tokens
-    token_max_length: int = 200  # text tokens, at most
-    min_output_input_ratio: float = 0.0005  # text tokens per 10 ms frame
-    max_output_input_ratio: float = 1.0  # text tokens per 10 ms frame, at most
-    sort_size: int = 500  # utterances sorted by length together before batching
-    max_frames_in_batch: int = 2000  # padded flow-mel frames (50/s) per batch: 40 s of audio
-    shuffle_batches: bool = True  # shuffle the batch order after length sorting
-    use_spk_embedding: bool = True  # batch["embedding"] = speaker mean (SFT) instead of the utterance's
-    normalize_embedding: bool = True  # L2-normalise embeddings, as upstream
 
 
 @dataclass(frozen=True)
@@ -288,6 +225,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     if annotation is str:
         if isinstance(value, dict | list):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML reads an unquoted on/off (and yes/no) as a boolean
+            return "on" if value else "off"
         return "" if value is None else str(value)
     return value
 
@@ -298,7 +237,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, prefix: str = "") ->
     if not isinstance(data, dict):
         raise ConfigError(f"{prefix.rstrip('.') or 'params'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]  # cls is a dataclass type (every caller passes one); a TypeVar cannot be bound to 'any dataclass class'
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{prefix}{unknown[0]}: unknown parameter; known ones are: {', '.join(sorted(names))}")
@@ -306,7 +245,7 @@ def from_mapping(cls: type[T], data: dict[str, Any] | None, prefix: str = "") ->
     for name, value in data.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            kwargs[name] = from_mapping(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]
+            kwargs[name] = from_mapping(hint, value, f"{prefix}{name}.")  # type: ignore[arg-type]  # is_dataclass narrows hint to a dataclass type, which mypy does not match with type[T]
         else:
             kwargs[name] = _coerce(value, hint, f"{prefix}{name}")
     obj = cls(**kwargs)
@@ -340,12 +279,16 @@ _RANGES: dict[type, dict[str, _Rule]] = {
         "min_confidence": (0, 1, False, "a confidence between 0 and 1"),
         "whisper_batch_size": (1, None, False, "clips per batch, at least 1"),
         "whisper_max_tokens": (0, None, False, "tokens (0 = Whisper's default)"),
+        "transcript_max_cer": (0, None, True, "an error rate above 0, e.g. 0.5"),
     },
     ExtractConfig: {
         "batch_size": (1, None, False, "clips per batch, at least 1"),
         "num_threads": (0, None, False, "threads (0 = automatic)"),
         "checkpoint_every": (1, None, False, "utterances, at least 1"),
         "workers": (0, None, False, "threads (0 = one per core)"),
+        "speaker_min_similarity": (-1.0, 1.0, False, "a cosine similarity in [-1, 1]"),
+        "speaker_max_z": (0.0, None, False, "robust standard deviations, 0 (off) or more"),
+        "speaker_min_clips": (2, None, False, "clips, at least 2"),
     },
     ShardsConfig: {
         "utts_per_shard": (1, None, False, "utterances per shard, at least 1"),
@@ -360,7 +303,8 @@ _RANGES: dict[type, dict[str, _Rule]] = {
 _CHOICES: dict[type, dict[str, tuple[str, ...]]] = {
     TrainConfig: {"early_stop_on": ("cv_loss", "probe")},
     ExtractConfig: {"device": ("auto", "cpu", "cuda"), "token_batches": ("auto", "on", "off")},
-    PrepareConfig: {"whisper_device": ("auto", "cpu", "cuda")},
+    PrepareConfig: {"whisper_device": ("auto", "cpu", "cuda"), "check_transcripts": ("auto", "on", "off")},
+    KitConfig: {"whisper": ("random", "trained")},
 }
 
 

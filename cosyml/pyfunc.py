@@ -104,6 +104,35 @@ def input_example(speaker: str) -> pd.DataFrame:
     return pd.DataFrame([{"text": "Hello, this is my voice.", "mode": "sft", "speaker": speaker, "seed": 1.0}])
 
 
+def save_voice(
+    path: Path,
+    artifacts: dict[str, str],
+    speaker: str,
+    pip_requirements: list[str],
+    run_id: str | None,
+    model_id: str,
+    artifact_location: str,
+) -> None:
+    """Write one voice in this flavor to the local folder ``path`` (MLmodel, ``pyfunc_model.py``, the
+    ``artifacts`` files, signature, input example, requirements), for logged model ``model_id``.
+
+    ``mlflow.pyfunc.log_model`` would load the model and synthesise the input example to validate it (the
+    whole engine, per version); the registry saves locally and uploads the folder instead.
+    """
+    from mlflow.models import Model
+
+    mlflow.pyfunc.save_model(
+        path=str(path),
+        python_model=str(Path(__file__).with_name("pyfunc_model.py")),  # code, not a pickle
+        artifacts=artifacts,
+        signature=signature(),
+        input_example=input_example(speaker),
+        pip_requirements=pip_requirements,
+        model_config={"device": "auto", "cache_dir": "", "batch_size": 8},
+        mlflow_model=Model(artifact_path=artifact_location, run_id=run_id, model_id=model_id),
+    )
+
+
 # ---------------------------------------------------------------------------------------------- content hashes
 
 

@@ -16,7 +16,11 @@ Once a run is open, a store that goes away never stops the stage: what cannot be
 memory (at most :data:`MAX_PENDING` calls), retried when a probe (every ``COSYML_TRACKING_RETRY_S``
 seconds, default 30) finds the store back and once more when the stage ends; what is still unsent then is
 reported in one line per kind (metrics, params, tags, artifacts, run status). Files on local disk are the
-stage's outputs and never depend on the store. A run whose process died (kill -9, a lost machine) is
+stage's outputs and never depend on the store. Artifacts also wait when the server answers but the object
+store behind it (``--artifacts-destination s3://...``) refuses them: they are retried at later logging
+calls and at the end, and every artifact held for either reason is listed (local paths, not copies) in
+``<pending_dir()>/<run_id>.json`` until it is uploaded; :func:`flush_pending` (``cosyml track flush``)
+uploads the lists later. A run whose process died (kill -9, a lost machine) is
 marked KILLED by the next stage that opens a run in the same experiment on the same host; SIGTERM and
 Ctrl-C end the run as KILLED at once.
 
@@ -257,10 +261,164 @@ _KIND_WORDS = {
     "status": "run status",
 }
 
+#: The longest wait between two tries of an artifact store that refuses uploads, in multiples of
+#: ``COSYML_TRACKING_RETRY_S``: a failing upload costs the stage seconds (the server's own S3 retries).
+MAX_UPLOAD_BACKOFF = 16
+
+FLUSH_COMMAND = "cosyml track flush"
+
+
+def pending_dir() -> Path:
+    """Where the lists of artifacts not yet uploaded are kept, one ``<run_id>.json`` per run:
+    ``$COSYML_PENDING_DIR``, else ``$XDG_STATE_HOME/cosyml/pending-uploads`` (``~/.local/state/...``)."""
+    configured = os.environ.get("COSYML_PENDING_DIR")
+    if configured:
+        return Path(configured)
+    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "cosyml" / "pending-uploads"
+
+
+def _uri_key(uri: str) -> str:
+    """``uri`` with its credentials masked but its paths kept: which store a pending list belongs to."""
+    return _QUERY_SECRET.sub(r"\1***", _USERINFO.sub(r"\1:***@", uri))
+
+
+def human_size(n: int) -> str:
+    """``1234567`` -> ``1.2 MB`` (powers of 1000, as ``du --si``)."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:.1f} TB"  # pragma: no cover
+
+
+@dataclass
+class _Upload:
+    """One artifact for the run: a local file or folder, a checkpoint whose weights are exported at upload
+    time, or a short text. It is a record of paths (never a copy of the data), so what the store could
+    not take is kept in a small list on disk and can be uploaded later (:func:`flush_pending`)."""
+
+    how: str  # file | dir | weights | text
+    dest: str  # the artifact's path in the run (a folder for `dir`)
+    source: str = ""  # absolute local path (file, dir, weights); "" for text
+    text: str = ""  # the content (text)
+    info: dict[str, Any] | None = None  # weights: written beside as <stem>.json
+    client: Any = field(default=None, repr=False, compare=False)
+    run_id: str = field(default="", repr=False, compare=False)
+
+    def record(self) -> dict[str, Any]:
+        return {"how": self.how, "dest": self.dest, "source": self.source, "text": self.text, "info": self.info}
+
+    def on_disk(self) -> bool:
+        return self.how == "text" or Path(self.source).exists()
+
+    def size(self) -> int:
+        """Bytes on disk (a weights entry counts its full checkpoint; the upload is about a third of it)."""
+        if self.how == "text":
+            return len(self.text.encode())
+        path = Path(self.source)
+        with contextlib.suppress(OSError):
+            if path.is_dir():
+                return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+            return path.stat().st_size
+        return 0
+
+    def __call__(self) -> None:
+        folder, _, name = self.dest.rpartition("/")
+        if self.how == "text":
+            self.client.log_text(self.run_id, self.text, self.dest)
+            return
+        source = Path(self.source)
+        if not source.exists():  # removed (e.g. by checkpoint retention) before the store took it
+            raise FileNotFoundError(f"{mask(source)} no longer exists")
+        if self.how == "dir":
+            self.client.log_artifacts(self.run_id, str(source), artifact_path=self.dest or None)
+        elif self.how == "file":
+            self.client.log_artifact(self.run_id, str(source), artifact_path=folder or None)
+        else:
+            import tempfile
+
+            from cosyml.train.checkpoint import export_model_state
+
+            with tempfile.TemporaryDirectory(prefix="cosyml-weights-") as tmp:
+                export_model_state(source, Path(tmp) / name)
+                self.client.log_artifact(self.run_id, str(Path(tmp) / name), artifact_path=folder or None)
+                if self.info is not None:
+                    self.client.log_dict(self.run_id, self.info, f"{folder}/{Path(name).stem}.json".lstrip("/"))
+
+
+def _upload_error(exc: BaseException) -> str:
+    """The useful part of a failed upload's message: MLflow's HTTP errors end with urllib3's cause
+    (``(Caused by ResponseError('too many 500 error responses'))``) after a long URL."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else type(exc).__name__
+    cause = re.search(r"\(Caused by (.+)\)\s*$", first)
+    return (cause.group(1) if cause else first)[:300]
+
+
+@dataclass
+class _PendingList:
+    """The run's artifacts that are not in the store yet, as ``<pending_dir>/<run_id>.json`` (rewritten
+    atomically whenever it changes, removed once empty): it survives a kill -9 of the stage."""
+
+    path: Path
+    uri: str
+    run_id: str
+    uploads: dict[str, _Upload] = field(default_factory=dict)  # by dest: a newer best.pt replaces the older
+
+    def add(self, upload: _Upload) -> None:
+        if self.uploads.get(upload.dest) is upload:  # a retry that failed again: keep its place
+            return
+        self.uploads.pop(upload.dest, None)
+        self.uploads[upload.dest] = upload
+        self._save()
+
+    def remove(self, upload: _Upload) -> None:
+        if self.uploads.get(upload.dest) is upload:
+            del self.uploads[upload.dest]
+            self._save()
+
+    def _save(self) -> None:
+        from cosyml.fileio import atomic_write_json
+
+        try:
+            if self.uploads:
+                record = {"tracking_uri": _uri_key(self.uri), "run_id": self.run_id}
+                atomic_write_json({**record, "uploads": [u.record() for u in self.uploads.values()]}, self.path)
+            elif self.path.exists():
+                self.path.unlink()
+        except OSError as exc:  # a full or read-only disk must not stop the stage either
+            warn(f"tracking: could not write the list of artifacts to upload later, {self.path}: {exc.strerror}")
+
+
+def _uploads_line(uploads: list[_Upload], why: str, listed: Path | None) -> str:
+    """One line for the artifacts of a run that are not in the store: how many, how big, where on disk,
+    and the command that uploads them later."""
+    sources = [u.source for u in uploads if u.source]
+    where = f"; they are kept in {mask(listed)}" if listed is not None else ""
+    if sources:
+        common = Path(os.path.commonpath(sources))
+        if len(sources) == 1 and not common.is_dir():
+            common = common.parent
+        where = f"; they are on disk under {mask(common)}"
+    names = ", ".join(u.dest for u in uploads[:3]) + (", ..." if len(uploads) > 3 else "")
+    size = human_size(sum(u.size() for u in uploads))
+    return (
+        f"tracking: {len(uploads)} artifacts not logged ({size}: {names}): {why}{where}; "
+        f"upload later with: {FLUSH_COMMAND}"
+    )
+
 
 @dataclass
 class _Outbox:
-    """Logging calls that could not reach the store, retried in order once a probe finds it back."""
+    """Logging calls that could not reach the store, retried in order once a probe finds it back.
+
+    Artifacts (:class:`_Upload`) also wait when the tracking server answers but its artifact store (an S3
+    bucket behind ``--artifacts-destination``) does not take them: they are kept in order in ``backlog``,
+    tried again at later logging calls (after ``retry_s``, doubling up to :data:`MAX_UPLOAD_BACKOFF` times
+    that while the store keeps refusing) and once more at the end. Every artifact held for either reason is
+    in the run's :class:`_PendingList` on disk until it is uploaded."""
 
     uri: str
     retry_s: float = field(default_factory=lambda: float(os.environ.get("COSYML_TRACKING_RETRY_S", "30")))
@@ -272,19 +430,31 @@ class _Outbox:
     told_offline: bool = False
     told_failed: set = field(default_factory=set)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    backlog: dict = field(default_factory=dict)  # dest -> _Upload the artifact store did not take
+    upload_wait: float = 0.0
+    next_upload_try: float = 0.0
+    told_stalled: bool = False
+    pending_list: _PendingList | None = None
 
     def send(self, kind: str, label: str, call: Callable[[], None]) -> None:
         with self.lock:
             if self.offline and not self._reconnect():
                 self._hold(kind, label, call)
                 return
-            self._try(kind, label, call)
+            if self.backlog:
+                self._retry_uploads()
+            if self.offline:  # the server itself went away during that retry
+                self._hold(kind, label, call)
+            elif isinstance(call, _Upload) and self.backlog:  # the store still refuses: keep the order, no wait
+                self._stash(call, None)
+            else:
+                self._try(kind, label, call)
 
     def _try(self, kind: str, label: str, call: Callable[[], None]) -> bool:
         try:
             call()
-            return True
         except Exception as exc:  # any failure of the store must leave the stage running
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             reason = probe(self.uri)
             if reason is not None:
                 self.offline = True
@@ -295,20 +465,62 @@ class _Outbox:
                         f"tracking store {self.uri} went away ({reason}); the stage goes on, logging is "
                         f"queued and retried every {self.retry_s:g} s"
                     )
+                if isinstance(call, _Upload):
+                    self.backlog.pop(call.dest, None)  # waits in `pending` with the rest, in order
                 self._hold(kind, label, call)
+            elif isinstance(call, _Upload) and call.on_disk():
+                self._stash(call, _upload_error(exc))
             else:
                 self.failed[kind] += 1
                 if kind not in self.told_failed:
                     self.told_failed.add(kind)
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                     warn(f"tracking: could not log {label} ({first[:300]}); the stage goes on")
             return False
+        if isinstance(call, _Upload):
+            self.backlog.pop(call.dest, None)
+            if self.pending_list is not None:
+                self.pending_list.remove(call)
+        return True
 
     def _hold(self, kind: str, label: str, call: Callable[[], None]) -> None:
+        if isinstance(call, _Upload) and self.pending_list is not None:
+            self.pending_list.add(call)
         if len(self.pending) >= MAX_PENDING:
             self.dropped[kind] += 1
         else:
             self.pending.append((kind, label, call))
+
+    def _stash(self, upload: _Upload, error: str | None) -> None:
+        """The server answers but the artifact store did not take ``upload`` (``error``; None: not tried,
+        the store is known to be refusing)."""
+        if upload.dest not in self.backlog and len(self.backlog) >= MAX_PENDING:
+            self.dropped["artifacts"] += 1
+            return
+        if self.backlog.get(upload.dest) is not upload:  # new, or a newer file for the same path: last
+            self.backlog.pop(upload.dest, None)
+            self.backlog[upload.dest] = upload
+        if self.pending_list is not None:
+            self.pending_list.add(upload)
+        if error is None:
+            return
+        self.upload_wait = min(self.upload_wait * 2, MAX_UPLOAD_BACKOFF * self.retry_s) or self.retry_s
+        self.next_upload_try = time.monotonic() + self.upload_wait
+        if not self.told_stalled:
+            self.told_stalled = True
+            listed = f" (listed in {self.pending_list.path})" if self.pending_list is not None else ""
+            warn(
+                f"tracking: the artifact store behind {self.uri} did not take {upload.dest} ({error}); "
+                f"the stage goes on, artifacts are kept on disk{listed} and retried later"
+            )
+
+    def _retry_uploads(self, force: bool = False) -> None:
+        """Try the held artifacts in order; stop at the first the store still refuses."""
+        if not force and time.monotonic() < self.next_upload_try:
+            return
+        for upload in list(self.backlog.values()):
+            if not self._try("artifacts", upload.dest, upload):
+                return
+        self.upload_wait = 0.0  # all in: the next refusal waits retry_s again
 
     def _reconnect(self, force: bool = False) -> bool:
         if not force and time.monotonic() < self.next_probe:
@@ -323,7 +535,9 @@ class _Outbox:
     def _flush(self) -> None:
         while self.pending and not self.offline:
             kind, label, call = self.pending.popleft()
-            if not self._try(kind, label, call) and self.offline:
+            if isinstance(call, _Upload) and self.backlog:  # the server is back, its artifact store is not
+                self._stash(call, None)
+            elif not self._try(kind, label, call) and self.offline:
                 self.pending.pop()  # _try queued it at the back: put it back first in line
                 self.pending.appendleft((kind, label, call))
 
@@ -332,10 +546,21 @@ class _Outbox:
         with self.lock:
             if self.offline:
                 self._reconnect(force=True)
+            if not self.offline and self.backlog:
+                self._retry_uploads(force=True)
             lines = []
-            left = Counter(kind for kind, _, _ in self.pending) + self.dropped
+            held = [call for _, _, call in self.pending if isinstance(call, _Upload)]
+            left = Counter(kind for kind, _, call in self.pending if not isinstance(call, _Upload)) + self.dropped
             for kind in _KIND_WORDS:
-                if left[kind]:
+                if kind == "artifacts" and (held or self.backlog):
+                    why = (
+                        f"{self.uri} stayed unreachable"
+                        if held
+                        else f"the artifact store behind {self.uri} did not take them"
+                    )
+                    listed = self.pending_list.path if self.pending_list is not None else None
+                    lines.append(_uploads_line(held + list(self.backlog.values()), why, listed))
+                elif left[kind]:
                     names = [label for k, label, _ in self.pending if k == kind][:3]
                     more = f" ({', '.join(names)}{', ...' if left[kind] > len(names) else ''})" if names else ""
                     lines.append(
@@ -345,6 +570,68 @@ class _Outbox:
                 if self.failed[kind]:
                     lines.append(f"tracking: {self.failed[kind]} {_KIND_WORDS[kind]} refused by {self.uri}")
             return lines
+
+
+@dataclass
+class FlushResult:
+    """What :func:`flush_pending` did for one run's pending list."""
+
+    run_id: str
+    uploaded: list[str]  # artifact paths now in the run
+    uploaded_bytes: int
+    left: list[str]  # still pending (the store refused the first of them: ``error``)
+    gone: list[str]  # their local files no longer exist: dropped from the list
+    error: str = ""
+    other_store: str = ""  # the list belongs to another tracking store (masked): not touched
+
+
+def flush_pending(dry_run: bool = False) -> list[FlushResult]:
+    """Upload the artifacts that earlier stages could not (the lists in :func:`pending_dir`) to their runs
+    in the store of ``MLFLOW_TRACKING_URI``, in order, stopping a run's list at the first refusal. Lists
+    of another store are left alone. Uploaded entries leave the list; an empty list is removed."""
+    import mlflow
+
+    uri = default_tracking_uri()
+    check_tracking()
+    _bounded_http_retries()
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    results = []
+    for path in sorted(pending_dir().glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            run_id = str(record["run_id"])
+            uploads = [
+                _Upload(
+                    str(u["how"]), str(u["dest"]), str(u.get("source") or ""), str(u.get("text") or ""), u.get("info")
+                )
+                for u in record["uploads"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CosymlError(f"{path}: not a cosyml pending-upload list ({exc}); move it away") from None
+        result = FlushResult(run_id, [], 0, [u.dest for u in uploads], [])
+        results.append(result)
+        if record.get("tracking_uri") != _uri_key(uri):
+            result.other_store = mask(record.get("tracking_uri", "?"))
+            continue
+        if dry_run:
+            continue
+        pending = _PendingList(path, uri, run_id, {u.dest: u for u in uploads})
+        for upload in uploads:
+            upload.client, upload.run_id = client, run_id
+            if not upload.on_disk():
+                result.gone.append(upload.dest)
+                pending.remove(upload)
+                continue
+            try:
+                upload()
+            except Exception as exc:  # the store still refuses: keep the rest for the next flush
+                result.error = _upload_error(exc)
+                break
+            result.uploaded.append(upload.dest)
+            result.uploaded_bytes += upload.size()
+            pending.remove(upload)
+        result.left = list(pending.uploads)
+    return results
 
 
 # ---------------------------------------------------------------------------------------------- runs
@@ -397,17 +684,12 @@ class StageRun:
         path = Path(path)
         if not self.active or not path.exists():
             return
-        label = f"{artifact_path}/{path.name}" if artifact_path else path.name
-
-        def call() -> None:
-            if not path.exists():  # removed (e.g. by checkpoint retention) before the store came back
-                raise FileNotFoundError(f"{mask(path)} no longer exists")
-            if path.is_dir():
-                self._client.log_artifacts(self.run_id, str(path), artifact_path=artifact_path)
-            else:
-                self._client.log_artifact(self.run_id, str(path), artifact_path=artifact_path)
-
-        self._send("artifacts", label, call)
+        if path.is_dir():
+            upload = _Upload("dir", artifact_path or "", source=str(path.absolute()))
+        else:
+            dest = f"{artifact_path}/{path.name}" if artifact_path else path.name
+            upload = _Upload("file", dest, source=str(path.absolute()))
+        self._send_upload(upload)
 
     def log_weights(
         self, checkpoint: str | Path, artifact_path: str, name: str | None = None, info: Mapping[str, Any] | None = None
@@ -420,28 +702,17 @@ class StageRun:
         checkpoint = Path(checkpoint)
         if not self.active or not checkpoint.exists():
             return
-        name = name or checkpoint.name
-        label = f"{artifact_path}/{name}"
+        dest = f"{artifact_path}/{name or checkpoint.name}"
         meta = _mask_values(dict(info)) if info else None
-
-        def call() -> None:
-            import tempfile
-
-            from cosyml.train.checkpoint import export_model_state
-
-            if not checkpoint.exists():  # removed by checkpoint retention before the store came back
-                raise FileNotFoundError(f"{mask(checkpoint)} no longer exists")
-            with tempfile.TemporaryDirectory(prefix="cosyml-weights-") as tmp:
-                export_model_state(checkpoint, Path(tmp) / name)
-                self._client.log_artifact(self.run_id, str(Path(tmp) / name), artifact_path=artifact_path)
-                if meta is not None:
-                    self._client.log_dict(self.run_id, meta, f"{artifact_path}/{Path(name).stem}.json")
-
-        self._send("artifacts", label, call)
+        self._send_upload(_Upload("weights", dest, source=str(checkpoint.absolute()), info=meta))
 
     def log_text(self, text: str, artifact_file: str) -> None:
         if self.active:
-            self._send("artifacts", artifact_file, lambda: self._client.log_text(self.run_id, text, artifact_file))
+            self._send_upload(_Upload("text", artifact_file, text=text))
+
+    def _send_upload(self, upload: _Upload) -> None:
+        upload.client, upload.run_id = self._client, self.run_id or ""
+        self._send("artifacts", upload.dest, upload)
 
     def log_child_run(
         self,
@@ -477,7 +748,13 @@ class StageRun:
     def log_dict(self, data: Any, artifact_file: str) -> None:
         if self.active:
             clean = _mask_values(data)
-            self._send("artifacts", artifact_file, lambda: self._client.log_dict(self.run_id, clean, artifact_file))
+            if artifact_file.endswith((".yaml", ".yml")):  # as MlflowClient.log_dict writes them
+                import yaml
+
+                text = yaml.dump(clean, indent=2, default_flow_style=False)
+            else:
+                text = json.dumps(clean, indent=2, default=str)
+            self._send_upload(_Upload("text", artifact_file, text=text))
 
 
 def _process_start(pid: int) -> str:
@@ -533,16 +810,12 @@ def _command_line(stage: str) -> str:
 
 
 def _use_experiment(name: str) -> str:
-    """Select (creating if needed) the experiment, tagged as a model-training experiment; returns its id.
-    With a local sqlite store, artifacts go to ``mlruns/`` beside the database file rather than beside
-    whatever the working directory is."""
+    """Select (creating if needed) the experiment, tagged as a model-training experiment; returns its id
+    (artifact location: :func:`_artifact_location`)."""
     import mlflow
 
-    uri = mlflow.get_tracking_uri()
     if mlflow.get_experiment_by_name(name) is None:
-        location = None
-        if uri.startswith("sqlite:///"):
-            location = (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+        location = _artifact_location(mlflow.get_tracking_uri())
         with contextlib.suppress(mlflow.exceptions.MlflowException):  # another process created it first
             mlflow.create_experiment(name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
     exp = mlflow.set_experiment(name)
@@ -640,6 +913,7 @@ def stage_run(
             "and MLFLOW_TRACKING_URI, or run without recording: COSYML_TRACKING=off"
         ) from None
     outbox = _Outbox(mask(uri))
+    outbox.pending_list = _PendingList(pending_dir() / f"{run.info.run_id}.json", uri, run.info.run_id)
     handle = StageRun(active=True, run_id=run.info.run_id, _outbox=outbox, _client=client)
     status = "FAILED"
     try:
@@ -683,3 +957,217 @@ def _end_run(
         lines.append("tracking: system metrics sampling stopped at the outage")
     for line in lines:
         warn(line)
+
+
+# ---------------------------------------------------------------------------------------------- model registry
+# The MLflow calls behind cosyml.registry (a separate block from the stage-run logging above): the registry
+# client, the experiments that hold shared assets, runs logged once per content, aliases, logged models and
+# their metrics. The registry modules never import mlflow; what they call on the client handle returned
+# here is model-version bookkeeping (search, tag, alias, describe).
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Artifacts of a new experiment in a local sqlite store go to ``mlruns/`` beside the database file,
+    not beside whatever the working directory is (None: the store's own default)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+    return None
+
+
+def registry_client() -> Any:
+    """An MlflowClient on the project's tracking URI (``MLFLOW_TRACKING_URI`` or ./mlflow.db), with the
+    store's tables created; also sets the fluent API's URI (``mlflow models serve`` inherits it)."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from cosyml.errors import ConfigError
+
+    if not tracking_enabled():
+        raise ConfigError("COSYML_TRACKING=off: the model registry needs MLflow; unset COSYML_TRACKING")
+    uri = default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    with store_creation_lock(uri):
+        mlc = MlflowClient(tracking_uri=uri)
+        # Open (and on a fresh sqlite file create and migrate) the tracking and registry tables now,
+        # under the lock: two processes migrating one new database at once crash one of them.
+        mlc.search_experiments(max_results=1)
+        mlc.search_registered_models(max_results=1)
+    return mlc
+
+
+@contextlib.contextmanager
+def store_creation_lock(uri: str) -> Iterator[None]:
+    """For a ``sqlite:///`` store: hold (waiting for it) an exclusive lock on ``.<db name>.lock`` beside
+    the database while the block creates or migrates it; other stores need no lock (a server migrates
+    its own database once, at start)."""
+    import fcntl
+
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "a+", encoding="utf-8") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)  # released when the file is closed
+        yield
+
+
+def experiment_id(mlc: Any, name: str) -> str:
+    """The id of experiment ``name``, created (artifacts as :func:`_artifact_location` says) if needed."""
+    import mlflow
+
+    exp = mlc.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlc.create_experiment(name, artifact_location=_artifact_location(mlflow.get_tracking_uri()))
+    except mlflow.exceptions.MlflowException:  # created by another process meanwhile
+        return mlc.get_experiment_by_name(name).experiment_id
+
+
+def log_once(
+    mlc: Any, experiment: str, match: dict[str, str], run_name: str, tags: dict[str, str], files: list[tuple[str, Path]]
+) -> tuple[str, bool]:
+    """The id of the complete run in ``experiment`` tagged with ``match``, or of a new one holding ``files``
+    (``(artifact path, local file)`` pairs). Returns (run id, created). Only a complete upload is reused."""
+    exp_id = experiment_id(mlc, experiment)
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in {**match, "cosyml.complete": "true"}.items())
+    found = mlc.search_runs([exp_id], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id, False
+    run_id = mlc.create_run(exp_id, run_name=run_name, tags={**match, **tags}).info.run_id
+    try:
+        for name, path in files:
+            parent = str(Path(name).parent)
+            mlc.log_artifact(run_id, str(path.resolve()), artifact_path=None if parent == "." else parent)
+        mlc.set_tag(run_id, "cosyml.complete", "true")
+    except BaseException:
+        mlc.set_terminated(run_id, status="FAILED")
+        raise
+    mlc.set_terminated(run_id)
+    return run_id, True
+
+
+def logged_weights(mlc: Any, experiment: str, weights_sha256: str, artifact: str) -> tuple[str, str] | None:
+    """(run id, file sha256) of a finished run of ``experiment`` tagged with ``weights_sha256`` (a state
+    dict's content hash) whose ``artifact`` was uploaded; None when there is none (or it is still pending)."""
+    exp = mlc.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    query = f"tags.`cosyml.weights_sha256` = '{weights_sha256}' and attributes.status = 'FINISHED'"
+    for run in mlc.search_runs([exp.experiment_id], filter_string=query, order_by=["attributes.start_time DESC"]):
+        stored = run.data.tags.get("cosyml.file_sha256")
+        folder = str(Path(artifact).parent)
+        if stored and any(f.path == artifact for f in mlc.list_artifacts(run.info.run_id, folder)):
+            return run.info.run_id, stored
+    return None
+
+
+def finished_runs(mlc: Any, experiment: str, max_results: int = 1000) -> list[Any]:
+    """The FINISHED runs of ``experiment``, newest first ([] when there is no such experiment)."""
+    exp = mlc.get_experiment_by_name(experiment)
+    if exp is None:
+        return []
+    return list(
+        mlc.search_runs(
+            [exp.experiment_id],
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=max_results,
+        )
+    )
+
+
+def ensure_registered_model(mlc: Any, name: str, tags: dict[str, str], description: str) -> None:
+    """Create registered model ``name`` unless it exists (or another process creates it meanwhile)."""
+    from mlflow.exceptions import MlflowException
+
+    with contextlib.suppress(MlflowException):
+        mlc.create_registered_model(name, tags=tags, description=description)
+
+
+def alias_version(mlc: Any, name: str, alias: str) -> Any | None:
+    """The version ``alias`` points at, or None (no such alias or model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return mlc.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
+
+
+def registered_aliases(mlc: Any, name: str) -> dict[str, str] | None:
+    """``{alias: version}`` of registered model ``name``, or None when there is no such model.
+    (``search_model_versions`` leaves a version's aliases empty; the registered model holds them.)"""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return {str(k): str(v) for k, v in (mlc.get_registered_model(name).aliases or {}).items()}
+    except MlflowException:
+        return None
+
+
+def logged_model_metrics(mlc: Any, model_id: str) -> dict[str, float]:
+    """The latest value of each metric of logged model ``model_id`` ({} when it cannot be read)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        metrics = mlc.get_logged_model(model_id).metrics or []
+    except MlflowException:
+        return {}
+    latest: dict[str, float] = {}
+    for metric in sorted(metrics, key=lambda m: (m.timestamp, m.step)):
+        latest[metric.key] = metric.value
+    return latest
+
+
+def log_model_metrics(model_id: str, run_id: str | None, metrics: Mapping[str, float]) -> None:
+    """Metrics of a logged model (its "Metrics" in the MLflow UI; the latest value of a key wins)."""
+    import mlflow
+
+    mlflow.log_metrics(dict(metrics), model_id=model_id, run_id=run_id)
+
+
+def log_model_artifacts(model_id: str, folder: Path) -> None:
+    """Upload the files of ``folder`` into logged model ``model_id``."""
+    import mlflow
+
+    mlflow.MlflowClient().log_model_artifacts(model_id, str(folder))
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    model_id: str
+    artifact_location: str
+
+
+@contextlib.contextmanager
+def logged_model(name: str, run_id: str | None, model_type: str, tags: Mapping[str, str]) -> Iterator[LoggedModel]:
+    """A new logged model for the block to fill (:func:`log_model_artifacts`); READY when the block
+    ends, FAILED when it raises."""
+    import mlflow
+
+    logged = mlflow.initialize_logged_model(name=name, source_run_id=run_id, model_type=model_type, tags=dict(tags))
+    try:
+        yield LoggedModel(logged.model_id, logged.artifact_location)
+    except BaseException:
+        mlflow.finalize_logged_model(logged.model_id, "FAILED")
+        raise
+    mlflow.finalize_logged_model(logged.model_id, "READY")
+
+
+def register_model(model_uri: str, name: str, tags: Mapping[str, str]) -> Any:
+    """A new version of registered model ``name`` from ``model_uri`` (``models:/<model_id>``)."""
+    import mlflow
+
+    return mlflow.register_model(model_uri, name, tags=dict(tags))
+
+
+def version_model_id(version: Any) -> str | None:
+    """The logged model behind a model version (MLflow 3 leaves ``model_id`` empty in listings; the
+    source ``models:/<model_id>`` names it)."""
+    model_id = getattr(version, "model_id", None)
+    source = str(getattr(version, "source", "") or "")
+    if not model_id and source.startswith("models:/m-"):
+        model_id = source.removeprefix("models:/").strip("/")
+    return model_id or None

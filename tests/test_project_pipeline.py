@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slow
 # The user's edits after init: a tiny kit needs few epochs and a short evaluation (the real-run values are
 # what `cosyml init` writes; see test_init.py). Per-epoch samples off: see issue 17.1 (sampler RNG).
 EDITS = [
+    ("prepare", "check_transcripts", "off"),  # the kit's random Whisper hears nothing (the demo uses the trained one)
     ("shards", "min_shards", "2"),
     ("train", "max_epochs", "4"),
     ("train", "sample_every_epochs", "0"),
@@ -161,3 +162,8 @@ def test_full_repro_ends_with_a_champion_for_a_unicode_speaker(project):
     assert champion.tags["cosyml.speaker"] == SPEAKER
     utts = (proj / "data" / "prepared" / "train" / "text").read_text(encoding="utf-8").split("\n")
     assert utts[0].startswith(f"{SPEAKER}_")
+    # `dvc plots show` works without internet: init gave the project a page template that carries vega
+    assert "html_template = plots/offline.html" in (proj / ".dvc" / "config").read_text(encoding="utf-8")
+    _run(["dvc", "plots", "show", "-o", "plots-page"], proj, env)
+    page = (proj / "plots-page" / "index.html").read_text(encoding="utf-8")
+    assert "cdn.jsdelivr" not in page and "vegaEmbed" in page

@@ -158,9 +158,9 @@ def _versions() -> dict[str, object]:
 
 
 def _model_metrics(candidate: str) -> dict[str, float]:
-    from cosyml.registry import _model_metrics
+    from cosyml.registry.promotion import model_metrics
 
-    return _model_metrics(_client(), _versions()[candidate])
+    return model_metrics(_client(), _versions()[candidate])
 
 
 def _voice(version) -> dict:
@@ -242,11 +242,25 @@ def test_register_stores_each_candidate_once_and_the_base_assets_once(server, ki
     assert "epoch" not in torch.load(flow_pt, weights_only=True)
 
 
+#: FIRST again, llm_sft rescored, and a candidate evaluation scored nothing for.
+RESCORED = {**FIRST, "llm_sft": _scores(0.061, (0.05, 0.07), 0.70, (0.68, 0.72)), "unscored": None}
+
+
+@pytest.fixture()
+def rescored(server, kit) -> Path:
+    """RESCORED's candidates.json, registered (idempotent: after the tests above, nothing new), so that
+    the promotion tests also run alone (`-k`), on a registry holding v1 base, v2 llm_sft, v3 both_sft."""
+    from cosyml.registry import read_candidates, register_candidates
+
+    path = _candidates(kit.root / "eval1b.json", kit, RESCORED)
+    register_candidates(read_candidates(path), _config(kit))
+    return path
+
+
 def test_registering_the_same_weights_again_adds_no_version_and_refreshes_scores(server, kit) -> None:
     from cosyml.registry import read_candidates, register_candidates
 
-    rescored = {**FIRST, "llm_sft": _scores(0.061, (0.05, 0.07), 0.70, (0.68, 0.72)), "unscored": None}
-    cands = read_candidates(_candidates(kit.root / "eval1b.json", kit, rescored))
+    cands = read_candidates(_candidates(kit.root / "eval1b.json", kit, RESCORED))
     out = register_candidates(cands, _config(kit))
     assert [(r.version, r.created, r.skipped) for r in out] == [
         ("1", False, ""),
@@ -261,11 +275,9 @@ def test_registering_the_same_weights_again_adds_no_version_and_refreshes_scores
 # ---------------------------------------------------------------------------------------------- promote
 
 
-def test_first_promotion_picks_the_best_candidate_that_does_not_regress_cer(server, kit, capsys) -> None:
+def test_first_promotion_picks_the_best_candidate_that_does_not_regress_cer(server, kit, rescored, capsys) -> None:
     assert _alias("champion") is None
-    code = main(
-        ["promote", "--candidates", str(kit.root / "eval1b.json"), "--set", f"registry.speakers={kit.spk2embedding}"]
-    )
+    code = main(["promote", "--candidates", str(rescored), "--set", f"registry.speakers={kit.spk2embedding}"])
     printed = capsys.readouterr().out
     assert code == 0
     assert _alias("champion") == "2" and _alias("previous") is None  # llm_sft; both_sft regresses CER vs base
@@ -278,10 +290,12 @@ def test_first_promotion_picks_the_best_candidate_that_does_not_regress_cer(serv
     assert runs[0].data.params["registry.max_cer_regression"] == "0.02"
 
 
-def test_overlapping_cis_move_nothing_and_a_clear_win_moves_the_champion(server, kit, capsys) -> None:
+def test_overlapping_cis_move_nothing_and_a_clear_win_moves_the_champion(server, kit, rescored) -> None:
     from cosyml.registry import promote, read_candidates, register_candidates, rollback
 
     config = _config(kit)
+    promote(read_candidates(rescored), config)  # the first promotion (a no-op after the test above)
+    assert _alias("champion") == "2"
     close = {**FIRST, "both_sft": _scores(0.055, (0.045, 0.065), 0.72, (0.69, 0.75))}
     cands = read_candidates(_candidates(kit.root / "eval2.json", kit, close))
     register_candidates(cands, config)
@@ -522,12 +536,12 @@ def test_a_part_stored_in_the_version_itself_is_read_from_its_artifacts(tmp_path
 
 
 def test_candidate_names_become_distinct_names_mlflow_accepts() -> None:
-    from cosyml.registry import _sanitize
+    from cosyml.registry.names import sanitize
 
     long = [
         "llm=/tmp/run/exp/llm/checkpoints/epoch_1_whole.pt,flow=base",
         "llm=/tmp/run/exp/llm/checkpoints/epoch_2_whole.pt,flow=base",
     ]
-    names = [_sanitize(n) for n in [*long, "llm=a.pt,flow=base", "llm=a-pt,flow=base", "base"]]
+    names = [sanitize(n) for n in [*long, "llm=a.pt,flow=base", "llm=a-pt,flow=base", "base"]]
     assert len(set(names)) == len(names) and names[-1] == "base"
     assert all(len(n) <= 60 and not set(n) & set("./:%'\"") for n in names)

@@ -32,7 +32,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 
 def test_the_run_that_wrote_the_weights_is_found_and_no_other(store) -> None:
-    from cosyml.registry import _producer_run
+    from cosyml.registry.lineage import producer_run
 
     mlc, run = store
     names = {"cosyml.averaged_from": "epoch_1_whole.pt,epoch_2_whole.pt", "cosyml.part": "llm"}
@@ -43,24 +43,24 @@ def test_the_run_that_wrote_the_weights_is_found_and_no_other(store) -> None:
         {"out": "exp/avg/llm.pt", "checkpoints": "exp/llm/checkpoints"},
         {"cosyml.averaged_from": "epoch_2_whole.pt"},
     )
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/llm/llm.pt") == trained
-    assert _producer_run(mlc, SPEAKER, "llm", str(Path("exp/llm/llm.pt").resolve())) == trained
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/avg/llm.pt") == averaged
+    assert producer_run(mlc, SPEAKER, "llm", "exp/llm/llm.pt") == trained
+    assert producer_run(mlc, SPEAKER, "llm", str(Path("exp/llm/llm.pt").resolve())) == trained
+    assert producer_run(mlc, SPEAKER, "llm", "exp/avg/llm.pt") == averaged
     # an unrelated file beside the checkpoint names, or beside a produced file, is nobody's output
-    assert _producer_run(mlc, SPEAKER, "llm", "my_llm.pt") is None
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/llm/my_llm.pt") is None
-    assert _producer_run(mlc, SPEAKER, "llm", "exp/other_llm/llm.pt") is None
-    assert _producer_run(mlc, SPEAKER, "flow", "exp/llm/llm.pt") is None  # another part's stage
-    assert _producer_run(mlc, SPEAKER, "llm", "base") is None
+    assert producer_run(mlc, SPEAKER, "llm", "my_llm.pt") is None
+    assert producer_run(mlc, SPEAKER, "llm", "exp/llm/my_llm.pt") is None
+    assert producer_run(mlc, SPEAKER, "llm", "exp/other_llm/llm.pt") is None
+    assert producer_run(mlc, SPEAKER, "flow", "exp/llm/llm.pt") is None  # another part's stage
+    assert producer_run(mlc, SPEAKER, "llm", "base") is None
 
 
 def test_the_newest_writer_of_a_file_wins(store) -> None:
-    from cosyml.registry import _producer_run
+    from cosyml.registry.lineage import producer_run
 
     mlc, run = store
     run("average_flow", {"out": "exp/flow/flow.pt"})
     newer = run("average_flow", {"out": "exp/flow/flow.pt"})
-    assert _producer_run(mlc, SPEAKER, "flow", "exp/flow/flow.pt") == newer
+    assert producer_run(mlc, SPEAKER, "flow", "exp/flow/flow.pt") == newer
 
 
 def test_promote_list_shows_the_champion_and_previous_aliases(store, capsys) -> None:
@@ -91,11 +91,11 @@ def test_promote_list_of_an_unknown_model_is_one_line(store, capsys) -> None:
 
 RACE = """
 import sys, time
-from cosyml import registry
+from cosyml.tracking import registry_client
 start = float(sys.argv[1])
 while time.time() < start:
     time.sleep(0.001)
-registry.client().search_registered_models(max_results=1)
+registry_client().search_registered_models(max_results=1)
 print("store ready")
 """
 
@@ -121,3 +121,50 @@ def test_two_processes_opening_a_fresh_sqlite_store_at_once_both_work(tmp_path: 
         assert [p.returncode for p in procs] == [0, 0], [err[-600:] for _, err in outs]
         assert all("store ready" in out for out, _ in outs)
         assert (db.parent / ".mlflow.db.lock").is_file()
+
+
+def test_weights_the_average_stage_uploaded_are_stored_once(store, tmp_path: Path) -> None:
+    """The full-size rehearsal stored the 2 GB averaged LLM twice: in the average run and again in the
+    registry's content-addressed weights run. The average run's upload is now the stored copy."""
+    import torch
+    from train_helpers import TinyLM
+
+    from cosyml.cli import main
+    from cosyml.pyfunc import file_sha256
+    from cosyml.registry.register import WEIGHTS_EXPERIMENT, ensure_weights
+    from cosyml.registry.staging import PartWeights, tensors_sha256
+    from cosyml.synth.weights import read_weights
+    from cosyml.train.checkpoint import CheckpointInfo, save_checkpoint
+
+    mlc, _ = store
+    checkpoints = tmp_path / "checkpoints"
+    for i in (1, 2):
+        model = TinyLM()
+        with torch.no_grad():
+            for p in model.parameters():
+                p.fill_(float(i))
+        save_checkpoint(
+            checkpoints,
+            CheckpointInfo(f"epoch_{i}", "epoch", i, i, i, 0, "h", cv_loss=float(i)),
+            {"model": model.state_dict()},
+        )
+    out = tmp_path / "exp" / "llm" / "llm.pt"
+    argv = ["average", "--checkpoints", str(checkpoints), "--out", str(out), "--set", f"prepare.speaker={SPEAKER}"]
+    assert main([*argv, "--set", "train.log_checkpoints=best"]) == 0
+    (average,) = [r for r in mlc.search_runs([mlc.get_experiment_by_name(f"cosyml/{SPEAKER}").experiment_id])]
+    sha = tensors_sha256(read_weights(out, "llm"))
+    assert average.data.tags["cosyml.weights_sha256"] == sha
+    assert average.data.tags["cosyml.file_sha256"] == file_sha256(out)
+
+    shared = ensure_weights(mlc, "llm", PartWeights(str(out.resolve()), sha, out), SPEAKER)
+    assert (shared.run_id, shared.created) == (average.info.run_id, False)
+    assert shared.uri == f"runs:/{average.info.run_id}/weights/llm.pt" and shared.file_sha256 == file_sha256(out)
+    assert mlc.get_experiment_by_name(WEIGHTS_EXPERIMENT) is None  # nothing stored a second time
+
+    # other tensors, or an average that uploaded nothing, are stored by the registry as before
+    other = tmp_path / "other" / "llm.pt"
+    torch.save({k: v + 1 for k, v in read_weights(out, "llm").items()}, other.parent.mkdir() or other)
+    other_sha = tensors_sha256(read_weights(other, "llm"))
+    assert ensure_weights(mlc, "llm", PartWeights(str(other), other_sha, other), SPEAKER).created
+    assert main([*argv, "--set", "train.log_checkpoints=none"]) == 0  # same tensors, no upload, no tags
+    assert ensure_weights(mlc, "llm", PartWeights(str(out.resolve()), sha, out), SPEAKER).run_id == average.info.run_id

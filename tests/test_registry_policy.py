@@ -84,3 +84,39 @@ def test_a_candidate_that_scored_nothing_reads_as_unscored(tmp_path) -> None:
     path.write_text(json.dumps({"speaker": "s", "model_dir": "m", "candidates": [item], "failed": [], "skipped": {}}))
     (cand,) = read_candidates(path).candidates
     assert cand.summary is None and cand.subsets == {} and cand.base
+
+
+def test_the_policy_imports_without_mlflow_or_torch() -> None:
+    """The schema, the policy and the package itself load no MLflow and no torch (issue 12: they cost
+    seconds); the MLflow side comes in on first use of one of its names."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import cosyml.registry.policy, cosyml.registry.candidates, cosyml.registry.names\n"
+        "from cosyml.registry import composite, decide, read_candidates, speaker_model_name\n"
+        "heavy = sorted(m for m in ('mlflow', 'torch', 'pandas') if m in sys.modules)\n"
+        "print('heavy:', ','.join(heavy))\n"
+        "from cosyml.registry import promote\n"
+        "print('lazy:', promote.__module__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == ["heavy: ", "lazy: cosyml.registry.promotion"], out
+
+
+def test_the_registry_modules_never_import_mlflow() -> None:
+    """Every MLflow call of the registry goes through cosyml.tracking (or the pyfunc flavor)."""
+    import ast
+    from pathlib import Path
+
+    import cosyml.registry
+
+    found = []
+    for path in sorted(Path(cosyml.registry.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n == "mlflow" or n.startswith("mlflow.")]
+    assert found == []

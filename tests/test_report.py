@@ -80,3 +80,38 @@ def test_candidate_aliases_grid_and_slugs(tmp_path: Path):
     # ';' separates several candidates in one value (mlflow run -P candidates=...); same weights collapse
     both = select_candidates(["llm=base,flow=base;llm=base"], [], [], [], tmp_path)
     assert [c.name for c in both] == ["llm=base,flow=base"]
+
+
+def test_data_checks_section_counts_every_reason_and_plays_flagged_clips(tmp_path: Path):
+    from cosyml.evaluation.data_checks import read_data_checks
+
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    clip = tmp_path / "raw" / "vo_x.wav"
+    clip.parent.mkdir()
+    clip.write_bytes(b"RIFF-not-really-audio")
+    stray = tmp_path / "stray.wav"
+    stray.write_bytes(b"RIFF-stray")
+    rejects = [
+        {"source": str(clip), "reason": "transcript_mismatch", "detail": "lab 'a' vs heard 'b'", "utt": "toy_1"},
+        {"source": "gone.wav", "reason": "too_short", "detail": "0.3 s", "utt": None},
+        {"source": "gone2.wav", "reason": "too_short", "detail": "0.2 s", "utt": None},
+    ]
+    (prepared / "rejects.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rejects))
+    report = tmp_path / "speaker_check.json"
+    report.write_text(
+        json.dumps({"outliers": [{"utt": "toy_2", "similarity": 0.21, "split": "train", "wav": str(stray)}]})
+    )
+    checks = read_data_checks(prepared, report)
+    assert checks is not None
+    assert checks.counts == {"too_short": 2, "transcript_mismatch": 1, "speaker_outlier": 1}
+    result = _result(tmp_path)
+    files = write_outputs(result, data_checks=checks)
+    page = files.report.read_text()
+    assert "<h2>Data checks</h2>" in page and "lab &#x27;a&#x27; vs heard &#x27;b&#x27;" in page
+    assert set(files.media) == {"data_checks/transcript_mismatch/toy_1.wav", "data_checks/speaker_outlier/toy_2.wav"}
+    assert (result.eval_dir / "data_checks/speaker_outlier/toy_2.wav").read_bytes() == b"RIFF-stray"
+    summary = json.loads(files.summary.read_text())["data_checks"]
+    assert summary["counts"]["speaker_outlier"] == 1 and len(summary["clips"]) == 2
+    assert read_data_checks(tmp_path / "nowhere", None) is None
+    assert "No data-check files found" in render_html(result)

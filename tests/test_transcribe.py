@@ -4,6 +4,8 @@ these tests prove the code path, the confidence, the cache and the review feed-b
 from __future__ import annotations
 
 import csv
+import os
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,7 +35,8 @@ def transcribed(tmp_path_factory: pytest.TempPathFactory, tiny_whisper: Path):
     write(raw / "mp3" / "a.mp3", utterance(1.2, seed=70), format="MP3")
     write(raw / "mp3" / "b.wav", utterance(1.4, seed=71))
     out = raw.parent / (raw.name + "-data")
-    cfg = replace(CFG, whisper_model=str(tiny_whisper))
+    # a random Whisper hears nothing: checking the .lab clips against it would only cost time
+    cfg = replace(CFG, whisper_model=str(tiny_whisper), check_transcripts="off")
     return raw, out, cfg, prepare([raw], out, cfg, progress=False)
 
 
@@ -62,6 +65,31 @@ def test_clips_without_text_are_transcribed(transcribed) -> None:
     assert (out / "whisper_cache.jsonl").is_file()
 
 
+def test_a_rerun_reads_the_whisper_cache_and_never_loads_the_model(transcribed, tmp_path: Path) -> None:
+    """The cache key is (audio hash, model name/size/mtime, language, max tokens): a file with the same
+    name, size and mtime but garbage bytes is the same key, so a rerun that used the cache never loads it;
+    one nanosecond of mtime later it is another model, which must be decoded, and that fails."""
+    raw, out, cfg, first = transcribed
+    model = Path(cfg.whisper_model)
+    stat = model.stat()
+    unloadable = tmp_path / "models" / model.name
+    unloadable.parent.mkdir()
+    unloadable.write_bytes(b"\0" * stat.st_size)
+    os.utime(unloadable, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    shutil.copyfile(out / "whisper_cache.jsonl", rerun / "whisper_cache.jsonl")  # the cache of the first run
+
+    def whisper_texts(result) -> dict[str, tuple[str, float | None]]:
+        return {e.utt: (e.text, e.confidence) for e in result.entries if e.text_source == "whisper"}
+
+    again = prepare([raw], rerun, replace(cfg, whisper_model=str(unloadable)), progress=False)
+    assert len(whisper_texts(first)) == 2 and whisper_texts(again) == whisper_texts(first)
+    os.utime(unloadable, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1))
+    with pytest.raises(InputError, match="not a Whisper checkpoint"):
+        prepare([raw], tmp_path / "rerun2", replace(cfg, whisper_model=str(unloadable)), progress=False)
+
+
 def test_low_confidence_then_review_feedback(transcribed, tmp_path: Path) -> None:
     raw, out, cfg, first = transcribed
     strict = replace(cfg, min_confidence=0.5)
@@ -82,7 +110,7 @@ def test_low_confidence_then_review_feedback(transcribed, tmp_path: Path) -> Non
         f"{lab_utt}\t\t 改过的 文本 \n",
         encoding="utf-8",
     )
-    again = prepare([raw], out, strict, review_file=review, progress=False)  # cached: no decoding
+    again = prepare([raw], out, strict, review_file=review, progress=False)  # reviewed: no clip needs Whisper
     entries = {e.utt: e for e in again.entries}
     assert entries[whisper_utts[0]].text == "人工校对的文本。"
     assert entries[whisper_utts[0]].text_source == "review"

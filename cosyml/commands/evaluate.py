@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import as_flat_dict, check_evaluation_params
+from cosyml.config import as_flat_dict
 from cosyml.errors import CosymlError
 
 
@@ -63,6 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cosyml.commands.train import probe_rank
     from cosyml.evaluation.candidates import select_candidates
+    from cosyml.evaluation.data_checks import read_data_checks
     from cosyml.evaluation.report import write_outputs
     from cosyml.evaluation.suite import run_suite
     from cosyml.tracking import stage_run
@@ -79,7 +80,6 @@ def run(args: argparse.Namespace) -> int:
             "evaluate.device": args.device,
         },
     )
-    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.evaluate
 
     def log(message: str) -> None:
@@ -112,11 +112,16 @@ def run(args: argparse.Namespace) -> int:
             log=log,
         )
         result.probe_history = _probe_history(Path(cfg.exp_dir))
-        files = write_outputs(result, cfg.report_max_utts)
+        # extract writes speaker_check.json at its output root: two folders above <root>/<split>/spk2embedding.pt
+        speaker_report = Path(cfg.speaker_file).parent.parent / "speaker_check.json" if cfg.speaker_file else None
+        data_checks = read_data_checks(cfg.sft_data or None, speaker_report)
+        files = write_outputs(result, cfg.report_max_utts, data_checks)
         metrics: dict[str, float] = {
             "skipped_items": len(result.skipped),
             "failed_candidates": sum(not c.ok for c in result.candidates),
         }
+        if data_checks is not None:
+            metrics.update({f"data/{reason}": n for reason, n in data_checks.counts.items()})
         for c in result.scored:
             assert c.summary is not None
             values = {

@@ -43,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "needed to run upstream CosyVoice3 inference on the kit; adds ~80 MB",
     )
     parser.add_argument(
+        "--whisper",
+        choices=("random", "trained"),
+        default="random",
+        help="whisper.pt: random (default; recognises nothing) or trained on the toy corpus (hears its "
+        "espeak clips; a few CPU minutes the first time, then cached in ~/.cache/cosyml/toy-whisper)",
+    )
+    parser.add_argument(
         "--frontend-only", action="store_true", help="only the ONNX front end, tokenizer and whisper.pt"
     )
     parser.set_defaults(func=run)
@@ -66,8 +73,13 @@ def run(args: argparse.Namespace) -> int:
             dims=kit_dims(version, size),
             official_text_ids=official or size == "full",
         )
+    whisper = getattr(args, "whisper", "random")
+    if whisper == "trained":
+        from cosyml.kit.whisper import install_trained_toy_whisper
+
+        install_trained_toy_whisper(args.dir)
     print(
         f"{getattr(args, 'size', 'tiny')} {version} model kit written to {args.dir} "
-        "(random weights: proves plumbing, not voice quality)"
+        f"(random weights: proves plumbing, not voice quality; {whisper} whisper.pt)"
     )
     return 0

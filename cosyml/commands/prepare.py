@@ -9,6 +9,10 @@ from pathlib import Path
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import as_flat_dict
 from cosyml.errors import InputError
+from cosyml.fileio import atomic_write_json
+
+#: Clips set aside as transcript_mismatch that the MLflow prepare run holds as audio artifacts.
+MAX_LOGGED_MISMATCHES = 50
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -43,6 +47,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         metavar="FILE",
         help="edited transcripts_review.tsv: its texts replace the transcripts of those utts",
+    )
+    p.add_argument(
+        "--metrics",
+        default=None,
+        metavar="FILE",
+        help="also write the counts (utterances, rejects by reason, transcript check) to this JSON file "
+        "(the DVC metrics file: `dvc metrics diff` shows them)",
     )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_params_arguments(p)
@@ -84,14 +95,29 @@ def run(args: argparse.Namespace) -> int:
             metrics[f"{split}_hours"] = result.hours[split]
         metrics["rejected"] = len(result.rejects)
         metrics["transcribed"] = result.transcribed
+        metrics["transcripts_checked"] = result.transcripts_checked
         metrics.update({f"rejects_{reason}": n for reason, n in result.reject_counts.items()})
         tracked.log_metrics(metrics)
+        if args.metrics:
+            atomic_write_json(metrics, args.metrics)
         tracked.log_artifact(result.summary_path)
         tracked.log_artifact(result.rejects_path)
         tracked.log_artifact(result.review_path)
         for entry in result.entries[:: max(1, len(result.entries) // 3)][:3]:
             tracked.log_artifact(result.output / entry.wav, "samples")
+        # the clips set aside by the transcript check, to listen to in the MLflow UI (a few dozen at most)
+        mismatched = [Path(r.source) for r in result.rejects if r.reason == "transcript_mismatch"]
+        for source in [m for m in mismatched if m.is_file()][:MAX_LOGGED_MISMATCHES]:
+            tracked.log_artifact(source, "transcript_mismatch")
     total = sum(result.counts.values())
+    if result.transcript_check == "on":
+        print(
+            f"transcript check: {result.reject_counts.get('transcript_mismatch', 0)} of "
+            f"{result.transcripts_checked} transcripts differ from what Whisper hears (prepare.transcript_max_cer="
+            f"{cfg.transcript_max_cer:g}); set aside as transcript_mismatch, see {result.review_path}"
+        )
+    else:
+        print(f"transcript check {result.transcript_check}")
     print(
         f"prepared {total} utterances ({result.counts.get('train', 0)} train, {result.counts.get('dev', 0)} dev, "
         f"{sum(result.hours.values()):.3f} h) in {result.output}; rejected {len(result.rejects)} "

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import check_evaluation_params
 from cosyml.fileio import atomic_write_text
 
 
@@ -36,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from cosyml import registry
 
     params = resolve_params(args, {"registry.candidates": args.candidates, "prepare.speaker": args.speaker})
-    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.registry
     if args.rollback or args.list:
         speaker = params.prepare.speaker

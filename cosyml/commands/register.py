@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import check_evaluation_params
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -40,7 +39,6 @@ def run(args: argparse.Namespace) -> int:
             "registry.sampling": args.sampling,
         },
     )
-    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.registry
     candidates = read_candidates(cfg.candidates)
     registered = register_candidates(

@@ -42,12 +42,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from cosyml.errors import CosymlError
     from cosyml.pyfunc import check_model_uri
-    from cosyml.registry import client, model_name
+    from cosyml.registry import model_name
+    from cosyml.tracking import registry_client
 
     check_env_manager(args.env_manager)  # before anything is opened or downloaded
     params = resolve_params(args, {"prepare.speaker": args.speaker})
     uri = args.model_uri or f"models:/{model_name(params.registry, params.prepare.speaker)}@{params.registry.alias}"
-    client()  # sets the tracking URI (MLFLOW_TRACKING_URI or ./mlflow.db) the server inherits
+    registry_client()  # sets the tracking URI (MLFLOW_TRACKING_URI or ./mlflow.db) the server inherits
     check_model_uri(uri)
     mlflow_cli = shutil.which("mlflow")
     if mlflow_cli is None:

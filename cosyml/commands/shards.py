@@ -77,6 +77,11 @@ def run(args: argparse.Namespace) -> int:
             run_.log_metrics({f"{split}_utts": result.num_utts, f"{split}_shards": len(result.shard_files)})
             for name, count in result.missing_features.items():
                 print(f"cosyml shards: warning: {split}: {count} utterances have no entry in {name}")
+            if result.excluded:
+                reasons = ", ".join(f"{n} {reason}" for reason, n in sorted(result.excluded.items()))
+                print(f"cosyml shards: {split}: left out {reasons} listed in {result.excluded_file}")
+                run_.log_metrics({f"{split}_excluded": sum(result.excluded.values())})
+                summary[split]["excluded"] = result.excluded
             print(
                 f"{split}: {result.num_utts} utterances in {len(result.shard_files)} shards -> {output / split / 'data.list'}"
             )

@@ -91,7 +91,7 @@ def training_fingerprint(part: str, params: Params, data: Path) -> str:
 
     md = ModelDir(params.model_dir)
     train_fields = {k: v for k, v in as_flat_dict(params.train).items() if k not in RUN_CONTROL_FIELDS}
-    files = [md.yaml_path, md.weight_path(part)]  # type: ignore[arg-type]
+    files = [md.yaml_path, md.weight_path(part)]  # type: ignore[arg-type]  # part is 'llm' or 'flow' (the CLI's choices), a str to mypy; weight_path takes the Literal
     for split in ("train", "dev"):
         listing = data / split / "data.list"
         if listing.is_file():

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import as_flat_dict, check_evaluation_params
+from cosyml.config import as_flat_dict
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -96,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
             "evaluate.device": args.device,
         },
     )
-    check_evaluation_params(params)  # value ranges of evaluate/registry/tune
     cfg = params.tune
     speaker = params.prepare.speaker
     space = parse_space(cfg.space)

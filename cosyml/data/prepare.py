@@ -25,14 +25,21 @@ import numpy as np
 from tqdm import tqdm
 
 from cosyml.audio import Audio, audio_info, read_audio, resample, to_mono, write_wav
-from cosyml.config import PrepareConfig
 from cosyml.data import clean
+from cosyml.data.config import PrepareConfig
 from cosyml.data.kaldi import write_split
 from cosyml.data.layouts import Scan, SourceClip, printable, scan_inputs
 from cosyml.data.records import REJECT_REASONS, ManifestEntry, Reject, write_jsonl
 from cosyml.data.slicing import slice_at_pauses
 from cosyml.data.split import assign_splits
-from cosyml.data.transcribe import WHISPER_RATE, Transcript, WhisperTranscriber, read_review, write_review
+from cosyml.data.transcribe import (
+    WHISPER_RATE,
+    ReviewRow,
+    Transcript,
+    WhisperTranscriber,
+    read_review,
+    write_review,
+)
 from cosyml.errors import InputError
 from cosyml.fileio import atomic_write_text, output_lock
 
@@ -54,6 +61,8 @@ class PrepareResult:
     hours: dict[str, float]  # split -> hours of audio
     reject_counts: dict[str, int]  # reason -> count (every reason listed, zeros included)
     transcribed: int  # clips sent to Whisper (cached ones included)
+    transcript_check: str = "off"  # "on", or "off: <why>" (see transcript_check_state)
+    transcripts_checked: int = 0  # clips whose own transcript was compared with Whisper's
     ignored_files: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -408,6 +417,49 @@ class _Run:
         self.pending.append(_Pending(utt, source, int(pcm.shape[0]), digest, text, text_source, start_s, end_s))
 
 
+#: When Whisper disagrees with more than this share of the checked transcripts, nothing is set aside.
+MAX_MISMATCH_SHARE = 0.5
+
+
+def transcript_check_state(cfg: PrepareConfig) -> str:
+    """``"on"`` when prepare compares given transcripts with Whisper, else ``"off: <why>"`` (one line)."""
+    if cfg.check_transcripts == "off":
+        return "off: prepare.check_transcripts=off"
+    if not cfg.whisper_model:
+        if cfg.check_transcripts == "on":
+            raise InputError(
+                "prepare.check_transcripts=on needs a Whisper checkpoint; set prepare.whisper_model (or pass "
+                "--whisper PATH) or set prepare.check_transcripts=auto"
+            )
+        return "off: no Whisper checkpoint (set prepare.whisper_model or pass --whisper to check transcripts)"
+    if cfg.check_transcripts == "auto" and not cfg.transcribe:
+        return "off: Whisper is off (--no-transcribe); set prepare.check_transcripts=on to check transcripts anyway"
+    return "on"
+
+
+@dataclass(frozen=True)
+class TranscriptVerdict:
+    """A clip's transcript against what Whisper heard, after the evaluation's text normalisation."""
+
+    hypothesis: str  # Whisper's text (simplified characters for zh)
+    language: str  # the language the texts were scored in
+    metric: str  # "CER" (zh, ja, ko, yue) or "WER"
+    error: float  # edits / reference tokens; can exceed 1
+
+
+def _transcript_verdict(p: _Pending, t: Transcript, cfg: PrepareConfig) -> TranscriptVerdict:
+    from cosyml.evaluation.asr import to_simplified
+    from cosyml.evaluation.metrics import count_errors, metric_name
+
+    reference = clean.clean_text(p.text or "")
+    language = cfg.language if cfg.language not in ("", "auto") else clean.guess_language(reference)
+    hypothesis = clean.clean_text(t.text)
+    if language == "zh":
+        hypothesis = to_simplified(hypothesis)  # as the evaluation scores Chinese
+    error = count_errors(reference, hypothesis, language).error
+    return TranscriptVerdict(hypothesis, language, metric_name(language).upper(), error)
+
+
 class _TooLong(Exception):
     """A recording too long to decode (from its header)."""
 
@@ -432,16 +484,18 @@ def _read_pcm(path: Path) -> np.ndarray:
     return data.astype(np.float32) / 32767.0
 
 
-def _transcribe(run: _Run, whisper_path: str, cache_path: Path, progress: bool) -> tuple[dict[str, Transcript], int]:
-    """Whisper for every pending clip without text; results cached by audio hash + model.
+def _transcribe(
+    run: _Run, todo: list[_Pending], whisper_path: str, cache_path: Path, progress: bool
+) -> dict[str, Transcript]:
+    """Whisper for the ``todo`` clips (those without text, and those whose transcript is checked), in one
+    pass with one model load; results cached by audio hash + model + language + token cap.
 
     Each batch's results are appended to ``cache_path`` (and fsynced) as soon as they exist, so a
     killed run resumes where it stopped; the cache lives in the output folder, outside the staging
     folder a killed run leaves behind.
     """
-    todo = [p for p in run.pending if p.text is None]
     if not todo:
-        return {}, 0
+        return {}
     cfg = run.cfg
     language = None if cfg.language in ("", "auto") else cfg.language
     transcriber = WhisperTranscriber(
@@ -480,7 +534,7 @@ def _transcribe(run: _Run, whisper_path: str, cache_path: Path, progress: bool) 
         out[p.utt] = Transcript(
             row["text"], row["language"], row["confidence"], row["avg_logprob"], row["no_speech_prob"]
         )
-    return out, len(todo)
+    return out
 
 
 def _staging_paths(output: Path) -> tuple[Path, Path]:
@@ -542,6 +596,7 @@ def prepare(
     Whisper cache, appended per batch, makes the rerun skip what was already transcribed).
     """
     check_speaker(cfg.speaker)
+    transcript_check_state(cfg)  # "on" without a checkpoint stops here, before any work
     inputs = [Path(p) for p in inputs]
     output = Path(output)
     check_paths(inputs, output)
@@ -584,8 +639,6 @@ def _prepare_into(
         run.add(clip, utt)
     run._decoded = None
 
-    transcripts: dict[str, Transcript] = {}
-    transcribed = 0
     needs_text = [p for p in run.pending if p.text is None]
     if needs_text and (not cfg.transcribe or not cfg.whisper_model):
         why = (
@@ -598,12 +651,48 @@ def _prepare_into(
             run.reject(p.source, "no_text", f"no transcript; {why}", p.utt, _span(p))
             run.drop(p)
         run.pending = [p for p in run.pending if p.text is not None]
-    elif needs_text:
+        needs_text = []
+    check = transcript_check_state(cfg)
+    # Texts from the review file are the user's word: checking them again would undo a confirmation.
+    to_check = [p for p in run.pending if p.text is not None and p.text_source != "review"] if check == "on" else []
+    transcripts: dict[str, Transcript] = {}
+    if needs_text or to_check:
         output.mkdir(parents=True, exist_ok=True)
-        transcripts, transcribed = _transcribe(run, cfg.whisper_model, output / _WHISPER_CACHE, progress)
+        transcripts = _transcribe(run, needs_text + to_check, cfg.whisper_model, output / _WHISPER_CACHE, progress)
+    transcribed = len(needs_text)
+
+    review_rows: list[ReviewRow] = []
+    verdicts = {p.utt: _transcript_verdict(p, transcripts[p.utt], cfg) for p in to_check}
+    mismatched = [p for p in to_check if verdicts[p.utt].error > cfg.transcript_max_cer]
+    if to_check and len(mismatched) > MAX_MISMATCH_SHARE * len(to_check):
+        # Whisper disagreeing with most transcripts says more about Whisper (a toy or wrong checkpoint, a
+        # wrong prepare.language) than about the data: never set aside most of a corpus on its word.
+        messages.append(
+            f"transcript check: Whisper disagrees with {len(mismatched)} of {len(to_check)} transcripts (more than "
+            f"{MAX_MISMATCH_SHARE:.0%}), so nothing was set aside; check prepare.whisper_model and prepare.language"
+        )
+        mismatched = []
+    for p in mismatched:
+        verdict, t = verdicts[p.utt], transcripts[p.utt]
+        run.reject(
+            p.source,
+            "transcript_mismatch",
+            f"Whisper heard {verdict.hypothesis!r}: {verdict.metric} {verdict.error:.2f} > "
+            f"prepare.transcript_max_cer={cfg.transcript_max_cer:g}; correct (or confirm) the text in "
+            "transcripts_review.tsv, or empty it to drop the clip, and pass the file with --review",
+            p.utt,
+            _span(p),
+        )
+        review_rows.append(
+            ReviewRow(
+                p.utt, t.confidence, verdict.hypothesis, p.source, "transcript_mismatch", clean.clean_text(p.text or "")
+            )
+        )
+        run.drop(p)
+    dropped = {p.utt for p in mismatched}
+    run.pending = [p for p in run.pending if p.utt not in dropped]
 
     entries: list[ManifestEntry] = []
-    review_rows: list[tuple[str, float, str, str]] = []
     for p in run.pending:
         conf: float | None = None
         language = cfg.language if cfg.language not in ("", "auto") else None
@@ -612,7 +701,7 @@ def _prepare_into(
             t = transcripts[p.utt]
             text, text_source, conf = t.text, "whisper", t.confidence
             language = language or t.language
-            review_rows.append((p.utt, t.confidence, clean.clean_text(t.text), p.source))
+            review_rows.append(ReviewRow(p.utt, t.confidence, clean.clean_text(t.text), p.source))
             if not clean.clean_text(text):
                 run.reject(
                     p.source,
@@ -694,6 +783,8 @@ def _prepare_into(
         hours={s: round(sum(e.duration_s for e in entries if e.split == s) / 3600.0, 6) for s in SPLITS},
         reject_counts={r: reason_counts.get(r, 0) for r in REJECT_REASONS},
         transcribed=transcribed,
+        transcript_check=check,
+        transcripts_checked=len(to_check),
         ignored_files=scan.ignored,
         warnings=messages,
     )
@@ -730,6 +821,9 @@ def _write_summary(result: PrepareResult, inputs: list[Path], scan: Scan, path: 
         "rejects": result.reject_counts,
         "text_sources": dict(sorted(sources.items())),
         "transcribed": result.transcribed,
+        "transcript_check": result.transcript_check,
+        "transcripts_checked": result.transcripts_checked,
+        "transcript_mismatches": result.reject_counts.get("transcript_mismatch", 0),
         "ignored_files": result.ignored_files,
         "warnings": result.warnings,
     }

@@ -6,7 +6,7 @@ Layout of a prepared data folder ``DATA`` (all paths inside the files are relati
     DATA/train/{wav.scp,text,utt2spk,spk2utt[,instruct],manifest.jsonl}
     DATA/dev/{...same...}
     DATA/rejects.jsonl               one line per rejected input file or slice
-    DATA/transcripts_review.tsv      Whisper transcripts to check (utt, confidence, text, source)
+    DATA/transcripts_review.tsv      Whisper texts to check (utt, confidence, text, source, reason, transcript)
     DATA/summary.json                counts and hours per split, rejects per reason
     DATA/whisper_cache.jsonl         Whisper results keyed by audio hash (lets a re-run skip decoding)
 
@@ -43,6 +43,7 @@ REJECT_REASONS: tuple[str, ...] = (
     "duplicate_audio",  # same normalised samples as an earlier clip
     "no_text",  # no transcript and transcription is off or has no Whisper model
     "low_confidence",  # Whisper transcript confidence below min_confidence
+    "transcript_mismatch",  # the clip's transcript differs from what Whisper hears (error above transcript_max_cer)
 )
 
 TEXT_SOURCES = ("lab", "normalized", "kaldi", "whisper", "review")
@@ -83,7 +84,7 @@ def write_jsonl(path: Path, rows: Iterable[object]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as f:
         for row in rows:
-            data = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row  # type: ignore[arg-type]
+            data = dataclasses.asdict(row) if dataclasses.is_dataclass(row) else row  # type: ignore[arg-type]  # rows are dataclass instances or mappings, never dataclass classes (which is_dataclass also admits)
             f.write(json.dumps(data, ensure_ascii=False) + "\n")
 
 

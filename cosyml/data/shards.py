@@ -11,7 +11,8 @@ Columns and Arrow types (as pandas writes them upstream): ``utt``, ``wav``, ``te
 (string), ``audio_data`` (binary: the raw bytes of the wav file), ``utt_embedding`` and
 ``spk_embedding`` (list<double>, 192 values), ``speech_token`` (list<int64>), ``instruct`` (string,
 only when the split has an ``instruct`` file). Feature columns are written only when their file
-exists, as upstream does.
+exists, as upstream does. Utterances listed in the feature folder's ``excluded_utts`` (``<utt> <reason>``
+lines, written by ``extract``: speaker outliers the user asked to drop) are left out and counted.
 
 Shard count: upstream's sampler hands whole shards to each (rank, worker) and *replicates* the shard
 list when there are fewer shards than readers, so a small speaker set would be read several times
@@ -48,6 +49,8 @@ class ShardsResult:
     shard_files: list[Path]
     columns: list[str]
     missing_features: dict[str, int] = field(default_factory=dict)  # feature file -> utts without a value
+    excluded: dict[str, int] = field(default_factory=dict)  # reason -> utts left out (excluded_utts)
+    excluded_file: Path | None = None  # the excluded_utts file read, when it listed any
 
 
 def _load_feature(path: Path) -> dict[str, Any] | None:
@@ -123,7 +126,13 @@ def write_shards(
     spk2embedding = _load_feature(feature_dir / "spk2embedding.pt")
     utt2speech_token = _load_feature(feature_dir / "utt2speech_token.pt")
 
-    utts = list(utt2wav)
+    excluded_file = feature_dir / "excluded_utts"
+    utt2excluded = read_kaldi_map(excluded_file) if excluded_file.is_file() else {}
+    utts = [u for u in utt2wav if u not in utt2excluded]
+    excluded: dict[str, int] = {}
+    for u in utt2wav:
+        if u in utt2excluded:
+            excluded[utt2excluded[u]] = excluded.get(utt2excluded[u], 0) + 1
     for name, mapping in (("text", utt2text), ("utt2spk", utt2spk)):
         missing = [u for u in utts if u not in mapping]
         if missing:
@@ -211,6 +220,8 @@ def write_shards(
         shard_files=shard_files,
         columns=[f.name for f in schema_fields],
         missing_features=missing_features,
+        excluded=excluded,
+        excluded_file=excluded_file if excluded else None,
     )
 
 

@@ -130,16 +130,29 @@ class WhisperTranscriber:
         return out
 
 
-REVIEW_HEADER = ("utt", "confidence", "text", "source")
+REVIEW_HEADER = ("utt", "confidence", "text", "source", "reason", "transcript")
 
 
-def write_review(path: Path, rows: Sequence[tuple[str, float, str, str]]) -> None:
-    """Tab-separated ``utt confidence text source`` with a header, least confident first."""
+@dataclass(frozen=True)
+class ReviewRow:
+    """One line of ``transcripts_review.tsv``: Whisper's text of a clip, for the user to correct."""
+
+    utt: str
+    confidence: float  # Whisper's, in [0, 1]
+    text: str  # Whisper's text: what --review feeds back (edit it; empty it to drop the clip)
+    source: str  # the input file
+    reason: str = "transcribed"  # "transcribed" (the clip had no text) or "transcript_mismatch"
+    transcript: str = ""  # the clip's own transcript (for transcript_mismatch)
+
+
+def write_review(path: Path, rows: Sequence[ReviewRow]) -> None:
+    """Tab-separated :data:`REVIEW_HEADER` columns with a header: mismatched transcripts first, then the
+    least confident transcriptions."""
     with path.open("w", encoding="utf-8", newline="") as f:
         writer = csv.writer(f, delimiter="\t", quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         writer.writerow(REVIEW_HEADER)
-        for utt, conf, text, source in sorted(rows, key=lambda r: (r[1], r[0])):
-            writer.writerow((utt, f"{conf:.3f}", text, source))
+        for r in sorted(rows, key=lambda r: (r.reason != "transcript_mismatch", r.confidence, r.utt)):
+            writer.writerow((r.utt, f"{r.confidence:.3f}", r.text, r.source, r.reason, r.transcript))
 
 
 def read_review(path: str | Path) -> dict[str, str]:

@@ -155,7 +155,7 @@ class WhisperASR:
         for code, indices in tqdm(batches, desc="whisper", unit="batch", disable=not progress, leave=False):
             for i, hyp in zip(indices, self._decode_batch([waveforms[i] for i in indices], code), strict=True):
                 out[i] = hyp
-        return out  # type: ignore[return-value]
+        return out  # type: ignore[return-value]  # list[Hypothesis | None] filled at every index: long clips one by one, the batches partition the short ones
 
     def _decode_batch(self, waveforms: Sequence[np.ndarray], language: str) -> list[Hypothesis]:
         import torch

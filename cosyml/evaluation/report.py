@@ -21,7 +21,9 @@ In ``<eval_dir>``:
 - ``report.html``: one self-contained page (inline CSS and SVG, nothing fetched): the candidate table with
   CIs, bar charts, per-subset numbers, skipped items and, per text, an audio player for the reference and
   for each candidate (relative links to ``<slug>/<subset>/wavs/<utt>.wav``; references are copied to
-  ``references/``).
+  ``references/``), and, when given, the data checks (:mod:`cosyml.evaluation.data_checks`: clips set aside
+  per reason, with players for mismatched transcripts and speaker outliers, copied to ``data_checks/``;
+  their counts are in ``summary.json`` under ``data_checks``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from cosyml.evaluation.candidates import slugify
+from cosyml.evaluation.data_checks import DataChecks
 from cosyml.evaluation.score import ROW_FIELDS, UtteranceScore, summary_dict
 from cosyml.evaluation.suite import CandidateResult, MetricSummary, SuiteResult
 from cosyml.fileio import write_if_changed
@@ -64,7 +67,7 @@ class OutputFiles:
     media: tuple[str, ...] = ()  # audio the report links, relative to the eval folder (posix)
 
 
-def write_outputs(result: SuiteResult, report_max_utts: int = 4) -> OutputFiles:
+def write_outputs(result: SuiteResult, report_max_utts: int = 4, data_checks: DataChecks | None = None) -> OutputFiles:
     """Write every file listed in the module docstring into ``result.eval_dir``."""
     out = result.eval_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -72,9 +75,12 @@ def write_outputs(result: SuiteResult, report_max_utts: int = 4) -> OutputFiles:
     metrics = _write_json(out / "metrics.json", metrics_dict(result))
     plots = write_plots(result, out / "plots")
     utterances = write_all_rows(out / "utterances.csv", result.scored)
-    summary = _write_json(out / "summary.json", suite_summary_dict(result))
+    summary_data = suite_summary_dict(result)
+    if data_checks is not None:
+        summary_data["data_checks"] = data_checks.summary()
+    summary = _write_json(out / "summary.json", summary_data)
     report = out / "report.html"
-    page = render_html(result, report_max_utts)
+    page = render_html(result, report_max_utts, data_checks)
     write_if_changed(report, page.encode("utf-8"))
     return OutputFiles(candidates, metrics, plots, utterances, summary, report, linked_media(page))
 
@@ -639,7 +645,44 @@ def _listen_section(result: SuiteResult, max_utts: int) -> str:
     return "".join(blocks)
 
 
-def render_html(result: SuiteResult, max_utts: int = 4) -> str:
+#: Clips per reason the data-checks section offers to listen to (the rest: see the check files).
+DATA_CHECK_MAX_CLIPS = 50
+
+
+def _data_checks_section(checks: DataChecks | None, eval_dir: Path) -> str:
+    """Counts per reason and a player per flagged clip (copied to ``data_checks/<reason>/``)."""
+    if checks is None:
+        return "<p id=\"data-checks\">No data-check files found (prepare's rejects.jsonl, extract's speaker_check.json).</p>"
+    counts = "".join(f'<tr><td>{_e(r)}</td><td class="num">{n}</td></tr>' for r, n in checks.counts.items())
+    parts = [
+        '<div id="data-checks"><table id="data-check-counts"><thead><tr><th>reason</th><th>clips</th></tr></thead>'
+        f"<tbody>{counts}</tbody></table>"
+    ]
+    shown: Counter[str] = Counter()
+    rows = []
+    for clip in checks.clips:
+        shown[clip.reason] += 1
+        if shown[clip.reason] > DATA_CHECK_MAX_CLIPS:
+            continue
+        player = '<span class="bad">audio not found</span>'
+        if clip.wav is not None:
+            target = eval_dir / "data_checks" / clip.reason / f"{slugify(clip.utt)}{clip.wav.suffix}"
+            write_if_changed(target, clip.wav.read_bytes())
+            player = f'<audio controls preload="none" class="flagged" src="{_href(target, eval_dir)}"></audio>'
+        rows.append(
+            f"<tr><td>{_e(clip.reason)}</td><td>{_e(clip.utt)}</td><td>{player}</td><td>{_e(clip.detail)}</td></tr>"
+        )
+    if rows:
+        parts.append(
+            '<table id="data-check-clips"><thead><tr><th>reason</th><th>utt</th><th>listen</th><th>detail</th></tr>'
+            f"</thead><tbody>{''.join(rows)}</tbody></table>"
+        )
+    sources = ", ".join(f"<code>{_e(f)}</code>" for f in checks.files)
+    parts.append(f'<p class="meta">from {sources}</p></div>')
+    return "".join(parts)
+
+
+def render_html(result: SuiteResult, max_utts: int = 4, data_checks: DataChecks | None = None) -> str:
     """The whole ``report.html`` page as a string (copies the reference audio it links to)."""
     scored = result.scored
     charts = ""
@@ -670,6 +713,7 @@ def render_html(result: SuiteResult, max_utts: int = 4) -> str:
         f"<h2>Per subset</h2>{_subset_table(result)}"
         f'<h2>Training curves</h2><div id="probe-curves">{_probe_section(result)}</div>'
         f"<h2>Skipped</h2>{_skipped_section(result)}"
+        f"<h2>Data checks</h2>{_data_checks_section(data_checks, result.eval_dir)}"
         f'<h2>Listen</h2><div id="listen">{_listen_section(result, max_utts)}</div>'
         f"<h2>Settings</h2><details><summary>settings</summary><pre>{settings}</pre></details>"
         "</body></html>\n"

@@ -62,4 +62,4 @@ class SpeakerEncoder:
             vecs = run.result() if run is not None else self._run_padded([feats[i] for i in group])
             for i, vec in zip(group, vecs, strict=True):
                 out[i] = vec
-        return np.stack(out).astype(np.float32)  # type: ignore[arg-type]
+        return np.stack(out).astype(np.float32)  # type: ignore[arg-type]  # out (list of ndarray | None) is filled at every index: the groups partition the clips

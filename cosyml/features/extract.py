@@ -4,10 +4,20 @@ For each split directory (``train``, ``dev``) holding ``wav.scp`` and ``utt2spk`
 upstream's formats (``torch.save`` of plain dicts, loadable with ``weights_only=True``):
 
 - ``utt2embedding.pt``: ``{utt: list[192 float]}``, the raw CAM++ output (not normalised),
-- ``spk2embedding.pt``: ``{spk: list[192 float]}``, the mean of that speaker's raw vectors,
+- ``spk2embedding.pt``: ``{spk: list[192 float]}``, the mean of that speaker's raw vectors, without the
+  clips the speaker check flags (``speaker_outlier``),
 - ``utt2speech_token.pt``: ``{utt: list[int]}``; ``[]`` for clips over 30 s (as upstream),
 - ``extract_report.json``: per utterance the flow mel frames floor(N24/480), the token count and the
   count both are trimmed to for training, plus the clips without tokens and the model fingerprints.
+
+- ``excluded_utts``: kaldi-style ``<utt> <reason>`` lines of the clips ``cosyml shards`` leaves out
+  (the speaker outliers when the check's ``drop`` is on; empty otherwise).
+
+At the output root, once every split is complete, ``speaker_check.json`` (:data:`SPEAKER_REPORT`): the
+speaker check of :mod:`cosyml.features.speaker_check` over all splits together, per clip its cosine
+similarity to its speaker's centroid, the outliers with their wav, per speaker the counts. The check
+reads the embeddings back and runs on every call (it costs milliseconds), so a change of its thresholds
+takes effect without recomputing features.
 
 Each clip is read and resampled to 16 kHz once and feeds both models. Work is checkpointed to
 ``.extract_cache.pt`` (atomic rename) every ``checkpoint_every`` clips; a rerun continues from it.
@@ -30,11 +40,12 @@ import numpy as np
 import torch
 
 from cosyml.audio import read_audio, resample, to_mono
-from cosyml.config import ExtractConfig
 from cosyml.data.kaldi import read_kaldi_map, resolve_wav_path
 from cosyml.errors import InputError, ModelDirError
 from cosyml.features.campplus import SpeakerEncoder
+from cosyml.features.config import ExtractConfig
 from cosyml.features.fbank import FRAME_LENGTH, campplus_features
+from cosyml.features.speaker_check import REASON, SpeakerCheckConfig, SpeakerCheckResult, check_speakers
 from cosyml.features.speech_tokens import (
     MAX_TOKEN_AUDIO_S,
     SpeechTokenizer,
@@ -50,6 +61,8 @@ CACHE_FILE = ".extract_cache.pt"
 INFO_FILE = "extract_info.json"
 REPORT_FILE = "extract_report.json"
 OUTPUT_FILES = ("utt2embedding.pt", "spk2embedding.pt", "utt2speech_token.pt")
+SPEAKER_REPORT = "speaker_check.json"
+EXCLUDED_FILE = "excluded_utts"
 _CACHE_FORMAT = 1
 
 
@@ -109,13 +122,40 @@ class ExtractResult:
     seconds: float
     campplus_batches_padded: bool
     tokenizer_batches_padded: bool
+    speaker_check: SpeakerCheckResult | None = None  # None until every split is complete
+    speaker_report: Path | None = None  # speaker_check.json
+    excluded: dict[str, int] = field(default_factory=dict)  # split -> clips listed in excluded_utts
 
     @property
     def complete(self) -> bool:
         return all(s.complete for s in self.splits)
 
+    def check_counts(self) -> dict[str, float]:
+        """Speaker-check counts (the DVC metrics and MLflow metrics share them)."""
+        if self.speaker_check is None:
+            return {}
+        return {
+            "speaker_outliers": len(self.speaker_check.outliers),
+            "speaker_outliers_dropped": sum(self.excluded.values()),
+            "speakers_unchecked": len(self.speaker_check.unchecked),
+        }
+
+    def dvc_metrics(self) -> dict[str, float]:
+        """Counts only (no timings), for ``dvc metrics diff``: a data change that adds outliers shows."""
+        out: dict[str, float] = dict(self.check_counts())
+        for s in self.splits:
+            out.update(
+                {
+                    f"{s.split}.num_utts": s.num_utts,
+                    f"{s.split}.num_with_tokens": s.num_with_tokens,
+                    f"{s.split}.num_no_tokens": len(s.no_tokens),
+                    f"{s.split}.num_excluded": self.excluded.get(s.split, 0),
+                }
+            )
+        return out
+
     def metrics(self) -> dict[str, float]:
-        out: dict[str, float] = {"extract_seconds": self.seconds}
+        out: dict[str, float] = {"extract_seconds": self.seconds, **self.check_counts()}
         for s in self.splits:
             out.update(
                 {
@@ -261,11 +301,11 @@ class FrontendExtractor:
         batch = max(1, self.config.batch_size)
         with_tokens = [i for i, c in enumerate(clips) if c.mel is not None and c.tokens is None]
         mels = [clips[i].mel for i in with_tokens]
-        token_lists = self.tokenizer.tokenize(mels, batch, executor=self.pool)  # type: ignore[arg-type]
+        token_lists = self.tokenizer.tokenize(mels, batch, executor=self.pool)  # type: ignore[arg-type]  # with_tokens selects clips whose mel is not None; the comprehension does not narrow
         if self.encoder.padding_exact:
             embeddings = self.encoder.embed([c.fbank for c in clips], batch, executor=self.pool)
         else:
-            embeddings = np.stack([c.embedding for c in clips])  # type: ignore[misc]
+            embeddings = np.stack([c.embedding for c in clips])  # type: ignore[misc]  # without exact padding every clip's embedding was computed in prepare (not None)
         tokens: list[list[int]] = [c.tokens or [] for c in clips]
         for i, ids in zip(with_tokens, token_lists, strict=True):
             tokens[i] = ids
@@ -324,7 +364,7 @@ def _clips(
     next_item = len(futures)
     for k in range(len(items)):
         clip = futures[k].result()
-        futures[k] = None  # type: ignore[call-overload]  # release finished features early
+        futures[k] = None  # type: ignore[call-overload]  # release finished features early: a consumed slot becomes None in a list of Futures
         if next_item < len(items):
             futures.append(pool.submit(prepare, *items[next_item]))
             next_item += 1
@@ -471,6 +511,66 @@ def _write_outputs(
     _write_json_atomic(report, split_dir / REPORT_FILE)
 
 
+def check_split_speakers(
+    data_dir: Path, out_root: Path, splits: list[str], config: SpeakerCheckConfig
+) -> tuple[SpeakerCheckResult, Path, dict[str, int]]:
+    """The speaker check over ``splits`` together; rewrites each split's ``spk2embedding.pt`` without
+    the outliers and its ``excluded_utts``, writes ``speaker_check.json``. Returns the result, the report
+    path and the excluded count per split."""
+    utt2embedding: dict[str, list[float]] = {}
+    utt2spk: dict[str, str] = {}
+    utt2split: dict[str, str] = {}
+    utt2wav: dict[str, str] = {}
+    for split in splits:
+        wavs, speakers = _read_split(data_dir / split)
+        vectors = torch.load(out_root / split / "utt2embedding.pt", map_location="cpu", weights_only=True)
+        for utt in wavs:
+            utt2embedding[utt] = vectors[utt]
+            utt2spk[utt] = speakers[utt]
+            utt2split[utt] = split
+            utt2wav[utt] = str(resolve_wav_path(wavs[utt], data_dir / split))
+    result = check_speakers(utt2embedding, utt2spk, config)
+    outliers = {c.utt for c in result.outliers}
+    excluded: dict[str, int] = {}
+    for split in splits:
+        utts = [u for u in utt2embedding if utt2split[u] == split]
+        means: dict[str, list[float]] = {}
+        for spk in dict.fromkeys(utt2spk[u] for u in utts):
+            mine = [u for u in utts if utt2spk[u] == spk]
+            # a speaker whose every clip here is an outlier keeps the mean of all of them (one is needed)
+            kept = [u for u in mine if u not in outliers] or mine
+            means[spk] = torch.tensor([utt2embedding[u] for u in kept]).mean(dim=0).tolist()
+        _save_atomic(means, out_root / split / "spk2embedding.pt")
+        dropped = [u for u in utts if u in outliers] if config.drop else []
+        atomic_write_text(out_root / split / EXCLUDED_FILE, "".join(f"{u} {REASON}\n" for u in dropped))
+        excluded[split] = len(dropped)
+    report = {
+        "config": asdict(config),
+        "reason": REASON,
+        "dropped_from_shards": config.drop,
+        "speakers": [asdict(s) for s in result.speakers],
+        "outliers": [
+            {
+                "utt": c.utt,
+                "speaker": c.speaker,
+                "split": utt2split[c.utt],
+                "similarity": c.similarity,
+                "z": c.z,
+                "reason": REASON,
+                "wav": utt2wav[c.utt],
+            }
+            for c in result.outliers
+        ],
+        "clips": {
+            c.utt: {"split": utt2split[c.utt], "similarity": c.similarity, "z": c.z, "outlier": c.outlier}
+            for c in result.clips
+        },
+    }
+    path = out_root / SPEAKER_REPORT
+    _write_json_atomic(report, path)
+    return result, path, excluded
+
+
 def extract(
     data_dir: str | Path,
     model_dir: str | Path,
@@ -479,12 +579,14 @@ def extract(
     stop_after: int | None = None,
     progress: bool = True,
     output_dir: str | Path | None = None,
+    speaker_check: SpeakerCheckConfig | None = None,
 ) -> ExtractResult:
     """Run extraction on every split directory of ``data_dir`` that has a ``wav.scp``.
 
     Feature files go to ``output_dir/<split>`` (default: ``data_dir/<split>``, upstream's layout); a
     separate folder lets the prepare and extract DVC stages own disjoint outputs. ``extract_info.json``
-    at the output root records which speech tokenizer made the tokens (shards carry it on).
+    at the output root records which speech tokenizer made the tokens (shards carry it on). When every
+    split is complete, the speaker check runs (``speaker_check``; default thresholds when None).
     """
     started = time.perf_counter()
     data_dir = Path(data_dir)
@@ -501,6 +603,13 @@ def extract(
             {"speech_tokenizer": extractor.models.speech_tokenizer.name, "model_version": extractor.models.version},
             out_root / INFO_FILE,
         )
+        checked = None
+        if all(r.complete for r in results):
+            checked = check_split_speakers(data_dir, out_root, present, speaker_check or SpeakerCheckConfig())
+        else:  # a check of an earlier run would describe other features: none until the next complete run
+            (out_root / SPEAKER_REPORT).unlink(missing_ok=True)
+            for split in present:
+                (out_root / split / EXCLUDED_FILE).unlink(missing_ok=True)
     return ExtractResult(
         model_dir=Path(model_dir),
         models=extractor.models,
@@ -508,4 +617,7 @@ def extract(
         seconds=time.perf_counter() - started,
         campplus_batches_padded=extractor.encoder.padding_exact,
         tokenizer_batches_padded=extractor.tokenizer.padding_exact,
+        speaker_check=checked[0] if checked else None,
+        speaker_report=checked[1] if checked else None,
+        excluded=checked[2] if checked else {},
     )

@@ -90,7 +90,7 @@ def _remove_other_version(model_dir: Path, version: str) -> None:
     for other in KIT_VERSIONS:
         if other == version:
             continue
-        for name in (keys.YAML_NAME[_MODEL_VERSION[other]], SPEECH_TOKENIZER_FILES[other]):  # type: ignore[index]
+        for name in (keys.YAML_NAME[_MODEL_VERSION[other]], SPEECH_TOKENIZER_FILES[other]):  # type: ignore[index]  # other is a KIT_VERSIONS str; the tables are keyed by its Literal values
             (model_dir / name).unlink(missing_ok=True)
 
 

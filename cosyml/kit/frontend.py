@@ -7,10 +7,14 @@ third-party runtimes that address the files by name):
 - ``speech_tokenizer_v2.onnx``: inputs ``feats`` float32 (B, 128, T) and ``feats_length`` int32 (B,)
   -> output ``indices`` int32 (B, ceil(ceil(T/2)/2)) with ids in [0, 6561). No lengths output.
 
-The stand-ins are random-weight torch modules exported with the legacy exporter (``dynamo=False``) with
-dynamic batch and time axes. The tokenizer masks by ``feats_length`` (as the official batch model must)
-so padded batches give the same ids as single runs; the CAM++ stand-in pools over every frame like the
-real one, so padding changes its output (the batching code has to and does cope with that).
+The stand-ins are torch modules exported with the legacy exporter (``dynamo=False``) with dynamic batch
+and time axes. The tokenizer (random weights) masks by ``feats_length`` (as the official batch model
+must) so padded batches give the same ids as single runs. The CAM++ stand-in
+(:class:`SpectralCampPlus`) has no learned weights: it pools spectral statistics that differ between
+voices (harmonic ripple across frequency, which follows the pitch; per-band spread), so a speaker check
+can tell two espeak voices apart; it pools over every frame like the real one, so padding changes its
+output (the batching code has to and does cope with that). :class:`TinyCampPlus` (random conv stack)
+stays for benchmarks that need the official model's compute shape.
 """
 
 from __future__ import annotations
@@ -45,6 +49,45 @@ class TinyCampPlus(nn.Module):
         h = self.body(feats.transpose(1, 2))  # (B, width, T)
         stats = torch.cat([h.mean(dim=2), h.std(dim=2)], dim=1)  # (B, 2 * width)
         return self.head(stats)
+
+
+class SpectralCampPlus(nn.Module):
+    """(B, T, 80) fbank (per-utterance mean removed) -> (B, 192): a deterministic "speaker" embedding.
+
+    Three statistics pooled over all frames, each made independent of loudness where it can be:
+
+    - harmonic ripple, 79 values: log mean over frames of the squared difference between neighbouring
+      mel bins, minus its mean over bins. Low mel bins resolve the harmonics, so its shape follows
+      the pitch and the voice's spectral fine structure more than the words;
+    - spread, 80 values: log standard deviation of each bin over frames (the input is mean-removed),
+      minus its mean over bins: where in the spectrum the voice moves;
+    - level, 1 value: that mean (the overall dynamic range), scaled down; it makes zero-padding change
+      the output as it does for the real CAM++.
+
+    The 160 statistics are mapped into 192 dims by a fixed matrix with orthonormal columns (a
+    reflection drawn from ``seed``), which keeps every cosine similarity between them. What it can show: which clips differ
+    in pitch or timbre from the rest (two espeak voices separate by far). What it cannot: it is not
+    trained, so it does not ignore what real speaker embeddings ignore (content, channel, emotion).
+    """
+
+    projection: torch.Tensor  # (dim, 2 * num_bins) orthonormal columns (a buffer)
+
+    def __init__(self, seed: int = 0, num_bins: int = 80, dim: int = 192, level_weight: float = 0.1) -> None:
+        super().__init__()
+        # A Householder reflection I - 2 v v^T / |v|^2 is orthogonal; its first 160 columns are
+        # orthonormal. (No QR: LAPACK's start-up costs a second on a busy machine, for every kit.)
+        v = torch.randn(dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        reflection = torch.eye(dim, dtype=torch.float64) - 2.0 * torch.outer(v, v) / torch.dot(v, v)
+        self.register_buffer("projection", reflection[:, : 2 * num_bins].to(torch.float32).contiguous())
+        self.level_weight = level_weight
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        ripple = torch.log((feats[:, :, 1:] - feats[:, :, :-1]).pow(2).mean(dim=1) + 1e-4)  # (B, 79)
+        ripple = ripple - ripple.mean(dim=1, keepdim=True)
+        spread = 0.5 * torch.log(feats.pow(2).mean(dim=1) + 1e-4)  # (B, 80) log std per bin
+        level = spread.mean(dim=1, keepdim=True)  # (B, 1)
+        stats = torch.cat([ripple, spread - level, self.level_weight * level], dim=1)  # (B, 160)
+        return stats @ self.projection.T
 
 
 class TinySpeechTokenizer(nn.Module):
@@ -86,12 +129,19 @@ class TinySpeechTokenizer(nn.Module):
         return (digits * self.powers).sum(dim=2).to(torch.int32)
 
 
-def export_campplus(path: str | Path, seed: int = 0, width: int = 32, depth: int = 1) -> Path:
-    """Export a :class:`TinyCampPlus` with the official names and dynamic (batch, frames) axes."""
+def export_campplus(path: str | Path, seed: int = 0, width: int = 32, depth: int = 1, kind: str = "spectral") -> Path:
+    """Export a CAM++ stand-in with the official names and dynamic (batch, frames) axes.
+
+    ``kind`` "spectral": :class:`SpectralCampPlus` (the kit's; ``width``/``depth`` unused); "random": a
+    random-weight :class:`TinyCampPlus` of ``width`` x ``depth`` (benchmarks of the compute shape).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    model = TinyCampPlus(width=width, depth=depth).eval()
+    if kind not in ("spectral", "random"):
+        raise ValueError(f"export_campplus: kind {kind!r} is not 'spectral' or 'random'")
+    model: nn.Module = SpectralCampPlus(seed) if kind == "spectral" else TinyCampPlus(width=width, depth=depth)
+    model.eval()
     example = torch.randn(1, 120, 80)
     torch.onnx.export(
         model,

@@ -373,7 +373,7 @@ class SpectralStages:
     def _register_stft_window(self) -> None:
         """Periodic Hann, computed in float64 then rounded, like scipy's get_window("hann", n, fftbins=True)."""
         window = torch.hann_window(self.config.n_fft, periodic=True, dtype=torch.float64).float()
-        self.register_buffer("stft_window", window, persistent=False)  # type: ignore[attr-defined]
+        self.register_buffer("stft_window", window, persistent=False)  # type: ignore[attr-defined]  # a mixin of nn.Module subclasses: mypy checks it without its nn.Module base
 
     def _stft(self, signal: torch.Tensor) -> torch.Tensor:
         """``(B, L)`` -> ``(B, n_fft + 2, L / hop + 1)``: real parts then imaginary parts."""

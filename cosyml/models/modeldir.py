@@ -130,7 +130,7 @@ def detect_version(root: str | Path, default: Version | None = None) -> Version:
             "(CosyVoice2-0.5B or Fun-CosyVoice3-0.5B): remove the one that does not match the weights"
         )
     if found:
-        return found[0]  # type: ignore[return-value]
+        return found[0]  # type: ignore[return-value]  # found holds keys of keys.YAML_NAME, i.e. the Literal versions, as str
     if default is not None:
         return default
     if (root / "cosyvoice.yaml").is_file():

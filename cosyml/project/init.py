@@ -33,6 +33,9 @@ STATE_FILE = Path(".cosyml") / "init.json"
 LANGUAGES = ("zh", "en", "auto")
 #: What init writes besides the test sets; each is checked for user edits on a rerun.
 PROJECT_FILES = ("params.yaml", "dvc.yaml", "MLproject", ".gitignore")
+# DVC's plots page with vega inlined (scripts/make_plots_template.py); the repository's .dvc/config names it
+OFFLINE_PLOTS_TEMPLATE = Path(__file__).with_name("dvc_plots_offline.html")
+OFFLINE_PLOTS_PAGE = "plots/offline.html"  # relative to the project's .dvc folder, as DVC resolves it
 
 PARAMS_HEADER = """\
 cosyml parameters: the one source of truth for this project. CLI flags (--set section.key=value) and
@@ -109,7 +112,7 @@ def check_model_dir(path: str | Path) -> ModelDirReport:
         )
     md = ModelDir(root)
     other = "v3" if md.version == "v2" else "v2"
-    stray = root / keys.SPEECH_TOKENIZER_NAME[other]  # type: ignore[index]
+    stray = root / keys.SPEECH_TOKENIZER_NAME[other]  # type: ignore[index]  # other is 'v2' or 'v3' (a str to mypy); the table is keyed by those Literal values
     if stray.is_file() and not md.speech_tokenizer_path.is_file():
         raise ModelDirError(
             f"{stray}: a {other} speech tokenizer in a {md.version} directory ({md.yaml_path.name}); "
@@ -303,7 +306,7 @@ def init_project(
         [_path_for_project(Path(c), project) for c in clips],
         _path_for_project(whisper_report.path, project) if whisper_report else "",
         language,
-        "eval" if test_sets is None else _path_for_project(sets_src, project),  # type: ignore[arg-type]
+        "eval" if test_sets is None else _path_for_project(sets_src, project),  # type: ignore[arg-type]  # sets_src is set whenever test_sets is not None (above); mypy does not relate the two
     )
     texts = render_project(params)
     written_before: dict[str, str] = state.get("files", {})
@@ -362,6 +365,13 @@ def _init_repositories(project: Path, run: Callable[[list[str], Path], None]) ->
     config = project / ".dvc" / "config"
     if "remote" not in (config.read_text(encoding="utf-8") if config.is_file() else ""):
         run(["dvc", "remote", "add", "-d", "local", "dvc-remote"], project)
+    # `dvc plots show` loads vega from a CDN: a page that carries it renders without internet
+    page = project / ".dvc" / OFFLINE_PLOTS_PAGE
+    if not page.is_file():
+        page.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(page, OFFLINE_PLOTS_TEMPLATE.read_text(encoding="utf-8"))
+    if "html_template" not in (config.read_text(encoding="utf-8") if config.is_file() else ""):
+        run(["dvc", "config", "plots.html_template", OFFLINE_PLOTS_PAGE], project)
 
 
 def next_commands(result: InitResult) -> list[str]:

@@ -28,7 +28,7 @@ stages:
 
 KIT_STAGE = """\
   kit:
-    cmd: cosyml kit ${model_dir} --version ${kit.version}
+    cmd: cosyml kit ${model_dir} --version ${kit.version} --whisper ${kit.whisper}
     params:
       - kit
     outs:
@@ -38,19 +38,24 @@ KIT_STAGE = """\
 
 _PREPARE = """\
   prepare:
-    cmd: cosyml prepare --output data/prepared --no-progress
+    cmd: cosyml prepare --output data/prepared --metrics exp/prepare/metrics.json --no-progress
     deps:
 {input_deps}
     params:
       - prepare
     outs:
       - data/prepared
+    metrics:
+      - exp/prepare/metrics.json:
+          cache: false
 
 """
 
 _MIDDLE = """\
   extract:
-    cmd: cosyml extract --data data/prepared --model-dir ${model_dir} --output data/features
+    cmd: >-
+      cosyml extract --data data/prepared --model-dir ${model_dir} --output data/features
+      --metrics exp/extract_metrics.json
     deps:
       - data/prepared
       - ${model_dir}
@@ -59,6 +64,9 @@ _MIDDLE = """\
       - model_dir
     outs:
       - data/features
+    metrics:
+      - exp/extract_metrics.json:
+          cache: false
 
   shards:
     cmd: cosyml shards --data data/prepared --features data/features --output data/shards
@@ -133,6 +141,7 @@ _MIDDLE = """\
       - exp/flow/flow.pt
       - data/prepared
       - data/features/train/spk2embedding.pt
+      - data/features/speaker_check.json
       - ${evaluate.test_sets}
 {whisper_dep}    params:
       - model_dir

@@ -353,7 +353,7 @@ class SynthEngine:
                     llm_prompt_text = self.text.stored_prompt_ids(speaker.prompt_text)
             llm_prompt_speech = flow_prompt.tokens[0]
         elif mode == "cross_lingual":
-            flow_prompt = _prompt_of(self.prompt.features(request.prompt_wav))  # type: ignore[arg-type]
+            flow_prompt = _prompt_of(self.prompt.features(request.prompt_wav))  # type: ignore[arg-type]  # SynthRequest's check refuses a cross_lingual request without prompt_wav
         else:  # instruct
             llm_prompt_text = self.text.encode(self.text.instruct_text(request.instruct or ""), "instruction")
             if request.prompt_wav is not None:
@@ -535,7 +535,7 @@ def _in_background(source: Iterator[int]) -> Iterator[int]:
                 return
             if isinstance(item, _Failure):
                 raise item.error
-            yield item  # type: ignore[misc]
+            yield item  # type: ignore[misc]  # the queue holds the source's ints, the done sentinel and _Failure; the other two are handled above
     finally:
         stop.set()
         worker.join()

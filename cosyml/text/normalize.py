@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Callable
+from typing import Any
 
 import regex
 
@@ -196,7 +197,7 @@ def split_paragraph(
 
 
 @functools.lru_cache(maxsize=1)
-def _wetext() -> tuple[object, object]:
+def _wetext() -> tuple[Any, Any]:  # (zh, en) wetext Normalizers: wetext ships no type hints
     from wetext import Normalizer
 
     return Normalizer(remove_erhua=False), Normalizer()
@@ -218,8 +219,8 @@ class TextNormalizer:
         zh, en = _wetext()
         text = text.strip()
         if contains_chinese(text):
-            return _clean_chinese(zh.normalize(text))  # type: ignore[attr-defined]
-        return spell_out_numbers(en.normalize(text))  # type: ignore[attr-defined]
+            return _clean_chinese(zh.normalize(text))
+        return spell_out_numbers(en.normalize(text))
 
     def normalize_and_split(self, text: str, tokenize: Callable[[str], list[int]]) -> list[str]:
         """Normalised sentences-segments, without segments made only of punctuation."""

@@ -39,9 +39,9 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from cosyml.audio import resample, to_mono
-from cosyml.config import TrainDataConfig
 from cosyml.data.shards import read_data_list
 from cosyml.errors import InputError
+from cosyml.train.config import TrainDataConfig
 
 MIN_SAMPLE_RATE = 16000  # upstream drops audio recorded below 16 kHz
 FRAMES_PER_SECOND_FILTER = 100  # the filter's length unit is 10 ms

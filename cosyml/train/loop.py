@@ -565,7 +565,7 @@ def train(
             for j, indices in enumerate(group):
                 batch = batch_to_device(train_set.batch(indices), info.device)
                 sync = j == len(group) - 1 or not info.distributed
-                with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]
+                with contextlib.nullcontext() if sync else net.no_sync():  # type: ignore[operator]  # sync is False only when distributed, and then net is a DistributedDataParallel (has no_sync)
                     with _autocast(info.device, autocast_dtype):
                         loss, acc = loss_and_acc(net(batch))
                     scaler.scale(loss.float() / len(group)).backward()

@@ -203,11 +203,11 @@ class Level(nn.ModuleList):
 
     @property
     def resnet(self) -> CausalResnetBlock:
-        return self[0]  # type: ignore[return-value]
+        return self[0]  # type: ignore[return-value]  # ModuleList indexing is typed Module; slot 0 is built as a CausalResnetBlock
 
     @property
     def transformers(self) -> nn.ModuleList:
-        return self[1]  # type: ignore[return-value]
+        return self[1]  # type: ignore[return-value]  # ModuleList indexing is typed Module; slot 1 is built as a ModuleList
 
     @property
     def resample(self) -> nn.Module | None:

@@ -92,7 +92,7 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, seq_len: int) -> torch.Tensor:
         """(1, T, dim) float32 angles p·inv_freq_i for positions p = 0 .. T-1, each repeated for its pair."""
-        inv_freq: torch.Tensor = self.inv_freq  # type: ignore[assignment]
+        inv_freq: torch.Tensor = self.inv_freq  # type: ignore[assignment]  # a registered buffer; nn.Module.__getattr__ is typed Tensor | Module
         positions = torch.arange(seq_len, device=inv_freq.device).to(inv_freq.dtype)
         angles = positions.unsqueeze(1) * inv_freq.unsqueeze(0)
         return torch.repeat_interleave(angles, 2, dim=-1).unsqueeze(0)
