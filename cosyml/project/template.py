@@ -113,6 +113,8 @@ _MIDDLE = """\
       params:
         - train.average_num
         - train.average_by
+        - registry.cer_weight  # train.average_by=probe ranks epochs by the registry's composite
+        - registry.ss_weight
       outs:
         - exp/${item}/${item}.pt
 
