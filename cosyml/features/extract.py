@@ -30,7 +30,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Set
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -468,6 +468,21 @@ def extract_split(
     return result
 
 
+def speaker_means(
+    utt2embedding: dict[str, list[float]], utt2spk: dict[str, str], utts: list[str], leave_out: Set[str] = frozenset()
+) -> dict[str, list[float]]:
+    """``{spk: mean of its raw (192,) vectors}`` over ``utts``, without the clips in ``leave_out``; a
+    speaker whose every clip is left out keeps the mean of all of them (the voice needs one)."""
+    by_speaker: dict[str, list[str]] = {}
+    for u in utts:
+        by_speaker.setdefault(utt2spk[u], []).append(u)
+    means: dict[str, list[float]] = {}
+    for spk, mine in by_speaker.items():
+        kept = [u for u in mine if u not in leave_out] or mine
+        means[spk] = torch.tensor([utt2embedding[u] for u in kept]).mean(dim=0).tolist()
+    return means
+
+
 def _write_outputs(
     split_dir: Path,
     utts: list[str],
@@ -478,10 +493,7 @@ def _write_outputs(
 ) -> None:
     utt2embedding = {u: cache["utt2embedding"][u] for u in utts}
     utt2speech_token = {u: cache["utt2speech_token"][u] for u in utts}
-    by_speaker: dict[str, list[list[float]]] = {}
-    for u in utts:
-        by_speaker.setdefault(utt2spk[u], []).append(utt2embedding[u])
-    spk2embedding = {spk: torch.tensor(vecs).mean(dim=0).tolist() for spk, vecs in by_speaker.items()}
+    spk2embedding = speaker_means(utt2embedding, utt2spk, utts)
 
     per_utt: dict[str, dict[str, float | int]] = {}
     for u in utts:
@@ -534,13 +546,7 @@ def check_split_speakers(
     excluded: dict[str, int] = {}
     for split in splits:
         utts = [u for u in utt2embedding if utt2split[u] == split]
-        means: dict[str, list[float]] = {}
-        for spk in dict.fromkeys(utt2spk[u] for u in utts):
-            mine = [u for u in utts if utt2spk[u] == spk]
-            # a speaker whose every clip here is an outlier keeps the mean of all of them (one is needed)
-            kept = [u for u in mine if u not in outliers] or mine
-            means[spk] = torch.tensor([utt2embedding[u] for u in kept]).mean(dim=0).tolist()
-        _save_atomic(means, out_root / split / "spk2embedding.pt")
+        _save_atomic(speaker_means(utt2embedding, utt2spk, utts, outliers), out_root / split / "spk2embedding.pt")
         dropped = [u for u in utts if u in outliers] if config.drop else []
         atomic_write_text(out_root / split / EXCLUDED_FILE, "".join(f"{u} {REASON}\n" for u in dropped))
         excluded[split] = len(dropped)
