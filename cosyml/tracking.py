@@ -286,11 +286,11 @@ def _uri_key(uri: str) -> str:
 def human_size(n: int) -> str:
     """``1234567`` -> ``1.2 MB`` (powers of 1000, as ``du --si``)."""
     size = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if size < 1000 or unit == "GB":
+    for unit in ("B", "kB", "MB"):
+        if size < 1000:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1000
-    return f"{size:.1f} TB"  # pragma: no cover
+    return f"{size:.1f} GB"
 
 
 @dataclass

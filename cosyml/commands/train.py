@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -418,12 +419,9 @@ def _probe_curves(part: str, probe_dir: Path) -> Path | None:
 
 def probe_rank(registry: Any) -> Any:
     """``(cer, ss) -> composite`` with the registry's function and weights (``registry``: a RegistryConfig)."""
-    from cosyml.registry import Scores, composite
+    from cosyml.registry.policy import composite_of
 
-    def rank(cer: float, ss: float) -> float:
-        return composite(Scores(cer, (cer, cer), ss, (ss, ss), 0, 0, 0.0), registry)
-
-    return rank
+    return functools.partial(composite_of, config=registry)
 
 
 def _epoch_probe(params: Params, model_dir: Any, sampler: Any, rows: list[dict[str, Any]], out_dir: Path) -> Any:

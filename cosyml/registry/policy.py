@@ -46,8 +46,13 @@ class Decision:
 
 
 def composite(scores: Scores, config: RegistryConfig) -> float:
-    """Higher is better: ``ss_weight * SS - cer_weight * CER``."""
-    return config.ss_weight * scores.ss - config.cer_weight * scores.cer
+    """Higher is better: ``ss_weight * SS - cer_weight * CER`` (:func:`composite_of` the means)."""
+    return composite_of(scores.cer, scores.ss, config)
+
+
+def composite_of(cer: float, ss: float, config: RegistryConfig) -> float:
+    """The composite of a mean CER and a mean SS (the per-epoch probe ranks epochs by it)."""
+    return config.ss_weight * ss - config.cer_weight * cer
 
 
 def fmt_ci(ci: tuple[float, float]) -> str:
