@@ -22,7 +22,8 @@ calls and at the end, and every artifact held for either reason is listed (local
 ``<pending_dir()>/<run_id>.json`` until it is uploaded; :func:`flush_pending` (``cosyml track flush``)
 uploads the lists later. A run whose process died (kill -9, a lost machine) is
 marked KILLED by the next stage that opens a run in the same experiment on the same host; SIGTERM and
-Ctrl-C end the run as KILLED at once.
+Ctrl-C end the run as KILLED at once (after the store call in progress, if any, so that no sqlite
+transaction is cut in half).
 
 Secrets and paths. :func:`mask` is applied to every param, tag and run name and to every line printed
 here: passwords in URLs (``scheme://user:pw@host``, ``?password=``/``token=``/... query values) and the
@@ -649,7 +650,8 @@ class StageRun:
 
     def _send(self, kind: str, label: str, call: Callable[[], None]) -> None:
         if self.active and self._outbox is not None:
-            self._outbox.send(kind, label, call)
+            with _store_call():
+                self._outbox.send(kind, label, call)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self.active or not metrics:
@@ -838,21 +840,66 @@ class _QuietSystemMetrics(logging.Filter):
         return True
 
 
+# A stage ends on SIGTERM or Ctrl-C, but not in the middle of a call into the tracking store: a sqlite
+# read cut short by an exception keeps its connection (referenced from the traceback) holding the
+# database's shared lock, so every later write of this process, the run's KILLED status among them, and
+# the system-metrics thread's inserts wait out sqlite's busy timeout and fail with "database is locked".
+# The signal is held while the main thread is inside a store call and acts when that call returns; a second
+# signal does not wait.
+_store_calls = 0
+_held_signal: int | None = None
+
+
+def _raise_for(signum: int) -> None:
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise SystemExit(128 + signum)
+
+
 @contextlib.contextmanager
-def _terminate_on_sigterm() -> Iterator[None]:
-    """SIGTERM ends the stage like Ctrl-C (the run is closed as KILLED), where a handler can be set."""
+def _store_call() -> Iterator[None]:
+    """Hold ending signals for the length of one store call (a no-op outside the main thread)."""
+    global _store_calls, _held_signal
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _store_calls += 1
+    try:
+        yield
+    finally:
+        _store_calls -= 1
+        if _store_calls == 0 and _held_signal is not None:
+            signum, _held_signal = _held_signal, None
+            _raise_for(signum)
+
+
+@contextlib.contextmanager
+def _ending_signals() -> Iterator[None]:
+    """SIGTERM ends the stage like Ctrl-C (the run is closed as KILLED), where a handler can be set; both
+    wait for a store call in progress (see :func:`_store_call`)."""
+    global _held_signal
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(signum: int, frame: Any) -> None:
-        raise SystemExit(128 + signum)
+        global _held_signal
+        if _store_calls and _held_signal is None:
+            _held_signal = signum
+            return
+        _raise_for(signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    # Ctrl-C only where it raises KeyboardInterrupt today (not where a parent set it to be ignored).
+    ending = [signal.SIGTERM] + (
+        [signal.SIGINT] if signal.getsignal(signal.SIGINT) is signal.default_int_handler else []
+    )
+    previous = {sig: signal.signal(sig, handler) for sig in ending}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, before in previous.items():
+            signal.signal(sig, before)
+        _held_signal = None
 
 
 @contextlib.contextmanager
@@ -917,7 +964,7 @@ def stage_run(
     handle = StageRun(active=True, run_id=run.info.run_id, _outbox=outbox, _client=client)
     status = "FAILED"
     try:
-        with _terminate_on_sigterm():
+        with _ending_signals():
             handle.log_params(params)
             yield handle
         status = "FINISHED"

@@ -273,6 +273,32 @@ def test_a_killed_stage_does_not_leave_its_run_running(shards, kit_dir, tmp_path
     assert run.info.status == "KILLED"
 
 
+@pytest.mark.parametrize("signals", [1, 2])
+def test_an_ending_signal_waits_for_the_store_call_in_progress(tmp_path, monkeypatch, signals):
+    """Before: SIGTERM raised inside a sqlite read; the cut transaction kept the database locked, so the
+    KILLED status (and the system-metrics thread's inserts) failed after sqlite's busy timeout with a
+    traceback (seen in CI). One signal now acts when the call returns; a second one does not wait."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_RUN_ID", raising=False)
+    done: list[str] = []
+    with pytest.raises(SystemExit) as ended, stage_run("prepare", "sig", {}) as run:
+
+        def call() -> None:
+            for _ in range(signals):
+                os.kill(os.getpid(), signal.SIGTERM)
+            done.append(run._client.get_run(run.run_id).info.status)  # a read after the signal
+
+        run._send("tags", "tags", call)
+        done.append("after the call")  # never reached: the held signal ends the stage here
+    assert ended.value.code == 128 + signal.SIGTERM
+    assert done == (["RUNNING"] if signals == 1 else [])
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (recorded,) = client.search_runs([client.get_experiment_by_name("cosyml/sig").experiment_id])
+    assert recorded.info.status == "KILLED"
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the stage's handler is gone with it
+
+
 def test_the_experiment_opens_as_model_training_and_the_command_line_is_the_source(tmp_path, monkeypatch):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
