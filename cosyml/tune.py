@@ -1,13 +1,14 @@
 """Search the synthesis sampling parameters (RAS: top_p, top_k, win_size, tau_r) with Optuna.
 
     space = parse_space(params.tune.space)
-    objective = suite_objective(params, candidate, out_dir="exp/tune", data_dir=None)
+    objective = suite_objective(suite, candidate, out_dir="exp/tune", registry=params.registry)
     result = run_study(objective, space, StudySettings(storage, "cosyml-toy-sampling", n_trials=20))
     write_sampling(result, "exp/tune/sampling.json")     # what registry.sampling reads
 
 A trial suggests one value per searched parameter, synthesises a small fixed test set with ONE
 candidate and the same per-utterance seeds as ``cosyml evaluate`` (:func:`~cosyml.evaluation.suite.run_suite`
-with ``evaluate.top_p`` ... overridden), and scores it with the registry's composite
+with the trial's :class:`~cosyml.models.generation.SamplingParams`: the searched values over the suite
+config's own sampling), and scores it with the registry's composite
 ``ss_weight * SS - cer_weight * CER`` (:func:`cosyml.registry.composite`, so tuning and promotion agree).
 Each trial writes into its own folder ``<out_dir>/trials/trial-NNNN`` so the synthesis caches of two
 settings never mix.
@@ -33,13 +34,17 @@ import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cosyml.config import Params, RegistryConfig, with_overrides
+from cosyml.config import RegistryConfig
 from cosyml.errors import ConfigError, CosymlError
 from cosyml.evaluation.candidates import BASE, PARTS, Candidate, parse_candidate, weight_file
 from cosyml.fileio import write_if_changed
 from cosyml.tracking import mask
+
+if TYPE_CHECKING:
+    from cosyml.evaluation.suite import SuiteConfig
+    from cosyml.models.generation import SamplingParams
 
 #: Searchable sampling parameters: (kind, lowest allowed, highest allowed) as SynthRequest.validate checks them.
 SEARCHABLE: dict[str, tuple[type, float, float]] = {
@@ -135,41 +140,38 @@ def check_candidate(candidate: Candidate, model_dir: str | Path) -> None:
         weight_file(candidate.source(part), part, model_dir)
 
 
-def trial_params(params: Params, sampling: Mapping[str, float | int]) -> Params:
-    """``params`` with the trial's sampling and ``tune``'s small test set in the ``evaluate`` section."""
-    tune = params.tune
-    overrides: dict[str, Any] = {f"evaluate.{k}": v for k, v in sampling.items()}
-    overrides["evaluate.max_utts"] = tune.max_utts
-    if tune.subsets:
-        overrides["evaluate.subsets"] = list(tune.subsets)
-    if tune.synth_max_tokens:
-        overrides["evaluate.synth_max_tokens"] = tune.synth_max_tokens
-    return with_overrides(params, overrides)
+def trial_sampling(base: SamplingParams, sampling: Mapping[str, float | int]) -> SamplingParams:
+    """``base`` with one trial's searched values (``{"top_p": 0.7, "top_k": 12}``; others unchanged)."""
+    unknown = sorted(set(sampling) - set(SEARCHABLE))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a sampling parameter; searchable ones are: {', '.join(SEARCHABLE)}")
+    values = {k: int(v) if SEARCHABLE[k][0] is int else float(v) for k, v in sampling.items()}
+    return dataclasses.replace(base, **values)
 
 
 def suite_objective(
-    params: Params,
+    suite: SuiteConfig,
     candidate: Candidate,
     out_dir: str | Path,
+    registry: RegistryConfig,
     data_dir: str | Path | None = None,
     log: Callable[[str], None] | None = None,
 ) -> Objective:
-    """The objective that runs the evaluation suite for ``candidate`` under one trial's sampling.
-
-    Composite weights and the missing-output limit come from ``params.registry``."""
+    """The objective that runs the evaluation suite (``suite``: the small test set, its caps) for
+    ``candidate`` with one trial's sampling: the searched values over ``suite.sampling`` (None: the model
+    yaml's values). Composite weights and the missing-output limit come from ``registry``."""
     from cosyml.evaluation.suite import SuiteModels, run_suite
     from cosyml.registry import Scores, composite
 
-    registry: RegistryConfig = params.registry
+    base = suite.sampling if suite.sampling is not None else model_sampling_params(suite.model_dir)
     models = SuiteModels()  # Whisper, CAM++ and the engine load once for the whole study
 
     def objective(sampling: dict[str, float | int], number: int) -> TrialScore:
         trial_dir = Path(out_dir) / "trials" / f"trial-{number:04d}"
         result = run_suite(
-            trial_params(params, sampling),
+            dataclasses.replace(suite, sampling=trial_sampling(base, sampling)),
             [candidate],
             trial_dir,
-            model_dir=params.model_dir,
             data_dir=data_dir or None,
             progress=False,
             log=log,
@@ -432,11 +434,16 @@ def resumed_seed(seed: int, trials_in_storage: int) -> int:
     return (seed * 1_000_003 + trials_in_storage * 7_919) % (2**32)
 
 
-def model_sampling(model_dir: str | Path) -> dict[str, float | int]:
-    """The sampling defaults in ``<model_dir>``'s yaml (``llm.sampling``): the baseline trial."""
+def model_sampling_params(model_dir: str | Path) -> SamplingParams:
+    """The sampling defaults in ``<model_dir>``'s yaml (``llm.sampling``)."""
     from cosyml.models.modeldir import ModelDir
 
-    return dataclasses.asdict(ModelDir(model_dir).hparams.sampling)
+    return ModelDir(model_dir).hparams.sampling
+
+
+def model_sampling(model_dir: str | Path) -> dict[str, float | int]:
+    """:func:`model_sampling_params` as a mapping: the baseline trial."""
+    return dataclasses.asdict(model_sampling_params(model_dir))
 
 
 def _states(names: Sequence[str]) -> tuple[Any, ...]:

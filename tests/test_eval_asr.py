@@ -97,7 +97,10 @@ def test_evaluate_stage_on_our_eval_set(tiny_whisper: Path, tmp_path: Path):
             "evaluate.bootstrap_resamples": 50,
         },
     )
-    report = evaluate_outputs(tmp_path / "outputs", params, out_dir=tmp_path / "report", progress=False)
+    cfg = params.evaluate
+    report = evaluate_outputs(
+        tmp_path / "outputs", cfg, cfg.whisper_model, cfg.campplus_model, out_dir=tmp_path / "report", progress=False
+    )
     (summary,) = report.summaries
     assert (summary.subset, summary.n_items, summary.n_scored, summary.n_missing) == ("hard/hard_en", 12, 2, 10)
     assert summary.mean_ss is not None and summary.metric == "wer"

@@ -27,6 +27,7 @@ import torch
 import yaml
 
 from cosyml.audio import load_mono
+from cosyml.commands.evaluate import suite_config
 from cosyml.config import EvaluateConfig, Params, PrepareConfig
 from cosyml.evaluation.candidates import select_candidates
 from cosyml.evaluation.report import write_outputs
@@ -119,7 +120,7 @@ def setup(kit_dir: Path, tmp_path_factory) -> Setup:
 def _run(setup: Setup) -> SuiteResult:
     cfg = setup.params.evaluate
     candidates = select_candidates(setup.specs, [], [], [], cfg.exp_dir)
-    result = run_suite(setup.params, candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
+    result = run_suite(suite_config(setup.params), candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
     write_outputs(result, cfg.report_max_utts)
     return result
 
@@ -319,7 +320,7 @@ def test_utterances_that_fail_to_synthesise_score_as_missing_and_stay_cached(set
     params = dataclasses.replace(setup.params, evaluate=cfg)
     candidates = select_candidates([f"llm={mute},flow=base,name=mute"], [], [], [], cfg.exp_dir)
     for attempt in range(2):
-        result = run_suite(params, candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
+        result = run_suite(suite_config(params), candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
         (c,) = result.candidates
         assert c.ok and (c.synthesized, c.reused) == ((2, 0) if attempt == 0 else (0, 2))
         assert {(f.subset, f.utt) for f in c.synth_failures} == {("zero_shot/en", "ok_1"), ("sft", "vo_zh_000")}
@@ -390,7 +391,7 @@ def test_editing_the_tokenizer_invalidates_cached_audio(setup: Setup, kit_dir: P
     candidates = select_candidates(["llm=base,flow=base"], [], [], [], cfg.exp_dir)
 
     def synthesized() -> int:
-        result = run_suite(params, candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
+        result = run_suite(suite_config(params), candidates, cfg.eval_dir, data_dir=cfg.sft_data, progress=False)
         return result.candidates[0].synthesized
 
     assert synthesized() == 2

@@ -248,13 +248,17 @@ def test_bad_input_is_one_line_with_exit_status_2(case: str, workdir: Path, tmp_
 
 
 def test_the_objective_loads_whisper_and_the_engine_once_for_all_trials(workdir: Path, tmp_path: Path):
+    from cosyml.commands.tune import tune_suite_config
     from cosyml.config import load_params
     from cosyml.evaluation.candidates import parse_candidate
     from cosyml.tune import suite_objective
 
     said: list[str] = []
     params = load_params(workdir / "params.yaml")
-    objective = suite_objective(params, parse_candidate("llm=base,flow=base"), tmp_path, log=said.append)
+    suite = tune_suite_config(params)
+    objective = suite_objective(
+        suite, parse_candidate("llm=base,flow=base"), tmp_path, params.registry, log=said.append
+    )
     first = objective({"top_p": 0.8, "top_k": 25, "win_size": 10, "tau_r": 0.1}, 0)
     second = objective({"top_p": 0.6, "top_k": 9, "win_size": 6, "tau_r": 0.2}, 1)
     loads = [m for m in said if m.startswith("loading")]

@@ -14,12 +14,21 @@ report files as artifacts. Exit status 0 when at least one candidate was scored.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import as_flat_dict
-from cosyml.errors import CosymlError
+from cosyml.config import Params, as_flat_dict
+from cosyml.errors import CosymlError, InputError
+
+if TYPE_CHECKING:
+    from cosyml.evaluation.suite import SuiteConfig
+    from cosyml.models.generation import SamplingParams
+
+#: The ``evaluate`` keys that set the RAS sampling of every utterance (None: the model yaml's value).
+SAMPLING_KEYS = ("top_p", "top_k", "win_size", "tau_r")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -94,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         rank=probe_rank(params.registry),
         log=log,
     )
+    check_suite_inputs(params, data_dir=cfg.sft_data)
     flat = {
         **as_flat_dict(cfg, "evaluate."),
         "model_dir": params.model_dir,
@@ -103,10 +113,9 @@ def run(args: argparse.Namespace) -> int:
 
     with stage_run("evaluate", params.prepare.speaker, flat) as tracked:
         result = run_suite(
-            params,
+            suite_config(params),
             candidates,
             cfg.eval_dir,
-            model_dir=params.model_dir,
             data_dir=cfg.sft_data or None,
             progress=not args.no_progress,
             log=log,
@@ -155,6 +164,46 @@ def run(args: argparse.Namespace) -> int:
             "no candidate could be evaluated: " + "; ".join(f"{c.candidate.name}: {c.error}" for c in result.candidates)
         )
     return 0
+
+
+def suite_config(params: Params) -> SuiteConfig:
+    """The evaluation suite's settings from params: the ``evaluate`` section, the base model directory, the
+    speaker, the Whisper checkpoint (``evaluate.whisper_model``, else ``prepare.whisper_model``) and the
+    sampling of :func:`evaluate_sampling`."""
+    from cosyml.evaluation.suite import SuiteConfig
+
+    ev = params.evaluate
+    return SuiteConfig(
+        model_dir=Path(params.model_dir),
+        speaker=params.prepare.speaker,
+        whisper_model=ev.whisper_model or params.prepare.whisper_model,
+        evaluate=ev,
+        sampling=evaluate_sampling(params),
+        speaker_file=ev.speaker_file or None,
+    )
+
+
+def evaluate_sampling(params: Params, base: SamplingParams | None = None) -> SamplingParams | None:
+    """``evaluate.top_p``/``top_k``/``win_size``/``tau_r`` over ``base`` (default: the model yaml's
+    values); None when none of them is set and no ``base`` is given (the engine then uses the yaml's)."""
+    given = {k: v for k in SAMPLING_KEYS if (v := getattr(params.evaluate, k)) is not None}
+    if base is None:
+        if not given:
+            return None
+        from cosyml.models.modeldir import ModelDir
+
+        base = ModelDir(params.model_dir).hparams.sampling
+    return dataclasses.replace(base, **given)
+
+
+def check_suite_inputs(params: Params, data_dir: str | None) -> None:
+    """The suite's input checks that name the command-line flags (one line each, before any work)."""
+    if not Path(params.model_dir).is_dir():
+        raise InputError(
+            f"{params.model_dir}: model directory not found; pass --model-dir or set model_dir in params.yaml"
+        )
+    if not params.evaluate.test_sets and not data_dir:
+        raise InputError("evaluate.test_sets is empty and no --data was given; nothing to evaluate")
 
 
 def _probe_history(exp_dir: Path) -> dict[str, list[dict]]:

@@ -14,11 +14,16 @@ nested run per trial and the best parameters, value and ``sampling.json`` on the
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import as_flat_dict
+from cosyml.config import Params, as_flat_dict
+
+if TYPE_CHECKING:
+    from cosyml.evaluation.suite import SuiteConfig
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -65,6 +70,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cosyml.commands.evaluate import check_suite_inputs
     from cosyml.evaluation.candidates import parse_candidate
     from cosyml.tracking import stage_run
     from cosyml.tune import (
@@ -100,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
     speaker = params.prepare.speaker
     space = parse_space(cfg.space)
     exp_dir = params.evaluate.exp_dir
+    check_suite_inputs(params, data_dir=params.evaluate.sft_data)
     candidate = parse_candidate(cfg.candidate, exp_dir) if cfg.candidate.strip() else default_candidate(exp_dir)
     check_candidate(candidate, params.model_dir)
     out = Path(cfg.out_dir)
@@ -146,7 +153,14 @@ def run(args: argparse.Namespace) -> int:
             }
             tracked.log_child_run(f"trial-{record.number:04d}", record.params, metrics, tags)
 
-        objective = suite_objective(params, candidate, out, data_dir=params.evaluate.sft_data or None, log=log)
+        objective = suite_objective(
+            tune_suite_config(params),
+            candidate,
+            out,
+            params.registry,
+            data_dir=params.evaluate.sft_data or None,
+            log=log,
+        )
         result = run_study(
             objective, space, settings, on_trial=on_trial, baseline=model_sampling(params.model_dir), log=log
         )
@@ -176,3 +190,24 @@ def run(args: argparse.Namespace) -> int:
     print(describe_best(result))
     print(f"sampling: {sampling_file}  (set registry.sampling to it)")
     return 0
+
+
+def tune_suite_config(params: Params) -> SuiteConfig:
+    """The suite settings every trial starts from: ``cosyml evaluate``'s, on ``tune``'s small fixed test set
+    (``tune.max_utts``, ``tune.subsets``, ``tune.synth_max_tokens`` where set), with the sampling
+    ``evaluate.top_p`` ... over the model yaml's values (a trial replaces the values it searches)."""
+    from cosyml.commands.evaluate import evaluate_sampling, suite_config
+    from cosyml.tune import model_sampling_params
+
+    tune, ev = params.tune, params.evaluate
+    evaluate = dataclasses.replace(
+        ev,
+        max_utts=tune.max_utts,
+        subsets=list(tune.subsets) or ev.subsets,
+        synth_max_tokens=tune.synth_max_tokens or ev.synth_max_tokens,
+    )
+    return dataclasses.replace(
+        suite_config(params),
+        evaluate=evaluate,
+        sampling=evaluate_sampling(params, base=model_sampling_params(params.model_dir)),
+    )

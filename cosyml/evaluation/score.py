@@ -27,10 +27,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from cosyml.audio import read_audio, resample, to_mono
-from cosyml.config import EvaluateConfig, Params
 from cosyml.errors import InputError
 from cosyml.evaluation.asr import SAMPLE_RATE, Hypothesis
 from cosyml.evaluation.audio_checks import CheckLimits, check_audio, duration_flags, expected_duration_s
+from cosyml.evaluation.config import EvaluateConfig
 from cosyml.evaluation.metrics import (
     ErrorCounts,
     Interval,
@@ -383,18 +383,20 @@ def score_test_set(
 
 def evaluate_outputs(
     outputs_dir: str | Path,
-    params: Params,
+    config: EvaluateConfig,
+    whisper_model: str | Path,
+    campplus_model: str | Path,
     out_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
     progress: bool = True,
 ) -> EvalReport:
-    """The evaluation stage: read ``params.evaluate.test_sets`` (plus the speaker-SFT set built from
-    ``data_dir/dev`` when given), load Whisper and CAM++, score ``outputs_dir``, write the report files."""
+    """Score a folder of outputs made elsewhere: read ``config.test_sets`` (plus the speaker-SFT set built
+    from ``data_dir/dev`` when given), load Whisper (``whisper_model``, a local .pt) and CAM++
+    (``campplus_model``, an .onnx), score ``outputs_dir``, write the report files to ``out_dir``."""
     from cosyml.evaluation.asr import WhisperASR
     from cosyml.evaluation.speaker import campplus_embedder
     from cosyml.evaluation.testset import read_test_set, write_sft_subset
 
-    config = params.evaluate
     outputs_dir = Path(outputs_dir)
     if not outputs_dir.is_dir():
         raise InputError(f"{outputs_dir}: outputs folder not found; pass the folder with <subset>/wavs/<utt>.wav")
@@ -402,13 +404,13 @@ def evaluate_outputs(
     if data_dir is not None:
         sft_dir = Path(out_dir or outputs_dir) / "testsets" / "sft"
         subsets.append(write_sft_subset(data_dir, sft_dir))
-    whisper_path = config.whisper_model or params.prepare.whisper_model
+    whisper_path = str(whisper_model)
     if not whisper_path:
         raise InputError("evaluate.whisper_model: empty; set it to a local openai-whisper checkpoint (.pt)")
     asr = WhisperASR.load(
         whisper_path, device=config.device, batch_size=config.batch_size, max_tokens=config.max_tokens or None
     )
-    campplus = config.campplus_model or str(Path(params.model_dir) / "campplus.onnx")
+    campplus = str(campplus_model)
     embed = campplus_embedder(campplus, device=config.device)
     settings = {
         **asr.settings(),

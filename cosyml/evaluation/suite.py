@@ -1,14 +1,18 @@
 """The evaluation suite: synthesise every test text with every candidate, score, and summarise.
 
-    result = run_suite(params, candidates, eval_dir="exp/eval", data_dir="data/prepared")
+    config = SuiteConfig(model_dir, speaker="toy", whisper_model="whisper.pt", evaluate=EvaluateConfig(...))
+    result = run_suite(config, candidates, eval_dir="exp/eval", data_dir="data/prepared")
     write_outputs(result)   # cosyml.evaluation.report: candidates.json, metrics.json, plots, report.html
+
+The commands build the :class:`SuiteConfig` from params (``cosyml.commands.evaluate.suite_config``);
+``cosyml tune`` gives each trial its own :class:`~cosyml.models.generation.SamplingParams`.
 
 Per candidate (one folder ``<eval_dir>/<slug>/``):
 
 1. **Synthesis.** Every usable test item becomes one :class:`~cosyml.synth.request.SynthRequest`: the
    mode follows the item (``instruct`` file -> instruct; no prompt wav -> sft with the speaker's
    embedding; a ``cross_lingual`` subset or a prompt without transcript -> cross_lingual; else
-   zero_shot). Seeds depend only on ``evaluate.synth_seed`` and the utterance id, so every candidate
+   zero_shot). Seeds depend only on ``synth_seed`` and the utterance id, so every candidate
    gets the same seeds and texts. Audio goes to ``<slug>/<subset>/wavs/<utt>.wav``.
 2. **Scoring** with :func:`cosyml.evaluation.score.score_test_set`: Whisper CER/WER and SS_campplus.
 
@@ -38,24 +42,47 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cosyml.config import EvaluateConfig, Params
 from cosyml.errors import CosymlError, InputError
 from cosyml.evaluation.asr import Hypothesis
 from cosyml.evaluation.candidates import BASE, PARTS, Candidate, weight_file
+from cosyml.evaluation.config import EvaluateConfig
 from cosyml.evaluation.metrics import bootstrap_mean_ci, share_above
 from cosyml.evaluation.score import EvalReport, Transcriber, UtteranceScore, score_test_set, write_report
 from cosyml.evaluation.testset import ItemProblem, TestItem, TestSubset
 from cosyml.fileio import write_if_changed
 from cosyml.models import keys
 
+if TYPE_CHECKING:
+    from cosyml.models.generation import SamplingParams
+
 CACHE_VERSION = 1
 HASH_CONTENT_LIMIT = 64 * 1024 * 1024  # bytes: smaller files are identified by content, larger by size+mtime
 SFT_SUBSET = "sft"
 SYNTH_CHUNK = 64  # requests handed to the engine at once (their audio is held until the call returns)
+
+
+# ------------------------------------------------------------------------------------------ settings
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """What one :func:`run_suite` call reads; the commands build it from params.
+
+    ``evaluate`` gives the test sets, the Whisper/CAM++ settings, the synthesis seed, batch size and token
+    caps and the scoring limits; its ``top_p``/``top_k``/``win_size``/``tau_r`` are not read here: the
+    sampling of every utterance is ``sampling`` alone (``cosyml evaluate`` builds it from those fields).
+    """
+
+    model_dir: Path  # base model directory in the official layout (hift, front ends, base weights)
+    speaker: str  # the target speaker's name: picks its embedding in speaker_file, names the results
+    whisper_model: str  # local openai-whisper checkpoint (.pt) that transcribes the outputs; "" = none given
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    sampling: SamplingParams | None = None  # RAS sampling of every utterance; None = the model yaml's values
+    speaker_file: str | Path | None = None  # spk2embedding.pt / spk2info.pt; None = <model_dir>/spk2info.pt
 
 
 # ------------------------------------------------------------------------------------------ results
@@ -268,12 +295,19 @@ def find_speaker(model_dir: Path, speaker: str, speaker_file: str | Path | None)
         return SpeakerSource(picked.name, path if given else None, vector)
     return (
         f"no embedding for speaker '{speaker}' ({'; '.join(reasons)}); run `cosyml extract` "
-        "(it writes spk2embedding.pt) or pass --speaker-file"
+        "(it writes spk2embedding.pt) or name a speaker file that holds it"
     )
 
 
-def build_request(subset: str, item: TestItem, config: EvaluateConfig, speaker: SpeakerSource | None):
-    """The :class:`~cosyml.synth.request.SynthRequest` for one test item (same for every candidate)."""
+def build_request(
+    subset: str,
+    item: TestItem,
+    config: EvaluateConfig,
+    speaker: SpeakerSource | None,
+    sampling: SamplingParams | None = None,
+):
+    """The :class:`~cosyml.synth.request.SynthRequest` for one test item (same for every candidate).
+    ``sampling`` None: the model yaml's RAS values."""
     from cosyml.synth.request import SynthRequest
 
     mode = synthesis_mode(subset, item)
@@ -281,10 +315,7 @@ def build_request(subset: str, item: TestItem, config: EvaluateConfig, speaker: 
         "text": item.text,
         "mode": mode,
         "seed": utterance_seed(config.synth_seed, subset, item.utt),
-        "top_p": config.top_p,
-        "top_k": config.top_k,
-        "win_size": config.win_size,
-        "tau_r": config.tau_r,
+        **_sampling_fields(sampling),
         "max_tokens": config.synth_max_tokens or None,
         "min_token_text_ratio": config.min_token_text_ratio,
         "max_token_text_ratio": config.max_token_text_ratio,
@@ -299,6 +330,13 @@ def build_request(subset: str, item: TestItem, config: EvaluateConfig, speaker: 
         fields["speaker"] = speaker.name
         fields["speaker_file"] = str(speaker.speaker_file) if speaker.speaker_file else None
     return SynthRequest(**fields)
+
+
+def _sampling_fields(sampling: SamplingParams | None) -> dict[str, Any]:
+    """``top_p``, ``top_k``, ``win_size``, ``tau_r`` of a request (None each: the model yaml's value)."""
+    if sampling is None:
+        return {"top_p": None, "top_k": None, "win_size": None, "tau_r": None}
+    return {"top_p": sampling.top_p, "top_k": sampling.top_k, "win_size": sampling.win_size, "tau_r": sampling.tau_r}
 
 
 # ------------------------------------------------------------------------------------------ caches
@@ -439,7 +477,7 @@ def limit_subset(subset: TestSubset, max_utts: int) -> TestSubset:
 def load_subsets(
     config: EvaluateConfig, eval_dir: Path, data_dir: str | Path | None, speaker: SpeakerSource | str | None
 ) -> list[TestSubset]:
-    """``evaluate.test_sets`` (limited to ``evaluate.subsets``), plus the speaker-SFT subset built from
+    """``config.test_sets`` (limited to ``config.subsets``), plus the speaker-SFT subset built from
     ``<data_dir>/<sft_split>`` into ``<eval_dir>/testsets/sft``. Without a speaker embedding the SFT
     items become problems (reason ``no_speaker``) instead of failing synthesis one by one."""
     from cosyml.evaluation.testset import read_test_set, write_sft_subset
@@ -457,7 +495,7 @@ def load_subsets(
             )
         subsets.append(sft)
     if not subsets:
-        raise InputError("evaluate.test_sets is empty and no --data was given; nothing to evaluate")
+        raise InputError("evaluate.test_sets is empty and no prepared data folder was given; nothing to evaluate")
     return [limit_subset(s, config.max_utts) for s in subsets]
 
 
@@ -476,12 +514,10 @@ def is_tiny_kit(model_dir: Path) -> bool:
 
 
 def run_suite(
-    params: Params,
+    suite: SuiteConfig,
     candidates: Sequence[Candidate],
     eval_dir: str | Path,
-    model_dir: str | Path | None = None,
     data_dir: str | Path | None = None,
-    speaker_file: str | Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
     models: SuiteModels | None = None,
@@ -492,17 +528,16 @@ def run_suite(
     """
     from cosyml.evaluation.asr import resolve_device
 
-    config = params.evaluate
+    config = suite.evaluate
     say = log or (lambda _msg: None)
     eval_dir = Path(eval_dir)
-    model_dir = Path(model_dir or params.model_dir)
+    model_dir = Path(suite.model_dir)
     if not model_dir.is_dir():
-        raise InputError(f"{model_dir}: model directory not found; pass --model-dir or set model_dir in params.yaml")
+        raise InputError(f"{model_dir}: model directory not found; give a model directory in the official layout")
     if not candidates:
-        raise InputError("no candidates: pass --candidates llm=...,flow=... or set evaluate.llm_sources/flow_sources")
-    speaker_name = params.prepare.speaker
-    speaker_file = speaker_file if speaker_file is not None else (config.speaker_file or None)
-    speaker = find_speaker(model_dir, speaker_name, speaker_file)
+        raise InputError("no candidates to evaluate; give at least one llm/flow weight pair")
+    speaker_name = suite.speaker
+    speaker = find_speaker(model_dir, speaker_name, suite.speaker_file)
     subsets = load_subsets(config, eval_dir, data_dir, speaker)
     speaker_source = speaker if isinstance(speaker, SpeakerSource) else None
     if not any(s.items for s in subsets):
@@ -510,7 +545,7 @@ def run_suite(
         first = f"; first: {problems[0].subset}/{problems[0].utt}: {problems[0].detail}" if problems else ""
         raise InputError(f"{config.test_sets or data_dir}: no usable test item ({len(problems)} skipped{first})")
 
-    whisper_path = config.whisper_model or params.prepare.whisper_model
+    whisper_path = suite.whisper_model
     if not whisper_path:
         raise InputError("evaluate.whisper_model: empty; set it to a local openai-whisper checkpoint (.pt)")
     if not Path(whisper_path).is_file():
@@ -557,7 +592,7 @@ def run_suite(
     jobs = []
     for subset in subsets:
         for item in subset.items:
-            request = build_request(subset.name, item, config, speaker_source)
+            request = build_request(subset.name, item, config, speaker_source, suite.sampling)
             extra: dict[str, Any] = {}
             for label, path in (("prompt_wav", request.prompt_wav), ("speaker_file", request.speaker_file)):
                 if path is not None:
@@ -574,7 +609,7 @@ def run_suite(
         if result.error is None:
             scorer_asr = CachedTranscriber(asr, asr_key, result.folder / "asr.json")
             scorer_embed = CachedEmbedder(embedder, embed_key, result.folder / "embeddings.npz")
-            settings = _settings(config, whisper_path, campplus_path, device, candidate)
+            settings = _settings(config, suite.sampling, whisper_path, campplus_path, device, candidate)
             result.report = score_test_set(
                 subsets,
                 result.folder,
@@ -601,13 +636,18 @@ def run_suite(
         tiny_kit=is_tiny_kit(model_dir),
         subsets=subsets,
         candidates=results,
-        settings=_settings(config, whisper_path, campplus_path, device, None),
+        settings=_settings(config, suite.sampling, whisper_path, campplus_path, device, None),
         engine_loaded=engine.loaded,
     )
 
 
 def _settings(
-    config: EvaluateConfig, whisper: str | Path, campplus: Path, device: str, candidate: Candidate | None
+    config: EvaluateConfig,
+    sampling: SamplingParams | None,
+    whisper: str | Path,
+    campplus: Path,
+    device: str,
+    candidate: Candidate | None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {
         "whisper_model": str(whisper),
@@ -621,10 +661,7 @@ def _settings(
         "max_utts": config.max_utts,
         "synth_seed": config.synth_seed,
         "synth_max_tokens": config.synth_max_tokens,
-        "top_p": config.top_p,
-        "top_k": config.top_k,
-        "win_size": config.win_size,
-        "tau_r": config.tau_r,
+        **_sampling_fields(sampling),
         "bootstrap_resamples": config.bootstrap_resamples,
         "ci_level": config.ci_level,
     }
@@ -749,6 +786,7 @@ __all__ = [
     "BASE",
     "CandidateResult",
     "MetricSummary",
+    "SuiteConfig",
     "SuiteModels",
     "SuiteResult",
     "SynthFailure",
