@@ -477,3 +477,49 @@ def test_dvc_plots_and_metrics_declared_in_dvc_yaml_are_readable(first: SuiteRes
         timeout=120,
     ).stdout
     assert dom.count('class="marks"') == 2, dom[-2000:]  # the two bar charts were drawn (vega's canvas)
+
+
+def test_the_suite_config_takes_the_sampling_the_command_builds(kit_dir: Path):
+    """``cosyml evaluate`` builds the suite's settings from params: no sampling key set = the model yaml's
+    (None, as before); any set = a full SamplingParams over the yaml's values, which every request carries."""
+    from cosyml.commands.evaluate import evaluate_sampling
+    from cosyml.evaluation.suite import build_request
+    from cosyml.evaluation.testset import TestItem
+    from cosyml.models.generation import SamplingParams
+    from cosyml.models.modeldir import ModelDir
+
+    params = Params(model_dir=str(kit_dir), prepare=PrepareConfig(speaker="toy", whisper_model="w.pt"))
+    suite = suite_config(params)
+    assert (suite.model_dir, suite.speaker, suite.whisper_model, suite.sampling) == (kit_dir, "toy", "w.pt", None)
+    item = TestItem(utt="u1", text="hello there", language="en")
+    request = build_request("sft", item, suite.evaluate, None, suite.sampling)
+    assert (request.top_p, request.top_k, request.win_size, request.tau_r) == (None, None, None, None)
+    tuned = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, top_p=0.5, tau_r=0.2))
+    sampling = evaluate_sampling(tuned)
+    assert sampling == dataclasses.replace(ModelDir(kit_dir).hparams.sampling, top_p=0.5, tau_r=0.2)
+    assert isinstance(sampling, SamplingParams)
+    request = build_request("sft", item, suite.evaluate, None, sampling)
+    assert (request.top_p, request.top_k, request.win_size, request.tau_r) == (
+        0.5,
+        sampling.top_k,
+        sampling.win_size,
+        0.2,
+    )
+
+
+def test_component_errors_name_the_input_and_the_command_adds_the_flag(tmp_path: Path, capsys):
+    """Issue 12: the suite speaks of the model directory it was given; ``cosyml evaluate`` names --model-dir."""
+    from cosyml.cli import main
+    from cosyml.errors import InputError
+    from cosyml.evaluation.candidates import parse_candidate
+    from cosyml.evaluation.suite import SuiteConfig
+
+    missing = tmp_path / "no_model"
+    with pytest.raises(InputError) as caught:
+        run_suite(SuiteConfig(missing, "toy", ""), [parse_candidate("llm=base,flow=base")], tmp_path / "eval")
+    assert str(caught.value) == f"{missing}: model directory not found; give a model directory in the official layout"
+    assert main(["evaluate", "--model-dir", str(missing), "--candidates", "llm=base,flow=base"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert (
+        err == f"cosyml: error: {missing}: model directory not found; pass --model-dir or set model_dir in params.yaml"
+    )

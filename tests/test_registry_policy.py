@@ -86,6 +86,31 @@ def test_a_candidate_that_scored_nothing_reads_as_unscored(tmp_path) -> None:
     assert cand.summary is None and cand.subsets == {} and cand.base
 
 
+def test_candidates_json_reads_back_into_the_one_candidate_type(tmp_path) -> None:
+    """The registry reads each entry into evaluation's Candidate (issue 12: one Candidate type), its scores
+    beside it; a ``base`` flag that contradicts the weights is one line naming the key."""
+    import json
+
+    from cosyml.errors import InputError
+    from cosyml.evaluation.candidates import Candidate
+    from cosyml.registry import read_candidates
+
+    path = tmp_path / "candidates.json"
+    items = [
+        {"name": "b", "llm": "base", "flow": "base", "summary": None, "base": True},
+        {"name": "ft", "llm": "exp/llm/llm.pt", "flow": "base", "summary": None, "base": False, "runs": {"llm": "r1"}},
+    ]
+    path.write_text(json.dumps({"speaker": "s", "model_dir": "m", "candidates": items}))
+    base, tuned = read_candidates(path).candidates
+    assert base.candidate == Candidate(name="b", llm="base", flow="base") and base.base and base.name == "b"
+    assert tuned.candidate == Candidate(name="ft", llm="exp/llm/llm.pt", flow="base") and not tuned.base
+    assert type(tuned.candidate) is Candidate and tuned.runs == {"llm": "r1"}
+    items[1]["base"] = True
+    path.write_text(json.dumps({"speaker": "s", "model_dir": "m", "candidates": items}))
+    with pytest.raises(InputError, match=r"candidates\[1\]\.base: True but llm='exp/llm/llm.pt'"):
+        read_candidates(path)
+
+
 def test_the_policy_imports_without_mlflow_or_torch() -> None:
     """The schema, the policy and the package itself load no MLflow and no torch (issue 12: they cost
     seconds); the MLflow side comes in on first use of one of its names."""

@@ -286,6 +286,36 @@ def test_parse_space_checks_names_bounds_and_kinds():
             parse_space(space)
 
 
+def test_a_trial_gets_a_typed_sampling_over_the_suite_s_own():
+    """Tune hands the suite a SamplingParams (issue 12), not params overrides: the searched values over the
+    base, ints as ints; a name that is not a sampling parameter is one line."""
+    from cosyml.models.generation import SamplingParams
+    from cosyml.tune import trial_sampling
+
+    base = SamplingParams(top_p=0.8, top_k=25, win_size=10, tau_r=0.1)
+    got = trial_sampling(base, {"top_p": 0.6, "top_k": 9.0})
+    assert got == SamplingParams(top_p=0.6, top_k=9, win_size=10, tau_r=0.1) and type(got.top_k) is int
+    assert trial_sampling(base, {}) == base
+    with pytest.raises(ConfigError, match="temperature: not a sampling parameter"):
+        trial_sampling(base, {"temperature": 1.0})
+
+
+def test_the_tune_suite_config_holds_the_small_set_and_a_full_sampling(workdir: Path):
+    from cosyml.commands.tune import tune_suite_config
+    from cosyml.config import load_params
+    from cosyml.models.generation import SamplingParams
+    from cosyml.tune import model_sampling_params
+
+    params = load_params(workdir / "params.yaml")
+    params = dataclasses.replace(params, evaluate=dataclasses.replace(params.evaluate, top_k=7, max_utts=0))
+    suite = tune_suite_config(params)
+    assert (suite.evaluate.max_utts, suite.evaluate.subsets) == (1, ["zero_shot/en"])
+    assert suite.whisper_model == params.evaluate.whisper_model and suite.speaker == "toy"
+    yaml_sampling = model_sampling_params(params.model_dir)
+    assert isinstance(suite.sampling, SamplingParams)
+    assert suite.sampling == dataclasses.replace(yaml_sampling, top_k=7)  # evaluate.top_k over the yaml's
+
+
 def test_failed_and_pruned_trials_are_recorded_and_the_study_goes_on(tmp_path: Path):
     seen: list[str] = []
 

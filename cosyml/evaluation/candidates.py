@@ -16,6 +16,10 @@ On the command line a candidate is ``llm=SOURCE,flow=SOURCE[,name=NAME]`` (a par
 in ``params.yaml`` either the same strings under ``evaluate.candidates`` or the grid
 ``evaluate.llm_sources`` x ``evaluate.flow_sources``. Every candidate gets a filesystem-safe ``slug`` that
 names its folder under the evaluation directory and its MLflow metrics (``cer/<slug>``).
+
+:class:`Candidate` is the one candidate type: the registry reads ``candidates.json`` back into it (with
+its scores beside it, :class:`cosyml.registry.candidates.EvaluatedCandidate`). Importing this module loads
+no torch (the registry's pure policy imports it); ``best-probe`` reads checkpoints on first use.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cosyml.errors import ConfigError, ModelDirError
 from cosyml.models.keys import Part
-from cosyml.train.average import ProbeRank, best_probe_checkpoint
+
+if TYPE_CHECKING:
+    from cosyml.train.average import ProbeRank
 
 BASE = "base"
 BEST_PROBE = "best-probe"
@@ -43,7 +50,8 @@ MAX_SLUG = 60
 @dataclass(frozen=True)
 class Candidate:
     """One (LLM, flow) weight pair. ``llm``/``flow`` are ``"base"`` or a path as the user gave it
-    (aliases already resolved); ``label`` keeps the alias for display (``sft-avg``)."""
+    (aliases already resolved); ``*_label`` keeps the alias for display (``sft-avg``; empty when read
+    back from ``candidates.json``, which records the resolved sources only)."""
 
     name: str
     llm: str
@@ -83,6 +91,8 @@ def resolve_alias(source: str, part: str, exp_dir: str | Path = "exp", rank: Pro
     if source in ("", BASE):
         return BASE
     if source == BEST_PROBE:
+        from cosyml.train.average import best_probe_checkpoint  # torch: only when an alias needs checkpoints
+
         folder = exp / part / "checkpoints"
         best = best_probe_checkpoint(folder, rank) if folder.is_dir() else None
         return best.path if best is not None else str(folder / NO_PROBE_SCORES)
@@ -201,6 +211,6 @@ def weight_file(source: str, part: str, model_dir: str | Path) -> Path:
     if path.is_dir():
         path = path / f"{part}.pt"
     if not path.is_file():
-        hint = "check --model-dir" if source == BASE else "train/average first, or fix the candidate"
+        hint = "the model directory lacks it" if source == BASE else "train/average first, or fix the candidate"
         raise ModelDirError(f"{path}: {part} weights not found; {hint}")
     return path

@@ -4,7 +4,8 @@ written policy moves the ``champion`` alias.
 One job per module:
 
 - :mod:`~cosyml.registry.candidates`: the schema of ``candidates.json`` (written by ``cosyml evaluate``):
-  :class:`Scores`, :class:`Candidate`, :func:`read_candidates`. Pure.
+  :class:`Scores`, :class:`EvaluatedCandidate` (the one :class:`~cosyml.evaluation.candidates.Candidate`
+  with its scores), :func:`read_candidates`. Pure.
 - :mod:`~cosyml.registry.policy`: the promotion policy: :func:`composite` (``ss_weight * SS - cer_weight *
   CER``), the guard rules and :func:`decide`. Pure: no MLflow, no torch.
 - :mod:`~cosyml.registry.names`: registered-model and logged-model names. Pure.
@@ -31,7 +32,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from cosyml.registry.candidates import Candidate, CandidateSet, Scores, read_candidates
+from cosyml.registry.candidates import CandidateSet, EvaluatedCandidate, Scores, read_candidates
 from cosyml.registry.names import model_name, shown_name, speaker_model_name
 from cosyml.registry.policy import Decision, ScoredVersion, Verdict, beats, composite, decide
 
@@ -75,9 +76,9 @@ __all__ = [
     "BASE_EXPERIMENT",
     "WEIGHTS_EXPERIMENT",
     "WHEELS_DIR",
-    "Candidate",
     "CandidateSet",
     "Decision",
+    "EvaluatedCandidate",
     "PromotionResult",
     "RegisteredVersion",
     "ScoredVersion",

@@ -1,6 +1,8 @@
 """The candidates schema: ``candidates.json`` (written by ``cosyml evaluate``) read into typed values.
 
-Pure: no MLflow, no torch. Every problem with the file is one line naming the file and the key.
+Pure: no MLflow, no torch. Every problem with the file is one line naming the file and the key. Each entry
+is the one :class:`~cosyml.evaluation.candidates.Candidate` type (the weight pair ``cosyml evaluate``
+scored) with its scores beside it (:class:`EvaluatedCandidate`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cosyml.errors import InputError
+from cosyml.evaluation.candidates import BASE, Candidate
 
 SCORE_KEYS = ("cer", "cer_ci", "ss", "ss_ci", "n", "missing", "over_50")
 
@@ -119,16 +122,23 @@ class Scores:
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """One evaluated (llm, flow) combination; ``llm``/``flow`` are ``"base"`` or a weight file."""
+class EvaluatedCandidate:
+    """One entry of ``candidates.json``: the candidate (``llm``/``flow``: ``"base"`` or a weight file) and
+    what its evaluation measured."""
 
-    name: str
-    llm: str
-    flow: str
+    candidate: Candidate
     summary: Scores | None  # None: evaluation scored nothing (such a candidate is not registered)
     subsets: dict[str, Scores]
-    base: bool
     runs: dict[str, str] = field(default_factory=dict)  # optional {"llm": run_id, "flow": run_id}
+
+    @property
+    def name(self) -> str:
+        return self.candidate.name
+
+    @property
+    def base(self) -> bool:
+        """The base model's own weights for both parts."""
+        return self.candidate.is_base
 
 
 @dataclass(frozen=True)
@@ -139,7 +149,7 @@ class CandidateSet:
     sha256: str
     speaker: str
     model_dir: str
-    candidates: list[Candidate]
+    candidates: list[EvaluatedCandidate]
 
 
 def read_candidates(path: str | Path) -> CandidateSet:
@@ -160,7 +170,7 @@ def read_candidates(path: str | Path) -> CandidateSet:
     items = data.get("candidates")
     if not isinstance(items, list) or not items:
         raise InputError(f"{path}: 'candidates' must be a non-empty list")
-    candidates: list[Candidate] = []
+    candidates: list[EvaluatedCandidate] = []
     seen: set[str] = set()
     for i, item in enumerate(items):
         where = f"{path}: candidates[{i}]"
@@ -175,22 +185,25 @@ def read_candidates(path: str | Path) -> CandidateSet:
         for part in ("llm", "flow"):
             if not isinstance(item.get(part), str) or not item[part]:
                 raise InputError(f"{where}.{part}: must be 'base' or a weight file path")
+        is_base = item["llm"] == BASE and item["flow"] == BASE
+        if "base" in item and bool(item["base"]) != is_base:
+            raise InputError(
+                f"{where}.base: {item['base']!r} but llm={item['llm']!r}, flow={item['flow']!r} "
+                f"(base is true exactly when both are 'base'); rerun `cosyml evaluate`"
+            )
         subsets = item.get("subsets") or {}
         if not isinstance(subsets, dict):
             raise InputError(f"{where}.subsets: expected an object of subset scores")
         runs = item.get("runs") or {}
         candidates.append(
-            Candidate(
-                name=name,
-                llm=item["llm"],
-                flow=item["flow"],
+            EvaluatedCandidate(
+                candidate=Candidate(name=name, llm=item["llm"], flow=item["flow"]),
                 summary=Scores.from_dict(item.get("summary"), f"{where}.summary"),
                 subsets={
                     str(k): scores
                     for k, v in subsets.items()
                     if (scores := Scores.from_dict(v, f"{where}.subsets.{k}")) is not None
                 },
-                base=bool(item.get("base", False)),
                 runs={str(k): str(v) for k, v in runs.items()} if isinstance(runs, dict) else {},
             )
         )

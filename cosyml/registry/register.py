@@ -26,7 +26,7 @@ import torch
 from cosyml.config import RegistryConfig
 from cosyml.errors import InputError
 from cosyml.pyfunc import BASE, BASE_ARTIFACT, VoiceSpec, base_asset_files, file_sha256, tree_hash
-from cosyml.registry.candidates import Candidate, CandidateSet
+from cosyml.registry.candidates import CandidateSet, EvaluatedCandidate
 from cosyml.registry.lineage import producer_run
 from cosyml.registry.names import model_name, sanitize
 from cosyml.registry.packaging import build_cosyml_wheel, log_voice
@@ -198,7 +198,9 @@ def register_candidates(
             stage = call.tmp / sanitize(cand.name)
             stage.mkdir()
             where = f"{candidates.path}: candidate '{cand.name}'"
-            parts = {p: stage_part(p, getattr(cand, p), candidates.model_dir, stage, where) for p in ("llm", "flow")}
+            parts = {
+                p: stage_part(p, cand.candidate.source(p), candidates.model_dir, stage, where) for p in ("llm", "flow")
+            }
             key = _version_key(call, parts)
             tags = _version_tags(call, cand, parts, key)
             if key in existing:
@@ -214,7 +216,7 @@ def register_candidates(
     return out
 
 
-def _chosen(candidates: CandidateSet, only: list[str] | None) -> list[Candidate]:
+def _chosen(candidates: CandidateSet, only: list[str] | None) -> list[EvaluatedCandidate]:
     """The candidates named in ``only`` (all when None); a name that is not there is one line."""
     chosen = [c for c in candidates.candidates if only is None or c.name in only]
     if only is not None and len(chosen) != len(set(only)):
@@ -233,7 +235,7 @@ def _version_key(call: _Call, parts: Mapping[str, PartWeights]) -> str:
     return hashlib.sha256(identity.encode()).hexdigest()
 
 
-def _version_tags(call: _Call, cand: Candidate, parts: Mapping[str, PartWeights], key: str) -> dict[str, str]:
+def _version_tags(call: _Call, cand: EvaluatedCandidate, parts: Mapping[str, PartWeights], key: str) -> dict[str, str]:
     """A few headline tags; every score is a model metric and in scores.json, the storage lineage
     (hashes, URIs) is in voice.json."""
     assert cand.summary is not None
@@ -257,13 +259,13 @@ def _version_tags(call: _Call, cand: Candidate, parts: Mapping[str, PartWeights]
     return tags
 
 
-def _scores_doc(call: _Call, cand: Candidate) -> dict[str, Any]:
+def _scores_doc(call: _Call, cand: EvaluatedCandidate) -> dict[str, Any]:
     """The version's ``scores.json``: every number, and the evaluation it came from."""
     assert cand.summary is not None
     return {
         "candidate": cand.name,
-        "llm": cand.llm,
-        "flow": cand.flow,
+        "llm": cand.candidate.llm,
+        "flow": cand.candidate.flow,
         "eval_file": str(call.candidates.path),
         "eval_sha": call.candidates.sha256,
         "register_run_id": call.run_id or None,
@@ -272,16 +274,18 @@ def _scores_doc(call: _Call, cand: Candidate) -> dict[str, Any]:
     }
 
 
-def _description(cand: Candidate) -> str:
+def _description(cand: EvaluatedCandidate) -> str:
     s = cand.summary
     assert s is not None
     return (
-        f"candidate {cand.name}: llm={cand.llm} flow={cand.flow}; CER {s.cer:.4f} "
+        f"candidate {cand.name}: llm={cand.candidate.llm} flow={cand.candidate.flow}; CER {s.cer:.4f} "
         f"[{s.cer_ci[0]:.4f}, {s.cer_ci[1]:.4f}], SS {s.ss:.4f} [{s.ss_ci[0]:.4f}, {s.ss_ci[1]:.4f}], n={s.n}"
     )
 
 
-def _refresh_version(call: _Call, version: Any, cand: Candidate, tags: Mapping[str, str], folder: Path) -> None:
+def _refresh_version(
+    call: _Call, version: Any, cand: EvaluatedCandidate, tags: Mapping[str, str], folder: Path
+) -> None:
     """An identical version exists: bring its tags, model metrics, scores.json and description up to date."""
     mlc, name = call.mlc, call.name
     for tag, value in tags.items():
@@ -296,7 +300,12 @@ def _refresh_version(call: _Call, version: Any, cand: Candidate, tags: Mapping[s
 
 
 def _add_version(
-    call: _Call, cand: Candidate, parts: Mapping[str, PartWeights], tags: Mapping[str, str], stage: Path, wheel: Path
+    call: _Call,
+    cand: EvaluatedCandidate,
+    parts: Mapping[str, PartWeights],
+    tags: Mapping[str, str],
+    stage: Path,
+    wheel: Path,
 ) -> tuple[Any, bool]:
     """Store the parts once, log the voice and register it; returns (version, created). When another
     process registered the same identity meanwhile, the first version stays and this one is deleted."""
@@ -337,7 +346,7 @@ def _add_version(
     return version, True
 
 
-def score_metrics(cand: Candidate) -> dict[str, float]:
+def score_metrics(cand: EvaluatedCandidate) -> dict[str, float]:
     """Every number of a candidate as model metrics: ``cer``, ``cer_ci_lo`` ... and ``<subset>/cer`` ..."""
     assert cand.summary is not None
     out = cand.summary.metrics()
