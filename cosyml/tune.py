@@ -145,7 +145,7 @@ def trial_sampling(base: SamplingParams, sampling: Mapping[str, float | int]) ->
     unknown = sorted(set(sampling) - set(SEARCHABLE))
     if unknown:
         raise ConfigError(f"{unknown[0]}: not a sampling parameter; searchable ones are: {', '.join(SEARCHABLE)}")
-    values = {k: int(v) if SEARCHABLE[k][0] is int else float(v) for k, v in sampling.items()}
+    values: dict[str, Any] = {k: int(v) if SEARCHABLE[k][0] is int else float(v) for k, v in sampling.items()}
     return dataclasses.replace(base, **values)
 
 
