@@ -119,6 +119,42 @@ def test_low_confidence_then_review_feedback(transcribed, tmp_path: Path) -> Non
     assert again.transcribed == 0
 
 
+def test_transcripts_equal_whisper_transcribe(tiny_whisper: Path) -> None:
+    """prepare decodes the windows ``whisper.transcribe`` builds and detects the language where it does:
+    text, language and decoding statistics equal a per-clip ``model.transcribe`` with the same settings
+    (one clip per batch: the same tensors through the same ops, so the floats are equal, not close). The
+    statistics follow every change of the window (prepare's old one, 30 s of padded audio, fails here)."""
+    import whisper
+
+    from cosyml.audio import load_mono
+
+    toy = Path(__file__).resolve().parents[1] / "examples" / "toy_speaker"
+    clips = [load_mono(toy / f"{name}.wav", 16000) for name in ("vo_zh_001", "vo_en_005", "vo_en_008")]
+    transcriber = WhisperTranscriber(tiny_whisper, None, "cpu", batch_size=1, max_tokens=12)
+    ours = transcriber.transcribe(clips)
+    model = transcriber.model
+    no_timestamps = whisper.tokenizer.get_tokenizer(True, num_languages=model.num_languages).no_timestamps
+    for clip, transcript in zip(clips, ours, strict=True):
+        reference = model.transcribe(
+            clip,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            suppress_tokens=[-1, no_timestamps],  # as prepare: <|notimestamps|> belongs in the prompt only
+            sample_len=12,
+            no_speech_threshold=None,  # prepare keeps Whisper's text and discounts its confidence instead
+            fp16=False,
+            verbose=None,
+        )
+        (segment,) = reference["segments"]
+        assert (transcript.text, transcript.language) == (segment["text"].strip(), reference["language"])
+        assert (transcript.avg_logprob, transcript.no_speech_prob) == (
+            segment["avg_logprob"],
+            segment["no_speech_prob"],
+        )
+    assert any(t.text for t in ours)
+
+
 def test_forced_language_and_bad_checkpoint(tiny_whisper: Path, tmp_path: Path) -> None:
     (result,) = WhisperTranscriber(tiny_whisper, "zh", "cpu", max_tokens=4).transcribe([utterance(1.0)])
     assert result.language == "zh"
