@@ -90,6 +90,27 @@ def test_a_rerun_reads_the_whisper_cache_and_never_loads_the_model(transcribed, 
         prepare([raw], tmp_path / "rerun2", replace(cfg, whisper_model=str(unloadable)), progress=False)
 
 
+def test_transcripts_cached_from_other_windows_are_not_reused(transcribed, tmp_path: Path) -> None:
+    """Cache lines keyed without the windows (an older cosyml decoded 30 s of padded audio) are stale:
+    prepare decodes those clips again instead of reading them."""
+    import json
+
+    from cosyml.data.transcribe import WINDOWS
+
+    raw, out, cfg, first = transcribed
+    stale = []
+    for line in (out / "whisper_cache.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        assert f":{WINDOWS}:" in row["key"]
+        stale.append(json.dumps({**row, "key": row["key"].replace(f":{WINDOWS}", ""), "text": "stale text"}))
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    (rerun / "whisper_cache.jsonl").write_text("\n".join(stale) + "\n", encoding="utf-8")
+    again = prepare([raw], rerun, cfg, progress=False)
+    texts = {e.utt: e.text for e in again.entries if e.text_source == "whisper"}
+    assert texts == {e.utt: e.text for e in first.entries if e.text_source == "whisper"} and len(texts) == 2
+
+
 def test_low_confidence_then_review_feedback(transcribed, tmp_path: Path) -> None:
     raw, out, cfg, first = transcribed
     strict = replace(cfg, min_confidence=0.5)
