@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from cosyml.kit.build import FULL_KIT_DIMS, FULL_KIT_DIMS_V3, kit_dims
-from cosyml.kit.model_yaml import qwen_config_dict, write_model_yaml, write_model_yaml_v3
+from cosyml.kit.model_yaml import qwen_config_dict, write_model_yaml
 from cosyml.models.flow import build_flow
 from cosyml.models.llm import build_llm
 from cosyml.models.vocoder import build_hift
@@ -38,7 +38,7 @@ def test_full_kit_modules_have_the_official_keys_and_shapes(tmp_path, version):
 
     dims = kit_dims(version, "full")
     assert dims == (FULL_KIT_DIMS if version == "cosyvoice2" else FULL_KIT_DIMS_V3)
-    yaml_path = (write_model_yaml if version == "cosyvoice2" else write_model_yaml_v3)(tmp_path, dims)
+    yaml_path = write_model_yaml(tmp_path, dims)
     config = read_model_yaml(Path(yaml_path), overrides={"qwen_pretrain_path": str(tmp_path / "q")})
     qwen = Qwen2Config(**qwen_config_dict(dims, OFFICIAL_TEXT_ROWS, 151643))
     with torch.device("meta"):

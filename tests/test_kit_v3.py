@@ -22,7 +22,7 @@ from cosyml.kit.model_yaml import (
     OFFICIAL_V3_DIMS,
     KitDims,
     qwen_config_dict,
-    write_model_yaml_v3,
+    write_model_yaml,
 )
 from cosyml.kit.tokenizer import CORPUS
 from cosyml.models import keys
@@ -147,7 +147,7 @@ def test_v3_yaml_with_official_sizes_builds_exactly_the_official_state_dicts(tmp
     from transformers import Qwen2Config
 
     official = _official_rows()
-    config = read_model_yaml(write_model_yaml_v3(tmp_path, OFFICIAL_V3_DIMS), {"qwen_pretrain_path": str(tmp_path)})
+    config = read_model_yaml(write_model_yaml(tmp_path, OFFICIAL_V3_DIMS), {"qwen_pretrain_path": str(tmp_path)})
     qwen = Qwen2Config(**qwen_config_dict(OFFICIAL_V3_DIMS, OFFICIAL_QWEN_VOCAB))
     with torch.device("meta"):
         modules = {"llm": build_llm(config, qwen_config=qwen), "flow": build_flow(config), "hift": build_hift(config)}

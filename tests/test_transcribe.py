@@ -90,6 +90,27 @@ def test_a_rerun_reads_the_whisper_cache_and_never_loads_the_model(transcribed, 
         prepare([raw], tmp_path / "rerun2", replace(cfg, whisper_model=str(unloadable)), progress=False)
 
 
+def test_transcripts_cached_from_other_windows_are_not_reused(transcribed, tmp_path: Path) -> None:
+    """Cache lines keyed without the windows (an older cosyml decoded 30 s of padded audio) are stale:
+    prepare decodes those clips again instead of reading them."""
+    import json
+
+    from cosyml.data.transcribe import WINDOWS
+
+    raw, out, cfg, first = transcribed
+    stale = []
+    for line in (out / "whisper_cache.jsonl").read_text(encoding="utf-8").splitlines():
+        row = json.loads(line)
+        assert f":{WINDOWS}:" in row["key"]
+        stale.append(json.dumps({**row, "key": row["key"].replace(f":{WINDOWS}", ""), "text": "stale text"}))
+    rerun = tmp_path / "rerun"
+    rerun.mkdir()
+    (rerun / "whisper_cache.jsonl").write_text("\n".join(stale) + "\n", encoding="utf-8")
+    again = prepare([raw], rerun, cfg, progress=False)
+    texts = {e.utt: e.text for e in again.entries if e.text_source == "whisper"}
+    assert texts == {e.utt: e.text for e in first.entries if e.text_source == "whisper"} and len(texts) == 2
+
+
 def test_low_confidence_then_review_feedback(transcribed, tmp_path: Path) -> None:
     raw, out, cfg, first = transcribed
     strict = replace(cfg, min_confidence=0.5)
@@ -117,6 +138,42 @@ def test_low_confidence_then_review_feedback(transcribed, tmp_path: Path) -> Non
     assert entries[lab_utt].text == "改过的 文本" and entries[lab_utt].text_source == "review"
     assert {r.utt: r.reason for r in again.rejects} == {whisper_utts[1]: "empty_text"}
     assert again.transcribed == 0
+
+
+def test_transcripts_equal_whisper_transcribe(tiny_whisper: Path) -> None:
+    """prepare decodes the windows ``whisper.transcribe`` builds and detects the language where it does:
+    text, language and decoding statistics equal a per-clip ``model.transcribe`` with the same settings
+    (one clip per batch: the same tensors through the same ops, so the floats are equal, not close). The
+    statistics follow every change of the window (prepare's old one, 30 s of padded audio, fails here)."""
+    import whisper
+
+    from cosyml.audio import load_mono
+
+    toy = Path(__file__).resolve().parents[1] / "examples" / "toy_speaker"
+    clips = [load_mono(toy / f"{name}.wav", 16000) for name in ("vo_zh_001", "vo_en_005", "vo_en_008")]
+    transcriber = WhisperTranscriber(tiny_whisper, None, "cpu", batch_size=1, max_tokens=12)
+    ours = transcriber.transcribe(clips)
+    model = transcriber.model
+    no_timestamps = whisper.tokenizer.get_tokenizer(True, num_languages=model.num_languages).no_timestamps
+    for clip, transcript in zip(clips, ours, strict=True):
+        reference = model.transcribe(
+            clip,
+            temperature=0.0,
+            condition_on_previous_text=False,
+            without_timestamps=True,
+            suppress_tokens=[-1, no_timestamps],  # as prepare: <|notimestamps|> belongs in the prompt only
+            sample_len=12,
+            no_speech_threshold=None,  # prepare keeps Whisper's text and discounts its confidence instead
+            fp16=False,
+            verbose=None,
+        )
+        (segment,) = reference["segments"]
+        assert (transcript.text, transcript.language) == (segment["text"].strip(), reference["language"])
+        assert (transcript.avg_logprob, transcript.no_speech_prob) == (
+            segment["avg_logprob"],
+            segment["no_speech_prob"],
+        )
+    assert any(t.text for t in ours)
 
 
 def test_forced_language_and_bad_checkpoint(tiny_whisper: Path, tmp_path: Path) -> None:

@@ -2,7 +2,9 @@
 
 Uses openai-whisper's own code on a local checkpoint (``whisper.load_model(<file>)``; a model name is
 never passed, so nothing is downloaded). Clips go in as float32 16 kHz mono arrays, at most 30 s,
-decoded greedily (temperature 0) in batches. Confidence per clip is
+decoded greedily (temperature 0) in batches, on the windows ``whisper.transcribe`` builds
+(:func:`cosyml.features.whisper_mel.whisper_windows`; the language, when not given, is detected on its
+language window as ``transcribe`` does), so a clip's text is ``transcribe``'s. Confidence per clip is
 ``exp(avg_logprob) * (1 - no_speech_prob)`` in [0, 1]: the mean token probability, discounted by
 Whisper's belief that there is no speech at all; it is 0 when the text is repetitive (gzip compression
 ratio above 2.4, Whisper's own hallucination threshold).
@@ -14,14 +16,20 @@ import csv
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cosyml.errors import InputError
 
+if TYPE_CHECKING:
+    from cosyml.features.whisper_mel import WhisperWindows
+
 WHISPER_RATE = 16000
+#: The log-mel windows decoded (:func:`cosyml.features.whisper_mel.whisper_windows`); in the cache key.
+WINDOWS = "transcribe-windows"
 
 
 @dataclass(frozen=True)
@@ -65,7 +73,9 @@ class WhisperTranscriber:
         self.batch_size = max(1, batch_size)
         self.max_tokens = max_tokens  # 0: Whisper's default (half the text context, 224)
         stat = path.stat()
-        self.model_id = f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}"  # cache key part
+        # cache key part: the model file and the windows it decodes (transcripts cached before prepare
+        # decoded transcribe's windows came from 30 s of padded audio: never reuse them)
+        self.model_id = f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}:{WINDOWS}"
 
     @property
     def model(self):  # whisper.model.Whisper (imported lazily)
@@ -90,6 +100,8 @@ class WhisperTranscriber:
         import torch
         import whisper
 
+        from cosyml.features.whisper_mel import whisper_windows
+
         tokenizer = whisper.tokenizer.get_tokenizer(
             self.model.is_multilingual, num_languages=self.model.num_languages, task="transcribe"
         )
@@ -105,19 +117,16 @@ class WhisperTranscriber:
         )
         out: list[Transcript] = []
         for i in range(0, len(clips), self.batch_size):
-            batch = clips[i : i + self.batch_size]
-            mels = torch.stack(
-                [
-                    whisper.log_mel_spectrogram(
-                        whisper.pad_or_trim(torch.from_numpy(np.ascontiguousarray(c, dtype=np.float32))),
-                        n_mels=self.model.dims.n_mels,
-                    )
-                    for c in batch
-                ]
-            ).to(self.model.device)  # (B, n_mels, 3000)
-            with torch.inference_mode():
-                results = whisper.decode(self.model, mels, options)
-            for r in results:
+            windows = [whisper_windows(c, self.model.dims.n_mels) for c in clips[i : i + self.batch_size]]
+            languages = self._languages(windows, options.fp16)
+            decode_mels = torch.stack([w.decode for w in windows]).to(self.model.device)  # (B, n_mels, 3000)
+            results: dict[int, Any] = {}  # row -> whisper.DecodingResult
+            for language in sorted(set(languages)):  # decode() takes one language per call
+                rows = [k for k, code in enumerate(languages) if code == language]
+                with torch.inference_mode():
+                    decoded = whisper.decode(self.model, decode_mels[rows], replace(options, language=language))
+                results.update(zip(rows, decoded, strict=True))
+            for r in (results[k] for k in range(len(windows))):
                 out.append(
                     Transcript(
                         text=_SPECIAL.sub("", r.text).strip(),
@@ -128,6 +137,21 @@ class WhisperTranscriber:
                     )
                 )
         return out
+
+    def _languages(self, windows: Sequence[WhisperWindows], fp16: bool) -> list[str]:
+        """The language of each clip: the forced one, else detected as ``transcribe`` detects it (on the
+        language windows; an English-only model is "en")."""
+        import torch
+
+        if self.language is not None:
+            return [self.language] * len(windows)
+        if not self.model.is_multilingual:
+            return ["en"] * len(windows)
+        dtype = torch.float16 if fp16 else torch.float32
+        mels = torch.stack([w.language for w in windows]).to(self.model.device, dtype)  # (B, n_mels, 3000)
+        with torch.inference_mode():
+            _, probs = self.model.detect_language(mels)
+        return [max(p, key=p.get) for p in probs]
 
 
 REVIEW_HEADER = ("utt", "confidence", "text", "source", "reason", "transcript")

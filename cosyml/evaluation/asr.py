@@ -3,10 +3,10 @@
 Settings are fixed for ranking: the language is forced to the target language of each utterance (never
 detected: accented clones get misidentified), greedy decoding at temperature 0 with no fallback, no
 timestamps, no conditioning on earlier text. Utterances up to 30 s become log-mel windows (n_mels, 3000)
-built exactly as ``model.transcribe`` builds them (so transcripts match a per-file ``transcribe`` loop
-with the same settings) and are decoded together: one encoder forward and one decoder loop per
-batch of ``batch_size`` utterances of the same language (sorted by length, so similar lengths share a
-batch). Longer audio goes through ``model.transcribe`` with the same settings. Chinese hypotheses are
+built exactly as ``model.transcribe`` builds them (:func:`cosyml.features.whisper_mel.whisper_windows`,
+so transcripts match a per-file ``transcribe`` loop with the same settings) and are decoded together: one
+encoder forward and one decoder loop per batch of ``batch_size`` utterances of the same language (sorted
+by length, so similar lengths share a batch). Longer audio goes through ``model.transcribe`` with the same settings. Chinese hypotheses are
 converted to simplified characters (``zhconv``), as CV3 does.
 """
 
@@ -162,7 +162,10 @@ class WhisperASR:
         import whisper
         from whisper.tokenizer import get_tokenizer
 
-        mels = torch.stack([self._window_mel(w) for w in waveforms]).to(self.device)  # (B, n_mels, 3000)
+        from cosyml.features.whisper_mel import whisper_windows
+
+        n_mels = self.model.dims.n_mels
+        mels = torch.stack([whisper_windows(w, n_mels).decode for w in waveforms]).to(self.device)  # (B, n_mels, 3000)
         options = whisper.DecodingOptions(
             task="transcribe",
             language=language,
@@ -190,21 +193,6 @@ class WhisperASR:
         if self.no_speech_threshold is None or no_speech_prob <= self.no_speech_threshold:
             return False
         return self.logprob_threshold is None or avg_logprob <= self.logprob_threshold
-
-    def _window_mel(self, waveform: np.ndarray):
-        """(n_mels, 3000) log-mel of one utterance, built exactly as ``model.transcribe`` builds its first
-        window: log-mel of the audio plus 30 s of zeros (the dynamic-range floor is taken over that), cut
-        to the audio's frames, then zero-padded to 3000 frames. Batched transcripts therefore equal
-        per-file ``transcribe`` transcripts at temperature 0."""
-        import torch
-        import whisper
-        from whisper.audio import N_FRAMES, N_SAMPLES
-
-        audio = torch.from_numpy(np.ascontiguousarray(waveform, dtype=np.float32))
-        with torch.inference_mode():
-            mel = whisper.log_mel_spectrogram(audio, n_mels=self.model.dims.n_mels, padding=N_SAMPLES)
-        content = mel.shape[-1] - N_FRAMES
-        return whisper.pad_or_trim(mel[:, :content], N_FRAMES)
 
     def _transcribe_long(self, waveform: np.ndarray, language: str) -> Hypothesis:
         result = self.model.transcribe(

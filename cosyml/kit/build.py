@@ -17,10 +17,11 @@ import torch
 from cosyml.errors import InputError
 from cosyml.kit.frontend import SPEECH_TOKENIZER_FILES, FrontendKit, write_frontend_kit
 from cosyml.kit.model_yaml import (
+    OFFICIAL_V2_DIMS,
+    OFFICIAL_V3_DIMS,
     KitDims,
     KitDimsV3,
     write_model_yaml,
-    write_model_yaml_v3,
     write_qwen_backbone,
 )
 from cosyml.kit.tokenizer import qwen_vocab_size
@@ -41,20 +42,9 @@ DEFAULT_KIT_DIMS = replace(KitDims(), flow_size=512)
 DEFAULT_KIT_DIMS_V3 = KitDimsV3()
 
 #: Official CosyVoice2-0.5B sizes (``--size full``: the dress rehearsal; random weights, ~2 GB llm.pt).
-FULL_KIT_DIMS = replace(
-    KitDims(),
-    llm_size=896, qwen_layers=24, qwen_heads=14, qwen_kv_heads=2, qwen_intermediate=4864,
-    flow_size=512, flow_encoder_heads=8, flow_encoder_linear_units=2048, flow_encoder_blocks=6,
-    estimator_channels=256, estimator_head_dim=64, estimator_n_blocks=4, estimator_mid_blocks=12, estimator_heads=8,
-    hift_base_channels=512, f0_cond_channels=512,
-)  # fmt: skip
+FULL_KIT_DIMS = OFFICIAL_V2_DIMS
 #: Official Fun-CosyVoice3-0.5B sizes.
-FULL_KIT_DIMS_V3 = replace(
-    KitDimsV3(),
-    llm_size=896, qwen_layers=24, qwen_heads=14, qwen_kv_heads=2, qwen_intermediate=4864,
-    pre_lookahead_channels=1024, dit_dim=1024, dit_depth=22, dit_heads=16, dit_dim_head=64, dit_ff_mult=2,
-    hift_base_channels=512, f0_cond_channels=512,
-)  # fmt: skip
+FULL_KIT_DIMS_V3 = OFFICIAL_V3_DIMS
 KIT_SIZES = ("tiny", "full")
 
 
@@ -135,10 +125,7 @@ def _write_kit(model_dir: Path, seed: int, dims: KitDims | KitDimsV3, version: s
     model_dir.mkdir(parents=True, exist_ok=True)
     _remove_other_version(model_dir, version)
     frontend = write_frontend_kit(model_dir, seed=seed, version=version, official_text_ids=official_text_ids)
-    if isinstance(dims, KitDimsV3):
-        write_model_yaml_v3(model_dir, dims)
-    else:
-        write_model_yaml(model_dir, dims)
+    write_model_yaml(model_dir, dims)  # cosyvoice2.yaml or cosyvoice3.yaml, by the type of dims
     endoftext = TextTokenizer(model_dir, version).token_id(ENDOFTEXT)
     write_qwen_backbone(model_dir / keys.QWEN_DIR_NAME, qwen_vocab_size(model_dir), dims, seed, endoftext)
     md = ModelDir(model_dir)

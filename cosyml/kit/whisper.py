@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from cosyml.errors import InputError
+from cosyml.features.whisper_mel import whisper_windows
 
 #: The committed toy corpus the trained Whisper learns (relative to the repository root).
 TOY_CORPUS = Path(__file__).resolve().parents[2] / "examples" / "toy_speaker"
@@ -132,8 +133,8 @@ def toy_clips(corpus: Path = TOY_CORPUS) -> list[ToyClip]:
 
 
 def cache_key(corpus: Path = TOY_CORPUS, settings: TrainSettings | None = None) -> str:
-    """sha256 (16 hex digits) of the corpus clips, the training code (this module, and the audio and
-    cleaning code prepare runs), prepare's defaults, the settings and the torch/whisper versions: a change
+    """sha256 (16 hex digits) of the corpus clips, the training code (this module, the Whisper log-mel
+    windows, and the audio and cleaning code prepare runs), prepare's defaults, the settings and the torch/whisper versions: a change
     to any of them trains a new checkpoint."""
     import whisper
 
@@ -144,37 +145,15 @@ def cache_key(corpus: Path = TOY_CORPUS, settings: TrainSettings | None = None) 
     from cosyml import audio
     from cosyml.config import PrepareConfig
     from cosyml.data import clean
+    from cosyml.features import whisper_mel
 
-    for module in (__file__, audio.__file__, clean.__file__):  # the training code and what _as_prepared runs
+    # the training code, the windows it trains on, and what _as_prepared runs
+    for module in (__file__, whisper_mel.__file__, audio.__file__, clean.__file__):
         digest.update(Path(module).read_bytes())
     digest.update(repr(PrepareConfig()).encode())  # prepare's defaults shape the prepared clips
     digest.update(repr(settings or TrainSettings()).encode())
     digest.update(f"{torch.__version__} {whisper.__version__}".encode())
     return digest.hexdigest()[:16]
-
-
-def _log_mel(samples: np.ndarray, n_mels: int, zero_pad: bool) -> torch.Tensor:
-    """(n_mels, 3000) log-mel window built the way cosyml decodes: ``zero_pad`` as the evaluation's ASR
-    (mel of the clip, zero frames after it), otherwise as prepare's transcription (audio padded with
-    silence to 30 s before the mel).
-
-    Equal to those (``tests/test_toy_whisper.py`` checks it) but about 10x cheaper: the mel is taken over
-    the clip plus 1 s of silence only. That is enough because the log-mel floor is the clip's maximum
-    minus 8 (the silence only has to reach it), and frames past the clip's end plus half a window hold
-    silence alone (each equals that floor).
-    """
-    import whisper
-    from whisper.audio import HOP_LENGTH, N_FRAMES
-
-    content = len(samples) // HOP_LENGTH  # frames of the clip (as asr.py cuts them)
-    audio = np.concatenate([np.asarray(samples, dtype=np.float32), np.zeros(16000, np.float32)])
-    mel = whisper.log_mel_spectrogram(torch.from_numpy(audio), n_mels=n_mels)  # (n_mels, content + 100)
-    if zero_pad:
-        return whisper.pad_or_trim(mel[:, :content], N_FRAMES)
-    window = mel[:, -1:].expand(n_mels, N_FRAMES).clone()  # the floor: a frame of silence only
-    keep = min(N_FRAMES, mel.shape[-1])
-    window[:, :keep] = mel[:, :keep]
-    return window
 
 
 def _shifted(samples: np.ndarray, shift: int) -> np.ndarray:
@@ -294,7 +273,8 @@ def train_toy_whisper(
 
     Teacher-forced cross-entropy over the whole 51866-token vocabulary on the decoding sequence
     ``sot, lang, transcribe, notimestamps, text, eot`` (the language token too, so language detection
-    works), with both mel paddings cosyml decodes with and a random lead-in shift. Deterministic for a
+    works), on both windows ``transcribe`` builds (:func:`~cosyml.features.whisper_mel.whisper_windows`:
+    the decode window and the language window) and with a random lead-in shift. Deterministic for a
     seed in one process on one torch version (the global RNG state is restored afterwards).
     """
     from whisper.tokenizer import get_tokenizer
@@ -350,7 +330,9 @@ def _fit(clips: list[ToyClip], targets: list[list[int]], eot: int, settings: Tra
             order += epoch
         batch, order = order[: settings.batch_size], order[settings.batch_size :]
         audio = [_augmented(clips[i], settings, rng) for i in batch]
-        mels = torch.stack([_log_mel(a, 128, rng.random() < 0.5) for a in audio])  # (B, 128, 3000)
+        windows = [whisper_windows(a, 128) for a in audio]
+        # both windows transcribe builds: the text is decoded on one, the language detected on the other
+        mels = torch.stack([w.decode if rng.random() < 0.5 else w.language for w in windows])  # (B, 128, 3000)
         features, key_bias = _encode_clips(model, mels, [len(a) // 160 for a in audio], settings.silence_sample, rng)
         length = max(len(targets[i]) for i in batch)
         tokens = torch.full((len(batch), length), eot, dtype=torch.long)  # (B, T)
