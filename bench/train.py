@@ -35,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import SIZES, model_yaml
-from cosyml.config import TrainConfig, TrainDataConfig
+from cosyml.train.config import TrainConfig, TrainDataConfig
 from cosyml.features.mel import MelConfig
 from cosyml.models.flow import build_flow
 from cosyml.models.llm import build_llm

@@ -49,7 +49,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cosyml.config import TrainConfig
+from cosyml.train.config import TrainConfig
 from cosyml.errors import ConfigError, CosymlError
 from cosyml.train import ddp
 from cosyml.train.batching import DROP_REASONS, UtteranceSet, batch_to_device
