@@ -14,10 +14,10 @@ import torch.multiprocessing as mp
 from _servers import free_port
 from train_helpers import TinyLM, load_set, write_corpus
 
-from cosyml.train.config import TrainConfig
 from cosyml.errors import ConfigError
 from cosyml.train.batching import batch_to_device
 from cosyml.train.checkpoint import list_checkpoints, load_checkpoint
+from cosyml.train.config import TrainConfig
 from cosyml.train.loop import TrainCallbacks, TrainingDiverged, train
 from cosyml.train.schedule import LRSchedule
 

@@ -14,9 +14,9 @@ import torch
 from train_helpers import TinyLM, load_set, write_cli_shards, write_corpus
 
 from cosyml.cli import main
-from cosyml.train.config import TrainConfig
 from cosyml.errors import ConfigError, InputError
 from cosyml.train.checkpoint import CheckpointInfo, apply_retention, list_checkpoints, load_checkpoint, save_checkpoint
+from cosyml.train.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)

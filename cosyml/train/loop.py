@@ -49,7 +49,6 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from cosyml.train.config import TrainConfig
 from cosyml.errors import ConfigError, CosymlError
 from cosyml.train import ddp
 from cosyml.train.batching import DROP_REASONS, UtteranceSet, batch_to_device
@@ -64,6 +63,7 @@ from cosyml.train.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
+from cosyml.train.config import TrainConfig
 from cosyml.train.ddp import DistInfo
 from cosyml.train.schedule import LRSchedule, set_lr
 
