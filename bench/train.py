@@ -41,9 +41,10 @@ from cosyml.models.llm import build_llm
 from cosyml.models.modeldir import ModelDir
 from cosyml.text.tokenizer import TextTokenizer
 from cosyml.train.batching import UtteranceSet, batch_to_device, default_featurizer
+from cosyml.train.callbacks import TrainCallbacks
 from cosyml.train.config import TrainConfig, TrainDataConfig
 from cosyml.train.ddp import DistInfo
-from cosyml.train.loop import TrainCallbacks, loss_and_acc, train
+from cosyml.train.loop import loss_and_acc, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

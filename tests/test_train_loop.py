@@ -16,9 +16,10 @@ from train_helpers import TinyLM, load_set, write_corpus
 
 from cosyml.errors import ConfigError
 from cosyml.train.batching import batch_to_device
+from cosyml.train.callbacks import TrainCallbacks
 from cosyml.train.checkpoint import list_checkpoints, load_checkpoint
 from cosyml.train.config import TrainConfig
-from cosyml.train.loop import TrainCallbacks, TrainingDiverged, train
+from cosyml.train.loop import TrainingDiverged, train
 from cosyml.train.schedule import LRSchedule
 
 

@@ -243,7 +243,8 @@ def test_retention_keeps_the_best_probe_epochs(tmp_path):
 
 
 def test_early_stopping_on_the_probe_composite(tmp_path):
-    from cosyml.train.loop import TrainCallbacks, train
+    from cosyml.train.callbacks import TrainCallbacks
+    from cosyml.train.loop import train
 
     data = write_corpus(tmp_path / "c", 6, durations=[1.2] * 6)
     composites = [0.5, 0.7, 0.6, 0.65, 0.9]  # best at epoch 1, then two epochs without improvement
@@ -270,7 +271,8 @@ def test_early_stopping_on_the_probe_composite(tmp_path):
 
 
 def test_probe_every_n_epochs_and_a_failing_probe_never_stop_training(tmp_path):
-    from cosyml.train.loop import TrainCallbacks, train
+    from cosyml.train.callbacks import TrainCallbacks
+    from cosyml.train.loop import train
 
     data = write_corpus(tmp_path / "c", 6, durations=[1.2] * 6)
     probed: list[int] = []
