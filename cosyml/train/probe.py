@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -235,8 +235,8 @@ class EpochProbe:
 HISTORY_FILE = "history.json"  # in the probe folder: the curves, kept when retention deletes checkpoints
 
 
-def write_history(path: str | Path, epoch: int, entry: dict[str, float]) -> Path:
-    """Record ``entry`` (probe scores, CV loss, ...) for ``epoch`` in the JSON history at ``path``.
+def write_history(path: str | Path, epoch: int, entry: Mapping[str, float | None]) -> Path:
+    """Record ``entry`` (probe scores, CV loss, ...; None values left out) for ``epoch`` in the JSON history at ``path``.
 
     Entries of later epochs are dropped (they belong to an earlier run that this one restarted), so the
     file always describes the run that wrote it last. Atomic: a killed run leaves the previous file.
