@@ -35,15 +35,16 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.models import SIZES, model_yaml
-from cosyml.config import TrainConfig, TrainDataConfig
 from cosyml.features.mel import MelConfig
 from cosyml.models.flow import build_flow
 from cosyml.models.llm import build_llm
 from cosyml.models.modeldir import ModelDir
 from cosyml.text.tokenizer import TextTokenizer
 from cosyml.train.batching import UtteranceSet, batch_to_device, default_featurizer
+from cosyml.train.callbacks import TrainCallbacks
+from cosyml.train.config import TrainConfig, TrainDataConfig
 from cosyml.train.ddp import DistInfo
-from cosyml.train.loop import TrainCallbacks, loss_and_acc, train
+from cosyml.train.loop import loss_and_acc, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -6,8 +6,7 @@ level, inside functions, under ``TYPE_CHECKING``) and checked against the forbid
   ``evaluation``, ``train``, ``data``, ``registry``, ``tracking``, ``commands``, ``cli``, ``config``.
 - The components (``data``, ``features``, ``models``, ``train``, ``evaluation``, ``synth``, ``text``)
   import none of ``mlflow``, ``argparse``, ``cosyml.tracking``, ``cosyml.cli``, ``cosyml.commands``, and
-  not ``cosyml.config`` either, except the modules in :data:`CONFIG_ALLOWED` (today's offenders, being
-  moved to small component configs; the list may only shrink: an entry that no longer imports
+  not ``cosyml.config`` either (:data:`CONFIG_ALLOWED` is empty; an entry that no longer imports
   ``cosyml.config`` fails the test until it is removed).
 - ``cosyml.models`` has no import cycle (imports under ``if TYPE_CHECKING:`` aside).
 """
@@ -30,11 +29,9 @@ MODELS_FORBIDDEN = tuple(
 )
 COMPONENTS_FORBIDDEN = ("mlflow", "argparse", "cosyml.tracking", "cosyml.cli", "cosyml.commands", "cosyml.config")
 
-#: Components that still import ``cosyml.config`` (issue 12 moves them to their own typed configs).
-#: Remove an entry when its module stops importing it; never add one.
-CONFIG_ALLOWED: dict[str, str] = {
-    "cosyml.train.loop": "TrainConfig",
-}
+#: Components that may still import ``cosyml.config``: none since every component has its own typed config.
+#: Never add one.
+CONFIG_ALLOWED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

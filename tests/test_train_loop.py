@@ -14,12 +14,14 @@ import torch.multiprocessing as mp
 from _servers import free_port
 from train_helpers import TinyLM, load_set, write_corpus
 
-from cosyml.config import TrainConfig
 from cosyml.errors import ConfigError
 from cosyml.train.batching import batch_to_device
+from cosyml.train.callbacks import TrainCallbacks
 from cosyml.train.checkpoint import list_checkpoints, load_checkpoint
-from cosyml.train.loop import TrainCallbacks, TrainingDiverged, train
+from cosyml.train.config import TrainConfig
+from cosyml.train.loop import TrainingDiverged, train
 from cosyml.train.schedule import LRSchedule
+from cosyml.train.state import BestSoFar, EpochTally, RunState
 
 
 @pytest.fixture(autouse=True)
@@ -225,6 +227,54 @@ def test_early_stopping(data, tmp_path):
         TinyLM(dropout=0.0), train_set, cv_set, config(lr=0.0, max_epochs=5, early_stop_patience=2), tmp_path
     )
     assert result.stopped_early and result.epochs_completed == 3  # epoch 0 best, then 2 epochs without gain
+
+
+def test_best_epochs_after_resume_are_the_uninterrupted_runs(data, tmp_path):
+    """The one "is best" rule (BestSoFar, early_stop_min_delta included) travels in the checkpoint: a run
+    resumed after epoch 3 calls exactly the epochs best that the uninterrupted run does."""
+    train_set, cv_set = data
+    cfg = config(max_epochs=6, early_stop_min_delta=0.15)
+
+    def best_flags(out, *runs: tuple[int, int]) -> tuple[list[bool], list[float]]:
+        flags: list[bool] = []
+        cv: list[float] = []
+        heard = TrainCallbacks(
+            on_checkpoint=lambda record, is_best: flags.append(is_best) if record.kind == "epoch" else None,
+            on_epoch_end=lambda result: cv.append(result.cv_loss),
+        )
+        for max_epochs, seed in runs:
+            torch.manual_seed(seed)  # the resumed run: another process, everything from the checkpoint
+            train(TinyLM(), train_set, cv_set, dataclasses.replace(cfg, max_epochs=max_epochs), out, callbacks=heard)
+        return flags, cv
+
+    straight, cv = best_flags(tmp_path / "a", (6, 0))
+    resumed, _ = best_flags(tmp_path / "b", (4, 0), (6, 7))
+    best, expected = math.inf, []
+    for loss in cv:
+        expected.append(loss < best - cfg.early_stop_min_delta)
+        best = loss if expected[-1] else best
+    assert straight == resumed == expected
+    assert False in expected[4:], "the resumed epochs must include one that is not best for this test to bite"
+
+
+def test_best_so_far_rule_and_its_checkpoint_round_trip():
+    best = BestSoFar()
+    judged = [best.judge(cv, None, "cv_loss", 0.1) for cv in (1.0, 0.95, 0.85, None, 0.8)]
+    assert judged == [True, False, True, False, False] and best.best_cv == 0.85
+    assert best.bad_epochs == 1 and best.patience_spent(1) and not best.patience_spent(2)  # the None epoch: unjudged
+    assert not best.patience_spent(0)  # patience 0: never stop
+    by_probe = BestSoFar()
+    assert [by_probe.judge(5.0, p, "probe", 0.0) for p in ({"composite": 0.5}, None, {"composite": math.nan})] == [
+        True,
+        False,
+        False,
+    ]
+    assert by_probe.bad_epochs == 0 and by_probe.best_cv == 5.0  # both bests kept whatever the rule
+    state = RunState(step=7, next_epoch=2, next_batch=3, best=best, skipped_steps=1, epoch_tally=EpochTally(1.5, 2))
+    saved = {"info": {"step": 7, "next_epoch": 2, "next_batch": 3}, "extra": state.extra(state.epoch_tally)}
+    assert RunState.from_checkpoint(saved) == state
+    old_format = {**saved, "extra": {**saved["extra"], "epoch_sums": [1.5, 2.0, 0.0, 0.0]}}  # before the names
+    assert RunState.from_checkpoint(old_format) == state
 
 
 def test_schedules():

@@ -14,9 +14,9 @@ import torch
 from train_helpers import TinyLM, load_set, write_cli_shards, write_corpus
 
 from cosyml.cli import main
-from cosyml.config import TrainConfig
 from cosyml.errors import ConfigError, InputError
 from cosyml.train.checkpoint import CheckpointInfo, apply_retention, list_checkpoints, load_checkpoint, save_checkpoint
+from cosyml.train.config import TrainConfig
 
 
 @pytest.fixture(autouse=True)
@@ -77,8 +77,13 @@ def probed_run(shards, kit_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("probed")
     out = root / "exp" / "llm"
     err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        assert main(train_args(shards, out, params_file(root, kit_dir, "probed"))) == 0
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests' own runs (autouse _one_thread): the same float sums, the same audio
+    try:
+        with contextlib.redirect_stderr(err):
+            assert main(train_args(shards, out, params_file(root, kit_dir, "probed"))) == 0
+    finally:
+        torch.set_num_threads(before)
     return out, err.getvalue()
 
 
@@ -125,7 +130,31 @@ def test_an_unsynthesisable_probe_line_is_reported_and_skipped(probed_run):
     assert not (out / "probe" / "epoch_000" / "p03_ood_zh.wav").exists()
     summary = [line for line in err.splitlines() if "probe epoch 1" in line]
     assert summary and "CER" in summary[0] and " s (synthesis" in summary[0], err[-2000:]
-    assert not (out / "probe" / "llm.pt").exists()  # the weights written for the engine are removed
+    assert not (out / "probe" / "llm.pt").exists()  # the engine takes the weights from memory: no file
+
+
+def test_the_probe_synthesises_from_memory_what_the_epoch_file_gives(probed_run, shards, kit_dir, tmp_path):
+    """Training probes the weights in memory (no per-epoch weight file); probing the epoch's checkpoint file
+    afterwards gives the same wavs, byte for byte, and the same scores."""
+    from cosyml.commands.train import _epoch_probe, _epoch_sampler
+    from cosyml.config import load_params
+    from cosyml.models.modeldir import ModelDir
+
+    out, _ = probed_run
+    params = load_params(params_file(tmp_path, kit_dir, "probed"))  # the probed run's settings
+    md = ModelDir(kit_dir)
+    cfg = params.train
+    sampler, rows = _epoch_sampler("llm", md, tmp_path, shards / "dev" / "data.list", 8, cfg.probe_in_domain)
+    probe = _epoch_probe(params, md, sampler, rows, tmp_path / "probe")
+    result = probe.run(out / "checkpoints" / "epoch_1.pt", 1)
+    stored = {i.name: i.probe for i in list_checkpoints(out / "checkpoints")}["epoch_1"]
+    timing = ("seconds",)
+    assert {k: v for k, v in result.scores.items() if k not in timing} == {
+        k: v for k, v in stored.items() if k not in timing
+    }
+    assert [w.name for w in result.wavs] == sorted(w.name for w in (out / "probe" / "epoch_001").glob("*.wav"))
+    for wav in result.wavs:
+        assert wav.read_bytes() == (out / "probe" / "epoch_001" / wav.name).read_bytes(), wav.name
 
 
 def test_average_by_probe_uses_the_stored_scores(probed_run, kit_dir, tmp_path, capsys):
@@ -243,7 +272,8 @@ def test_retention_keeps_the_best_probe_epochs(tmp_path):
 
 
 def test_early_stopping_on_the_probe_composite(tmp_path):
-    from cosyml.train.loop import TrainCallbacks, train
+    from cosyml.train.callbacks import TrainCallbacks
+    from cosyml.train.loop import train
 
     data = write_corpus(tmp_path / "c", 6, durations=[1.2] * 6)
     composites = [0.5, 0.7, 0.6, 0.65, 0.9]  # best at epoch 1, then two epochs without improvement
@@ -270,7 +300,8 @@ def test_early_stopping_on_the_probe_composite(tmp_path):
 
 
 def test_probe_every_n_epochs_and_a_failing_probe_never_stop_training(tmp_path):
-    from cosyml.train.loop import TrainCallbacks, train
+    from cosyml.train.callbacks import TrainCallbacks
+    from cosyml.train.loop import train
 
     data = write_corpus(tmp_path / "c", 6, durations=[1.2] * 6)
     probed: list[int] = []

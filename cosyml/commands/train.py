@@ -1,7 +1,7 @@
 """``cosyml train llm|flow``: speaker SFT of one part of a CosyVoice2 or CosyVoice3 model, recorded in MLflow.
 
 The recipe: load the base model directory's part strictly, read the train/dev shards, run the trainer
-(:func:`cosyml.train.loop.train`), average the best checkpoints into an official-format ``<part>.pt``.
+(:class:`cosyml.train.loop.TrainingRecipe`), average the best checkpoints into an official-format ``<part>.pt``.
 Components know nothing of MLflow; the callbacks here forward metrics, checkpoints and per-epoch audio
 samples to :mod:`cosyml.tracking`. Works under ``torchrun`` (one MLflow run, written by rank 0).
 """
@@ -9,17 +9,25 @@ samples to :mod:`cosyml.tracking`. Works under ``torchrun`` (one MLflow run, wri
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from cosyml.commands._common import add_params_arguments, resolve_params
-from cosyml.config import Params, as_flat_dict
+from cosyml.config import Params, TrainConfig, as_flat_dict
 from cosyml.errors import InputError
 from cosyml.models.keys import Part
+
+if TYPE_CHECKING:
+    import torch
+
+    from cosyml.tracking import StageRun
+    from cosyml.train.batching import UtteranceSet
+    from cosyml.train.callbacks import Callbacks
+    from cosyml.train.checkpoint import CheckpointInfo
+    from cosyml.train.state import EpochResult
 
 PARTS = ("llm", "flow")
 
@@ -193,15 +201,13 @@ def train_part(
 def _train_part(
     part: str, params: Params, data: Path, output: Path, resume: str, info: Any, average: bool
 ) -> dict[str, Any]:
-    from cosyml.features.mel import MelConfig
+    """The recipe: check, load the data and the base part, train (tracked by rank 0), average."""
     from cosyml.models.modeldir import ModelDir
-    from cosyml.text.tokenizer import TextTokenizer
     from cosyml.tracking import stage_run
     from cosyml.train import ddp
     from cosyml.train.average import average_checkpoints
-    from cosyml.train.batching import UtteranceSet, default_featurizer
-    from cosyml.train.loop import TrainCallbacks, completed_checkpoint, train
-    from cosyml.train.probe import HISTORY_FILE, write_history
+    from cosyml.train.callbacks import TrainCallbacks
+    from cosyml.train.loop import completed_checkpoint, train
     from cosyml.versioning import data_version
 
     cfg = params.train
@@ -212,14 +218,7 @@ def _train_part(
     train_list, dev_list = _check_shards(
         data, md.speech_tokenizer_path.name, needs_instruct=md.version == "v3" and part == "llm"
     )
-    tokenizer = TextTokenizer(md.qwen_dir, md.hparams.tokenizer_version)
-    featurizer = default_featurizer(tokenizer.encode, MelConfig.from_model_config(md.config), with_mel=part == "flow")
-    train_set = UtteranceSet.load(train_list, featurizer, cfg.data, info.rank, info.world_size)
-    cv_set = UtteranceSet.load(dev_list, featurizer, cfg.data, info.rank, info.world_size) if dev_list else None
-    if len(train_set) == 0:
-        raise InputError(
-            f"{train_list}: every utterance was filtered out ({dict(train_set.dropped)}); check train.data limits"
-        )
+    train_set, cv_set = _utterance_sets(part, md, cfg, train_list, dev_list, info)
     average_by = cfg.average_by
     if cv_set is None and average_by == "cv_loss":
         average_by = "last"  # no dev split: no CV loss to rank by
@@ -229,11 +228,16 @@ def _train_part(
     model = load_base_part(md, part)
     checkpoint_dir = output / "checkpoints"
     weights = output / f"{part}.pt"
+
+    def average_best() -> list[str]:
+        averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by, rank=rank)
+        return list(averaged.sources)
+
     done = completed_checkpoint(checkpoint_dir, cfg, model) if resume == "auto" and info.is_main else None
     done = ddp.broadcast_object(done, info)  # every rank takes the same branch
     if done is not None:
         if info.is_main and average:
-            average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by, rank=rank)
+            average_best()
         return {
             "epochs": done.next_epoch,
             "steps": done.step,
@@ -241,89 +245,11 @@ def _train_part(
             "complete": True,
             "checkpoint": done.name,
         }
-    logged = {
-        **as_flat_dict(cfg, "train."),
-        "part": part,
-        "model_dir": str(md.root),
-        "data": str(data),
-        "output": str(output),
-    }
 
-    def body(run: Any) -> dict[str, Any]:
-        sampler = None
-        if info.is_main and (cfg.sample_every_epochs > 0 or cfg.probe_every_epochs > 0):
-            sampler, rows = _epoch_sampler(
-                part, md, output, dev_list or train_list, cfg.sample_max_tokens, cfg.probe_in_domain
-            )
-            if cfg.sample_every_epochs > 0:
-                run.log_artifact(sampler.write_sentences(), "samples")  # which sentence each sample file speaks
-        probe = None
-        if sampler is not None and cfg.probe_every_epochs > 0:
-            probe = _epoch_probe(params, md, sampler, rows, output / "probe")
-            if probe is not None:
-                run.log_artifact(probe.write_lines(), "probe")  # which text each probe wav speaks
-
-        probed: dict[int, str] = {}  # epoch -> the combination the probe synthesised (not rendered again as samples)
-
-        def on_probe(epoch: int, trained: Any) -> dict[str, float] | None:
-            if probe is None:
-                return None
-            from cosyml.models.modeldir import save_state_dict
-
-            weights_file = save_state_dict(trained, output / "probe" / f"{part}.pt")  # the engine reads files
-            try:
-                result = probe.run(weights_file, epoch)
-            finally:
-                weights_file.unlink(missing_ok=True)  # up to 2 GB: not kept in the run folder
-            probed[epoch] = result.label
-            for line, error in result.skipped:
-                print(f"cosyml: probe line {line.utt} ({line.text[:40]!r}) skipped: {error}", file=sys.stderr)
-            print(f"cosyml: {result.summary_line()}", file=sys.stderr)
-            for wav in result.wavs:  # the probe's audio is that epoch's samples of its combination
-                run.log_artifact(wav, f"samples/epoch_{epoch:03d}")
-            run.log_metrics({"probe/seconds": result.seconds, "probe/skipped": float(len(result.skipped))}, step=epoch)
-            return result.scores
-
-        def on_epoch_end(epoch: Any) -> None:
-            fields = dataclasses.asdict(epoch)
-            # Curves only (counts such as step and cv_utts would open the run page with flat charts).
-            metrics = {
-                k: float(v)
-                for k, v in fields.items()
-                if k in ("train_loss", "cv_loss", "train_acc", "cv_acc") and v is not None
-            }
-            run.log_metrics({f"epoch/{k}": v for k, v in metrics.items()}, step=epoch.epoch)
-            if epoch.probe:  # probe/cer, probe/ss, probe/cer_zh ... by epoch, next to epoch/cv_loss
-                counts = ("n", "skipped", "seconds")
-                run.log_metrics({f"probe/{k}": v for k, v in epoch.probe.items() if k not in counts}, step=epoch.epoch)
-                entry = {**epoch.probe, "cv_loss": epoch.cv_loss, "train_loss": epoch.train_loss, "step": epoch.step}
-                write_history(output / "probe" / HISTORY_FILE, epoch.epoch, entry)
-            samples_due = cfg.sample_every_epochs > 0 and (epoch.epoch + 1) % cfg.sample_every_epochs == 0
-            if sampler is not None and epoch.checkpoint and samples_due:
-                spoken = (probed[epoch.epoch],) if epoch.epoch in probed else ()
-                for wav in sampler.render(epoch.checkpoint, epoch.epoch, spoken):
-                    run.log_artifact(wav, f"samples/epoch_{epoch.epoch:03d}")
-
-        def on_checkpoint(ckpt: Any, is_best: bool) -> None:
-            # is_best is the loop's rule (early_stop_min_delta, the best restored on resume): one rule.
-            # Weights only (no optimizer state, 1/3 of the size): resume reads the run folder, not the store.
-            if cfg.log_checkpoints == "all":
-                run.log_weights(ckpt.path, "checkpoints")
-            elif cfg.log_checkpoints == "best" and is_best:  # one file, replaced when a better epoch comes
-                run.log_weights(
-                    ckpt.path,
-                    "checkpoints",
-                    "best.pt",
-                    {
-                        "checkpoint": ckpt.name,
-                        "epoch": ckpt.epoch,
-                        "step": ckpt.step,
-                        "cv_loss": ckpt.cv_loss,
-                        "probe": ckpt.probe,
-                        "best_by": cfg.early_stop_on,
-                    },
-                )
-
+    def body(run: StageRun) -> dict[str, Any]:
+        callbacks: Callbacks = TrainCallbacks()  # other ranks: the recipe calls callbacks on rank 0 only
+        if info.is_main:
+            callbacks = TrackedTraining.start(run, part, params, md, output, dev_list or train_list)
         result = train(
             model,
             train_set,
@@ -333,20 +259,14 @@ def _train_part(
             model_train_conf=md.config.get("train_conf"),
             dist=info,
             resume=None if resume == "none" else resume,
-            callbacks=TrainCallbacks(
-                logger=_StepLogger(run),
-                on_epoch_end=on_epoch_end,
-                on_checkpoint=on_checkpoint,
-                on_probe=on_probe,
-            ),
+            callbacks=callbacks,
         )
         if not info.is_main or not average:
             return {"epochs": result.epochs_completed, "steps": result.step, "weights": checkpoint_dir}
         curves = _probe_curves(part, output / "probe")
         if curves is not None:
             run.log_artifact(curves, "probe")  # CER/SS/CV loss against epoch, beside the metrics' own charts
-        averaged = average_checkpoints(checkpoint_dir, weights, num=cfg.average_num, by=average_by, rank=rank)
-        run.set_tags({"cosyml.averaged_from": ",".join(averaged.sources), "cosyml.part": part})
+        run.set_tags({"cosyml.averaged_from": ",".join(average_best()), "cosyml.part": part})
         if cfg.log_checkpoints in ("all", "best", "final"):
             run.log_artifact(weights, "weights")
         return {"epochs": result.epochs_completed, "steps": result.step, "weights": weights}
@@ -355,27 +275,132 @@ def _train_part(
         from cosyml.tracking import StageRun
 
         return body(StageRun(active=False))
+    logged = {
+        **as_flat_dict(cfg, "train."),
+        "part": part,
+        "model_dir": str(md.root),
+        "data": str(data),
+        "output": str(output),
+    }
     with stage_run(
         f"train_{part}", params.prepare.speaker, logged, data_version=data_version("shards"), system_metrics=True
     ) as run:
         return body(run)
 
 
-class _StepLogger:
-    """The loop's :class:`~cosyml.train.loop.MetricLogger` on a stage run: per-step metrics as MLflow
-    metrics, the data summary (``data/*`` counts, logged once) as params, so the run page opens with the
-    loss curves instead of one-point bar charts."""
+def _utterance_sets(
+    part: str, md: Any, cfg: TrainConfig, train_list: Path, dev_list: Path | None, info: Any
+) -> tuple[UtteranceSet, UtteranceSet | None]:
+    """This rank's share of the train and dev utterances, featurised for ``part`` (the flow needs mels)."""
+    from cosyml.features.mel import MelConfig
+    from cosyml.text.tokenizer import TextTokenizer
+    from cosyml.train.batching import UtteranceSet, default_featurizer
 
-    def __init__(self, run: Any) -> None:
-        self.run = run
+    tokenizer = TextTokenizer(md.qwen_dir, md.hparams.tokenizer_version)
+    featurizer = default_featurizer(tokenizer.encode, MelConfig.from_model_config(md.config), with_mel=part == "flow")
+    train_set = UtteranceSet.load(train_list, featurizer, cfg.data, info.rank, info.world_size)
+    cv_set = UtteranceSet.load(dev_list, featurizer, cfg.data, info.rank, info.world_size) if dev_list else None
+    if len(train_set) == 0:
+        raise InputError(
+            f"{train_list}: every utterance was filtered out ({dict(train_set.dropped)}); check train.data limits"
+        )
+    return train_set, cv_set
+
+
+class TrackedTraining:
+    """The training recipe's :class:`~cosyml.train.callbacks.Callbacks` on rank 0's stage run: step metrics
+    (``data/*`` counts as params, the rest as metric curves), per-epoch curves and probe scores, the probe
+    history, per-epoch audio samples, and checkpoints as artifacts by ``train.log_checkpoints``."""
+
+    def __init__(
+        self, run: StageRun, part: str, cfg: TrainConfig, output: Path, sampler: Any = None, epoch_probe: Any = None
+    ) -> None:
+        self.run, self.part, self.cfg, self.output = run, part, cfg, output
+        self.sampler = sampler  # EpochSampler, or None when neither samples nor the probe are on
+        self.epoch_probe = epoch_probe  # EpochProbe, or None when the probe is off
+        self.probed: dict[int, str] = {}  # epoch -> the combination the probe synthesised (not rendered again)
+
+    @classmethod
+    def start(cls, run: StageRun, part: str, params: Params, md: Any, output: Path, data_list: Path) -> TrackedTraining:
+        """Load the run's sampler and probe when they are on, and log which sentence each sample and probe
+        wav speaks."""
+        cfg = params.train
+        sampler = epoch_probe = None
+        if cfg.sample_every_epochs > 0 or cfg.probe_every_epochs > 0:
+            sampler, rows = _epoch_sampler(part, md, output, data_list, cfg.sample_max_tokens, cfg.probe_in_domain)
+            if cfg.sample_every_epochs > 0:
+                run.log_artifact(sampler.write_sentences(), "samples")  # which sentence each sample file speaks
+            if cfg.probe_every_epochs > 0:
+                epoch_probe = _epoch_probe(params, md, sampler, rows, output / "probe")
+                if epoch_probe is not None:
+                    run.log_artifact(epoch_probe.write_lines(), "probe")  # which text each probe wav speaks
+        return cls(run, part, cfg, output, sampler, epoch_probe)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        # the data summary (data/* counts, logged once) as params: the run page opens with the loss curves
+        # instead of one-point bar charts
         counts = {k: int(v) if float(v).is_integer() else v for k, v in metrics.items() if k.startswith("data/")}
         if counts:
             self.run.log_params(counts)
         curves = {k: v for k, v in metrics.items() if not k.startswith("data/")}
         if curves:
             self.run.log_metrics(curves, step=step)
+
+    def probe(self, epoch: int, model: torch.nn.Module) -> dict[str, float] | None:
+        if self.epoch_probe is None:
+            return None
+        from cosyml.synth.weights import InMemoryWeights
+
+        # the engine takes the weights from memory: no per-epoch weight file (up to 2 GB) to write and delete
+        result = self.epoch_probe.run(InMemoryWeights.of(model, f"{self.part} after epoch {epoch}"), epoch)
+        self.probed[epoch] = result.label
+        for line, error in result.skipped:
+            print(f"cosyml: probe line {line.utt} ({line.text[:40]!r}) skipped: {error}", file=sys.stderr)
+        print(f"cosyml: {result.summary_line()}", file=sys.stderr)
+        for wav in result.wavs:  # the probe's audio is that epoch's samples of its combination
+            self.run.log_artifact(wav, f"samples/epoch_{epoch:03d}")
+        self.run.log_metrics({"probe/seconds": result.seconds, "probe/skipped": float(len(result.skipped))}, step=epoch)
+        return result.scores
+
+    def epoch_ended(self, result: EpochResult) -> None:
+        from cosyml.train.probe import HISTORY_FILE, write_history
+
+        # curves only (counts such as step and cv_utts would open the run page with flat charts)
+        curves = {
+            "train_loss": result.train_loss,
+            "cv_loss": result.cv_loss,
+            "train_acc": result.train_acc,
+            "cv_acc": result.cv_acc,
+        }
+        self.run.log_metrics({f"epoch/{k}": float(v) for k, v in curves.items() if v is not None}, step=result.epoch)
+        if result.probe:  # probe/cer, probe/ss, probe/cer_zh ... by epoch, next to epoch/cv_loss
+            counts = ("n", "skipped", "seconds")
+            self.run.log_metrics(
+                {f"probe/{k}": v for k, v in result.probe.items() if k not in counts}, step=result.epoch
+            )
+            entry = {**result.probe, "cv_loss": result.cv_loss, "train_loss": result.train_loss, "step": result.step}
+            write_history(self.output / "probe" / HISTORY_FILE, result.epoch, entry)
+        every = self.cfg.sample_every_epochs
+        if self.sampler is not None and result.checkpoint and every > 0 and (result.epoch + 1) % every == 0:
+            spoken = (self.probed[result.epoch],) if result.epoch in self.probed else ()
+            for wav in self.sampler.render(result.checkpoint, result.epoch, spoken):
+                self.run.log_artifact(wav, f"samples/epoch_{result.epoch:03d}")
+
+    def checkpoint_written(self, record: CheckpointInfo, is_best: bool) -> None:
+        # is_best is the recipe's one rule (early_stop_on, early_stop_min_delta, the best restored on resume).
+        # Weights only (no optimizer state, 1/3 of the size): resume reads the run folder, not the store.
+        if self.cfg.log_checkpoints == "all":
+            self.run.log_weights(record.path, "checkpoints")
+        elif self.cfg.log_checkpoints == "best" and is_best:  # one file, replaced when a better epoch comes
+            about = {
+                "checkpoint": record.name,
+                "epoch": record.epoch,
+                "step": record.step,
+                "cv_loss": record.cv_loss,
+                "probe": record.probe,
+                "best_by": self.cfg.early_stop_on,
+            }
+            self.run.log_weights(record.path, "checkpoints", "best.pt", about)
 
 
 def _epoch_sampler(

@@ -65,7 +65,7 @@ from cosyml.synth.frontend import (
 from cosyml.synth.request import StreamChunk, SynthRequest, SynthResult, Timings
 from cosyml.synth.token2wav import FlowPrompt, StageTimes, Token2Wav
 from cosyml.synth.v3 import SYSTEM_PROMPT, SYSTEM_PROMPT_PREFIX, KeepAll, SilenceLimiter
-from cosyml.synth.weights import BASE, WeightSlot
+from cosyml.synth.weights import BASE, WeightSlot, WeightSource
 from cosyml.text.tokenizer import ENDOFPROMPT, load_text_tokenizer
 
 
@@ -184,8 +184,9 @@ class SynthEngine:
         engine.swap(llm=llm, flow=flow)
         return engine
 
-    def swap(self, llm: str | Path | None = None, flow: str | Path | None = None) -> dict[str, str]:
-        """Swap LLM and/or flow weights (None: keep; "base": the directory's own). Returns :attr:`weights`."""
+    def swap(self, llm: WeightSource | None = None, flow: WeightSource | None = None) -> dict[str, str]:
+        """Swap LLM and/or flow weights (None: keep; "base": the directory's own; a weight file, a model
+        directory or :class:`~cosyml.synth.weights.InMemoryWeights`). Returns :attr:`weights`."""
         for part, source in (("llm", llm), ("flow", flow)):
             if source is not None:
                 self.slots[part].use(source)

@@ -2,13 +2,17 @@
 
 A weight source is ``"base"`` (the model directory's own file), a weight file (an official-format
 ``llm.pt``/``flow.pt``, an averaged file, an upstream training checkpoint with ``epoch``/``step``, or a
-cosyml training checkpoint whose tensors sit under ``model``), or a model directory (its ``<part>.pt``).
+cosyml training checkpoint whose tensors sit under ``model``), a model directory (its ``<part>.pt``), or
+:class:`InMemoryWeights` (a training run's current weights: the per-epoch probe synthesises with them
+without writing a file; loaded exactly as the file :func:`~cosyml.models.modeldir.save_state_dict` would
+write, so the audio is the same).
 The base weights are copied to CPU memory the first time another source replaces them, so switching
 back to ``"base"`` costs a copy, not a file read (memory: one extra CPU copy of that part).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,10 +20,32 @@ import torch
 
 from cosyml.errors import ModelDirError
 from cosyml.models.keys import WEIGHT_FILE, Part
-from cosyml.models.modeldir import load_state_dict_file, load_strict
+from cosyml.models.modeldir import load_state_dict_file, load_strict, official_state_dict
 
 BASE = "base"
 StateDict = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True, eq=False)
+class InMemoryWeights:
+    """Weights held in memory, not in a file; ``label`` names them in messages and in :attr:`WeightSlot.source`.
+
+    Build with :meth:`of`: the state dict in official form (fp32 CPU tensors, no training keys), what the
+    weight file of the same module would hold. Never cached by the slot: each :meth:`WeightSlot.use` loads it.
+    """
+
+    state: Mapping[str, torch.Tensor]
+    label: str
+
+    @classmethod
+    def of(cls, weights: torch.nn.Module | Mapping[str, torch.Tensor], label: str) -> InMemoryWeights:
+        """``weights`` (a module or its state dict) as :func:`~cosyml.models.modeldir.save_state_dict` writes
+        them (tensors already fp32 on the CPU are shared, not copied)."""
+        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
+        return cls(official_state_dict(state), label)
+
+
+WeightSource = str | Path | InMemoryWeights
 
 
 def resolve_source(source: str | Path, part: Part) -> str:
@@ -90,16 +116,23 @@ class WeightSlot:
         resolved = resolve_source(source, self.part)
         self.loaded = _Loaded(resolved, _stamp(resolved))
 
-    def would_change(self, source: str | Path) -> bool:
-        """Would :meth:`use` load weights for ``source``?"""
+    def would_change(self, source: WeightSource) -> bool:
+        """Would :meth:`use` load weights for ``source``? (Always, for in-memory weights.)"""
+        if isinstance(source, InMemoryWeights):
+            return True
         resolved = resolve_source(source, self.part)
         return self.loaded is None or self.loaded.source != resolved or self.loaded.stamp != _stamp(resolved)
 
-    def use(self, source: str | Path) -> bool:
+    def use(self, source: WeightSource) -> bool:
         """Make ``source`` the module's weights; returns True when weights were (re)loaded.
 
         A file already loaded and unchanged on disk is not read again.
         """
+        if isinstance(source, InMemoryWeights):
+            self._keep_base_copy()
+            load_strict(self.module, source.state, part=self.part, label=source.label)
+            self.loaded = _Loaded(f"memory:{source.label}", None)
+            return True
         if not self.would_change(source):
             return False
         resolved = resolve_source(source, self.part)
@@ -107,8 +140,7 @@ class WeightSlot:
         if resolved == BASE:
             state: StateDict | str = self._base_copy if self._base_copy is not None else str(self.base_path)
         else:
-            if self.loaded is not None and self.loaded.source == BASE and self._base_copy is None:
-                self._base_copy = _cpu_copy(self.module.state_dict())
+            self._keep_base_copy()
             state = read_weights(resolved, self.part)
         label = f"{self.base_path if resolved == BASE else resolved}"
         if isinstance(state, str):
@@ -117,3 +149,8 @@ class WeightSlot:
             load_strict(self.module, state, part=self.part, label=label)
         self.loaded = _Loaded(resolved, stamp)
         return True
+
+    def _keep_base_copy(self) -> None:
+        """Before the base weights are first replaced: keep a CPU copy, so going back costs no file read."""
+        if self.loaded is not None and self.loaded.source == BASE and self._base_copy is None:
+            self._base_copy = _cpu_copy(self.module.state_dict())

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -35,6 +35,9 @@ from cosyml.evaluation.speaker import EmbedFn
 from cosyml.evaluation.testset import ItemProblem, TestItem, TestSubset, guess_language
 from cosyml.fileio import atomic_write_text
 from cosyml.train.samples import EpochSampler
+
+if TYPE_CHECKING:
+    from cosyml.synth.weights import WeightSource
 
 #: Out-of-domain lines (language, text): the same for every epoch and every run.
 PROBE_OUT_OF_DOMAIN: tuple[tuple[str, str], ...] = (
@@ -191,8 +194,9 @@ class EpochProbe:
     def models_loaded(self) -> bool:
         return self._asr is not None and self._embed is not None
 
-    def run(self, weights: str | Path, epoch: int) -> ProbeResult:
-        """Synthesise and score the probe set with ``weights`` (the trained part's weight file)."""
+    def run(self, weights: WeightSource, epoch: int) -> ProbeResult:
+        """Synthesise and score the probe set with ``weights``: the trained part's weight file or, during
+        training, its :class:`~cosyml.synth.weights.InMemoryWeights` (no file written per epoch)."""
         start = time.perf_counter()
         label, combo = self.sampler.best_combination(weights)
         folder = self.out_dir / f"epoch_{epoch:03d}"
@@ -231,8 +235,8 @@ class EpochProbe:
 HISTORY_FILE = "history.json"  # in the probe folder: the curves, kept when retention deletes checkpoints
 
 
-def write_history(path: str | Path, epoch: int, entry: dict[str, float]) -> Path:
-    """Record ``entry`` (probe scores, CV loss, ...) for ``epoch`` in the JSON history at ``path``.
+def write_history(path: str | Path, epoch: int, entry: Mapping[str, float | None]) -> Path:
+    """Record ``entry`` (probe scores, CV loss, ...; None values left out) for ``epoch`` in the JSON history at ``path``.
 
     Entries of later epochs are dropped (they belong to an earlier run that this one restarted), so the
     file always describes the run that wrote it last. Atomic: a killed run leaves the previous file.

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from cosyml.audio import write_wav
 from cosyml.fileio import atomic_write_text
+
+if TYPE_CHECKING:
+    from cosyml.synth.weights import WeightSource
 
 #: Out-of-domain sentences (zh and en), the same for every epoch and every run.
 OUT_OF_DOMAIN = ("今天的风有点大，我们早点回去吧。", "The bridge is closed, so we will take the long way home.")
@@ -91,14 +94,16 @@ class EpochSampler:
             self._engine = SynthEngine.load(self.model_dir, device="cpu")
         return self._engine
 
-    def combinations(self, checkpoint: str | Path) -> dict[str, dict[str, str]]:
-        """``{label: {"llm": source, "flow": source}}`` to render for ``checkpoint``."""
-        combos = {f"{self.part}_only": {self.part: str(checkpoint), self.other: "base"}}
+    def combinations(self, checkpoint: WeightSource) -> dict[str, dict[str, WeightSource]]:
+        """``{label: {"llm": source, "flow": source}}`` to render for ``checkpoint`` (a weight file, or the
+        trained part's :class:`~cosyml.synth.weights.InMemoryWeights`)."""
+        trained = str(checkpoint) if isinstance(checkpoint, str | Path) else checkpoint
+        combos: dict[str, dict[str, WeightSource]] = {f"{self.part}_only": {self.part: trained, self.other: "base"}}
         if self.other_weights is not None and Path(self.other_weights).is_file():
-            combos["both"] = {self.part: str(checkpoint), self.other: str(self.other_weights)}
+            combos["both"] = {self.part: trained, self.other: str(self.other_weights)}
         return combos
 
-    def best_combination(self, checkpoint: str | Path) -> tuple[str, dict[str, str]]:
+    def best_combination(self, checkpoint: WeightSource) -> tuple[str, dict[str, WeightSource]]:
         """The combination the probe scores: ``both`` (the other part's best available weights) when they
         exist, else ``<part>_only`` (the other part at its base weights)."""
         combos = self.combinations(checkpoint)
@@ -107,7 +112,7 @@ class EpochSampler:
 
     def synthesize_lines(
         self,
-        weights: dict[str, str],
+        weights: Mapping[str, WeightSource],
         texts: Sequence[str],
         paths: Sequence[Path],
         seeds: Sequence[int],
