@@ -4,9 +4,11 @@ feature cache must neither grow with requests nor recompute a prompt it has seen
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +75,7 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
         )
     )
     lines = (model / "requirements.txt").read_text(encoding="utf-8").split()
-    assert not [line for line in lines if "+" in line], lines  # no local builds (2.13.0+cpu)
+    assert not [line for line in lines if "==" in line and "+" in line], lines  # no local builds (2.13.0+cpu)
     assert any(line.startswith("torch==") for line in lines)
     (wheel,) = [line for line in lines if line.endswith(".whl")]
     assert wheel.startswith("wheels/cosyml-") and (model / wheel).is_file()
@@ -148,3 +150,43 @@ def test_the_cosyml_wheel_builds_from_an_installed_package_without_a_checkout(tm
     assert done.returncode == 0, done.stderr[-2000:]
     rebuilt = Path(done.stdout.strip().splitlines()[-1])
     assert rebuilt.read_bytes() == wheel.read_bytes()
+
+
+def test_the_cosyml_wheel_version_changes_with_the_code(tmp_path):
+    """MLflow keys a virtualenv by the text of the requirements; with a fixed ``cosyml-0.1.0`` wheel a later
+    version carrying other cosyml code reused the old environment and served stale code. The wheel's
+    version carries a hash of the package files (``0.1.0+g<12 hex>``): the same files give the same name
+    and bytes, one changed byte gives another name, so the requirements (the environment's key) change."""
+    import cosyml
+    from cosyml.registry import requirements
+
+    package = Path(cosyml.__file__).resolve().parent
+    copies = {}
+    for label in ("same", "changed"):
+        root = tmp_path / label
+        shutil.copytree(package, root / "cosyml", ignore=shutil.ignore_patterns("__pycache__"))
+        copies[label] = root
+    code = copies["changed"] / "cosyml" / "audio.py"
+    code.write_text(code.read_text(encoding="utf-8") + "\n# a later version of the code\n", encoding="utf-8")
+
+    def build(root: Path) -> Path:
+        script = (
+            "from pathlib import Path; from cosyml.registry import build_cosyml_wheel;"
+            f"print(build_cosyml_wheel(Path({str(root / 'out')!r})))"
+        )
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return Path(done.stdout.strip().splitlines()[-1])
+
+    from cosyml.registry import build_cosyml_wheel
+
+    here = build_cosyml_wheel(tmp_path / "here")
+    same, changed = build(copies["same"]), build(copies["changed"])
+    assert same.name == here.name and same.read_bytes() == here.read_bytes()
+    assert changed.name != here.name
+    assert re.fullmatch(rf"cosyml-{re.escape(cosyml.__version__)}\+g[0-9a-f]{{12}}-py3-none-any\.whl", here.name)
+    assert requirements(f"wheels/{changed.name}") != requirements(f"wheels/{here.name}")
+    with zipfile.ZipFile(changed) as archive:  # the version inside the wheel is the one in its name
+        version = changed.name.split("-")[1]
+        assert f"\nVersion: {version}\n" in archive.read(f"cosyml-{version}.dist-info/METADATA").decode()
