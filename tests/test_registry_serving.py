@@ -80,6 +80,12 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
     (wheel,) = [line for line in lines if line.endswith(".whl")]
     assert wheel.startswith("wheels/cosyml-") and (model / wheel).is_file()
     assert "cosyml" not in lines  # no bare name that no index serves
+    # what MLflow's virtualenv manager installs first is in the requirements too: `pip download -r
+    # requirements.txt` fills a wheelhouse an offline `mlflow models serve` can build the environment from
+    import yaml
+
+    python_env = yaml.safe_load((model / "python_env.yaml").read_text(encoding="utf-8"))
+    assert python_env["build_dependencies"] and set(python_env["build_dependencies"]) <= set(lines), python_env
     pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(model / "wheels")]
     done = subprocess.run([*pip, "-r", "requirements.txt"], cwd=model, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

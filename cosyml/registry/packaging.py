@@ -35,10 +35,17 @@ def log_voice(
     return f"models:/{logged.model_id}"
 
 
+#: What MLflow's virtualenv manager installs before the requirements (``build_dependencies`` of
+#: ``python_env.yaml``, the versions installed here): listed in the requirements too, so that
+#: ``pip download -r requirements.txt -d <wheelhouse>`` fills a wheelhouse an offline serve can build from.
+BUILD_DISTRIBUTIONS = ("pip", "setuptools", "wheel")
+
+
 def requirements(cosyml_wheel: str) -> list[str]:
     """The pip requirements of a voice: the installed versions of what the pyfunc imports, as public
-    versions (``torch==2.13.0``, not the ``+cpu`` local build, which no index serves), and cosyml itself
-    as the wheel carried in the model (``cosyml_wheel``: its path relative to the model folder)."""
+    versions (``torch==2.13.0``, not the ``+cpu`` local build, which no index serves), the build tools
+    MLflow pins in ``python_env.yaml`` (:data:`BUILD_DISTRIBUTIONS`), and cosyml itself as the wheel carried
+    in the model (``cosyml_wheel``: its path relative to the model folder)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
@@ -52,6 +59,7 @@ def requirements(cosyml_wheel: str) -> list[str]:
         "transformers",
         "wetext",
         "PyYAML",
+        *BUILD_DISTRIBUTIONS,
     ):  # the onnxruntime build installed here (cpu or gpu)
         with contextlib.suppress(PackageNotFoundError):
             out.append(f"{dist}=={version(dist).split('+', 1)[0]}")
