@@ -37,7 +37,9 @@ def test_prompt_features_are_cached_by_content_and_the_cache_is_bounded(kit_dir:
     assert len(frontend._cache) == PROMPT_CACHE_SIZE
 
 
-def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_registered_voice_carries_installable_requirements(
+    kit_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Issue 15.11: requirements named ``torch==2.13.0+cpu`` and a bare ``cosyml`` (no index serves either).
     Now cosyml travels as a wheel inside the model and every pin is a public version; pip resolves the
     requirements file offline (``--no-index``) against the model's wheel and this environment."""
@@ -96,6 +98,17 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
         text=True,
     )
     assert fresh.returncode == 0 and "Would install cosyml" in fresh.stdout, fresh.stdout + fresh.stderr
+
+    # serving it with MLflow's default env manager where pyenv lacks its Python: one line, before MLflow
+    # tries a download (pyenv itself, on an empty PYENV_ROOT)
+    if shutil.which("pyenv"):
+        from cosyml.cli import main
+
+        monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pythons"))
+        python = yaml.safe_load((model / "python_env.yaml").read_text(encoding="utf-8"))["python"]
+        assert main(["serve", "--env-manager", "virtualenv", "--model-uri", f"models:/{version.name}/1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"the voice needs Python {python} (its python_env.yaml) and pyenv has no Python" in err, err
 
 
 def test_error_replies_name_no_server_paths(kit_dir: Path, tmp_path: Path) -> None:
@@ -196,3 +209,26 @@ def test_the_cosyml_wheel_version_changes_with_the_code(tmp_path):
     with zipfile.ZipFile(changed) as archive:  # the version inside the wheel is the one in its name
         version = changed.name.split("-")[1]
         assert f"\nVersion: {version}\n" in archive.read(f"cosyml-{version}.dist-info/METADATA").decode()
+
+
+def test_a_new_serving_environment_is_not_shadowed_by_the_checkout(tmp_path, monkeypatch):
+    """`cosyml serve --env-manager virtualenv` from a clone after `source scripts/env.sh` served the clone's
+    code, not the version's wheel: the server inherited PYTHONPATH=<clone> and ran in the clone, whose
+    `cosyml/` uvicorn puts first on sys.path. Only `local` keeps them; relative paths become absolute."""
+    from cosyml.commands.serve import serving_environment
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cosyml").mkdir()  # a checkout's package in the working directory
+    environ = {
+        "PYTHONPATH": str(tmp_path),
+        "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
+        "PIP_FIND_LINKS": "wheelhouse https://example.org/wheels",
+        "PIP_NO_INDEX": "1",
+    }
+    assert serving_environment("local", environ) == (environ, None)
+    env, cwd = serving_environment("virtualenv", environ)
+    assert "PYTHONPATH" not in env and env["PIP_NO_INDEX"] == "1"
+    assert cwd is not None and Path(cwd).is_dir() and not os.listdir(cwd) and Path(cwd) != tmp_path
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert env["PIP_FIND_LINKS"] == f"{tmp_path / 'wheelhouse'} https://example.org/wheels"
+    os.rmdir(cwd)
