@@ -128,6 +128,28 @@ def _wheelhouse(model: Path) -> Path:
     return house
 
 
+def _serve_and_ask(cmd: list[str], env: dict[str, str], log: Path, port: int) -> tuple[float, str]:
+    """Start a server, wait for /ping (a first start builds the environment: minutes), send one request of
+    a good row and a bad one; (seconds to /ping, response body)."""
+    import urllib.request
+
+    started = time.monotonic()
+    with process(cmd, env, log) as proc:
+        wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=1200)
+        ready = time.monotonic() - started
+        rows = [
+            {"text": "Hello there.", "seed": 1, "max_tokens": 6},
+            {"text": "Hi.", "mode": "zero_shot", "prompt_text": "Hi.", "prompt_wav": "AAAA"},
+        ]
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"dataframe_records": rows}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=300) as resp:
+            return ready, resp.read().decode()
+
+
 def _decode_wav(text: str) -> tuple[int, int]:
     data, rate = sf.read(io.BytesIO(base64.b64decode(text)), dtype="float32")
     return len(data), rate
@@ -137,8 +159,6 @@ def _decode_wav(text: str) -> tuple[int, int]:
 def test_mlflow_models_serve_default_env_manager_builds_offline_from_what_the_voice_carries(
     kit_dir: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    import urllib.request
-
     import yaml
 
     if shutil.which("pyenv") is None:
@@ -171,24 +191,10 @@ def test_mlflow_models_serve_default_env_manager_builds_offline_from_what_the_vo
             "OMP_NUM_THREADS": "1",
             "MLFLOW_DISABLE_TELEMETRY": "true",
         }
-        port = free_port()
         log = tmp_path / "serve.log"
-        started = time.monotonic()
+        port = free_port()
         # no --env-manager: MLflow's default
-        with process([MLFLOW, "models", "serve", "-m", uri, "-h", "127.0.0.1", "-p", str(port)], env, log) as proc:
-            wait_http(f"http://127.0.0.1:{port}/ping", proc, log, timeout=1200)
-            ready = time.monotonic() - started
-            rows = [
-                {"text": "Hello there.", "seed": 1, "max_tokens": 6},
-                {"text": "Hi.", "mode": "zero_shot", "prompt_text": "Hi.", "prompt_wav": "AAAA"},
-            ]
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/invocations",
-                data=json.dumps({"dataframe_records": rows}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=300) as resp:
-                text = resp.read().decode()
+        ready, text = _serve_and_ask([MLFLOW, "models", "serve", "-m", uri, "-p", str(port)], env, log, port)
         good, bad = json.loads(text)["predictions"]
         assert good["error"] is None and _decode_wav(good["audio"])[1] == 24000 and good["sample_rate"] == 24000
         assert _decode_wav(good["audio"])[0] > 0
@@ -209,4 +215,19 @@ def test_mlflow_models_serve_default_env_manager_builds_offline_from_what_the_vo
         assert shown[0] == wheel_version and Path(shown[1]).is_relative_to(env_dir), shown
         (env_dir / DONE).write_text(f"{uri} ready in {ready:.0f} s\n", encoding="utf-8")
         _prune(envs, KEEP, DONE)
-    print(f"[serve-virtualenv] ready in {ready:.0f} s (environment {env_dir.name})")
+
+        # `cosyml serve --env-manager virtualenv` where a checkout could shadow the wheel: PYTHONPATH names a
+        # folder whose `cosyml/` cannot be imported (as `source scripts/env.sh` names the clone), the command
+        # runs in that folder (uvicorn puts the working directory first on sys.path) and names the model by
+        # a relative path. The server must start elsewhere, without PYTHONPATH, and run the wheel.
+        (tmp_path / "cosyml").mkdir()
+        (tmp_path / "cosyml" / "__init__.py").write_text('raise ImportError("a checkout shadowed the wheel")\n')
+        repo = str(Path(__file__).resolve().parents[1])
+        cli = f"import sys; sys.path.insert(0, {repo!r}); from cosyml.cli import main; sys.exit(main(sys.argv[1:]))"
+        port = free_port()
+        args = ["serve", "--env-manager", "virtualenv", "--model-uri", model.name, "--port", str(port)]
+        again, text = _serve_and_ask(
+            [sys.executable, "-c", cli, *args], env | {"PYTHONPATH": str(tmp_path)}, tmp_path / "cli.log", port
+        )
+        assert json.loads(text)["predictions"][0]["error"] is None
+    print(f"[serve-virtualenv] ready in {ready:.0f} s, then {again:.0f} s (environment {env_dir.name})")

@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     check_env_manager(args.env_manager)  # before anything is opened or downloaded
     params = resolve_params(args, {"prepare.speaker": args.speaker})
     uri = args.model_uri or f"models:/{model_name(params.registry, params.prepare.speaker)}@{params.registry.alias}"
+    if args.env_manager != "local" and ":" not in uri.split("/", 1)[0]:
+        uri = os.path.abspath(uri)  # a model folder; the server starts in another directory
     registry_client()  # sets the tracking URI (MLFLOW_TRACKING_URI or ./mlflow.db) the server inherits
     check_model_uri(uri)
     if args.env_manager == "virtualenv":
