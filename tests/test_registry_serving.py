@@ -4,9 +4,11 @@ feature cache must neither grow with requests nor recompute a prompt it has seen
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +37,9 @@ def test_prompt_features_are_cached_by_content_and_the_cache_is_bounded(kit_dir:
     assert len(frontend._cache) == PROMPT_CACHE_SIZE
 
 
-def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_path: Path, monkeypatch) -> None:
+def test_a_registered_voice_carries_installable_requirements(
+    kit_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
     """Issue 15.11: requirements named ``torch==2.13.0+cpu`` and a bare ``cosyml`` (no index serves either).
     Now cosyml travels as a wheel inside the model and every pin is a public version; pip resolves the
     requirements file offline (``--no-index``) against the model's wheel and this environment."""
@@ -73,11 +77,17 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
         )
     )
     lines = (model / "requirements.txt").read_text(encoding="utf-8").split()
-    assert not [line for line in lines if "+" in line], lines  # no local builds (2.13.0+cpu)
+    assert not [line for line in lines if "==" in line and "+" in line], lines  # no local builds (2.13.0+cpu)
     assert any(line.startswith("torch==") for line in lines)
     (wheel,) = [line for line in lines if line.endswith(".whl")]
     assert wheel.startswith("wheels/cosyml-") and (model / wheel).is_file()
     assert "cosyml" not in lines  # no bare name that no index serves
+    # what MLflow's virtualenv manager installs first is in the requirements too: `pip download -r
+    # requirements.txt` fills a wheelhouse an offline `mlflow models serve` can build the environment from
+    import yaml
+
+    python_env = yaml.safe_load((model / "python_env.yaml").read_text(encoding="utf-8"))
+    assert python_env["build_dependencies"] and set(python_env["build_dependencies"]) <= set(lines), python_env
     pip = [sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--find-links", str(model / "wheels")]
     done = subprocess.run([*pip, "-r", "requirements.txt"], cwd=model, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -88,6 +98,17 @@ def test_a_registered_voice_carries_installable_requirements(kit_dir: Path, tmp_
         text=True,
     )
     assert fresh.returncode == 0 and "Would install cosyml" in fresh.stdout, fresh.stdout + fresh.stderr
+
+    # serving it with MLflow's default env manager where pyenv lacks its Python: one line, before MLflow
+    # tries a download (pyenv itself, on an empty PYENV_ROOT)
+    if shutil.which("pyenv"):
+        from cosyml.cli import main
+
+        monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pythons"))
+        python = yaml.safe_load((model / "python_env.yaml").read_text(encoding="utf-8"))["python"]
+        assert main(["serve", "--env-manager", "virtualenv", "--model-uri", f"models:/{version.name}/1"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert f"the voice needs Python {python} (its python_env.yaml) and pyenv has no Python" in err, err
 
 
 def test_error_replies_name_no_server_paths(kit_dir: Path, tmp_path: Path) -> None:
@@ -148,3 +169,66 @@ def test_the_cosyml_wheel_builds_from_an_installed_package_without_a_checkout(tm
     assert done.returncode == 0, done.stderr[-2000:]
     rebuilt = Path(done.stdout.strip().splitlines()[-1])
     assert rebuilt.read_bytes() == wheel.read_bytes()
+
+
+def test_the_cosyml_wheel_version_changes_with_the_code(tmp_path):
+    """MLflow keys a virtualenv by the text of the requirements; with a fixed ``cosyml-0.1.0`` wheel a later
+    version carrying other cosyml code reused the old environment and served stale code. The wheel's
+    version carries a hash of the package files (``0.1.0+g<12 hex>``): the same files give the same name
+    and bytes, one changed byte gives another name, so the requirements (the environment's key) change."""
+    import cosyml
+    from cosyml.registry import requirements
+
+    package = Path(cosyml.__file__).resolve().parent
+    copies = {}
+    for label in ("same", "changed"):
+        root = tmp_path / label
+        shutil.copytree(package, root / "cosyml", ignore=shutil.ignore_patterns("__pycache__"))
+        copies[label] = root
+    code = copies["changed"] / "cosyml" / "audio.py"
+    code.write_text(code.read_text(encoding="utf-8") + "\n# a later version of the code\n", encoding="utf-8")
+
+    def build(root: Path) -> Path:
+        script = (
+            "from pathlib import Path; from cosyml.registry import build_cosyml_wheel;"
+            f"print(build_cosyml_wheel(Path({str(root / 'out')!r})))"
+        )
+        env = {**os.environ, "PYTHONPATH": str(root)}
+        done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return Path(done.stdout.strip().splitlines()[-1])
+
+    from cosyml.registry import build_cosyml_wheel
+
+    here = build_cosyml_wheel(tmp_path / "here")
+    same, changed = build(copies["same"]), build(copies["changed"])
+    assert same.name == here.name and same.read_bytes() == here.read_bytes()
+    assert changed.name != here.name
+    assert re.fullmatch(rf"cosyml-{re.escape(cosyml.__version__)}\+g[0-9a-f]{{12}}-py3-none-any\.whl", here.name)
+    assert requirements(f"wheels/{changed.name}") != requirements(f"wheels/{here.name}")
+    with zipfile.ZipFile(changed) as archive:  # the version inside the wheel is the one in its name
+        version = changed.name.split("-")[1]
+        assert f"\nVersion: {version}\n" in archive.read(f"cosyml-{version}.dist-info/METADATA").decode()
+
+
+def test_a_new_serving_environment_is_not_shadowed_by_the_checkout(tmp_path, monkeypatch):
+    """`cosyml serve --env-manager virtualenv` from a clone after `source scripts/env.sh` served the clone's
+    code, not the version's wheel: the server inherited PYTHONPATH=<clone> and ran in the clone, whose
+    `cosyml/` uvicorn puts first on sys.path. Only `local` keeps them; relative paths become absolute."""
+    from cosyml.commands.serve import serving_environment
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cosyml").mkdir()  # a checkout's package in the working directory
+    environ = {
+        "PYTHONPATH": str(tmp_path),
+        "MLFLOW_TRACKING_URI": "sqlite:///mlflow.db",
+        "PIP_FIND_LINKS": "wheelhouse https://example.org/wheels",
+        "PIP_NO_INDEX": "1",
+    }
+    assert serving_environment("local", environ) == (environ, None)
+    env, cwd = serving_environment("virtualenv", environ)
+    assert "PYTHONPATH" not in env and env["PIP_NO_INDEX"] == "1"
+    assert cwd is not None and Path(cwd).is_dir() and not os.listdir(cwd) and Path(cwd) != tmp_path
+    assert env["MLFLOW_TRACKING_URI"] == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert env["PIP_FIND_LINKS"] == f"{tmp_path / 'wheelhouse'} https://example.org/wheels"
+    os.rmdir(cwd)

@@ -6,6 +6,8 @@ import argparse
 import os
 import shutil
 import sys
+import tempfile
+from collections.abc import Mapping
 
 from cosyml.commands._common import add_params_arguments, resolve_params
 
@@ -48,8 +50,12 @@ def run(args: argparse.Namespace) -> int:
     check_env_manager(args.env_manager)  # before anything is opened or downloaded
     params = resolve_params(args, {"prepare.speaker": args.speaker})
     uri = args.model_uri or f"models:/{model_name(params.registry, params.prepare.speaker)}@{params.registry.alias}"
+    if args.env_manager != "local" and ":" not in uri.split("/", 1)[0]:
+        uri = os.path.abspath(uri)  # a model folder; the server starts in another directory
     registry_client()  # sets the tracking URI (MLFLOW_TRACKING_URI or ./mlflow.db) the server inherits
     check_model_uri(uri)
+    if args.env_manager == "virtualenv":
+        check_pyenv_python(uri)
     mlflow_cli = shutil.which("mlflow")
     if mlflow_cli is None:
         raise CosymlError(
@@ -74,8 +80,38 @@ def run(args: argparse.Namespace) -> int:
     import mlflow
 
     os.environ["MLFLOW_TRACKING_URI"] = mlflow.get_tracking_uri()
-    os.execv(mlflow_cli, command)
-    return 0  # pragma: no cover - execv does not return
+    environ, cwd = serving_environment(args.env_manager, os.environ)
+    if cwd is not None:
+        os.chdir(cwd)
+    os.execve(mlflow_cli, command, environ)
+    return 0  # pragma: no cover - execve does not return
+
+
+def serving_environment(manager: str, environ: Mapping[str, str]) -> tuple[dict[str, str], str | None]:
+    """(environment variables, working directory or None: this one) of the ``mlflow models serve`` process.
+
+    ``local`` serves this environment's cosyml, found through ``PYTHONPATH`` (``scripts/env.sh`` puts the
+    clone there). Any other manager must serve the wheel its new environment installed from the version,
+    but ``PYTHONPATH`` and the working directory (uvicorn puts it first on ``sys.path``) would shadow it with
+    a checkout's ``cosyml/``: ``PYTHONPATH`` is dropped and the server starts in a new empty directory, with
+    the relative paths it is given (tracking URI, caches, wheelhouse) made absolute first.
+    """
+    out = dict(environ)
+    if manager == "local":
+        return out, None
+    out.pop("PYTHONPATH", None)
+    uri = out.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        out["MLFLOW_TRACKING_URI"] = f"sqlite:///{os.path.abspath(uri.removeprefix('sqlite:///'))}"
+    elif uri and "://" not in uri and not uri.startswith("file:"):
+        out["MLFLOW_TRACKING_URI"] = os.path.abspath(uri)  # a plain folder of a file store
+    for key in ("COSYML_CACHE_DIR", "MLFLOW_ENV_ROOT"):
+        if out.get(key):
+            out[key] = os.path.abspath(out[key])
+    if out.get("PIP_FIND_LINKS"):
+        links = out["PIP_FIND_LINKS"].split()
+        out["PIP_FIND_LINKS"] = " ".join(p if "://" in p else os.path.abspath(p) for p in links)
+    return out, tempfile.mkdtemp(prefix="cosyml-serve-")
 
 
 def check_env_manager(manager: str) -> None:
@@ -99,3 +135,33 @@ def check_env_manager(manager: str) -> None:
                 f"{'is empty' if not links else 'names missing folders: ' + ', '.join(missing)}; point it at a "
                 "wheelhouse holding the voice's requirements (pip download -r requirements.txt -d <wheelhouse>)"
             )
+
+
+def check_pyenv_python(model_uri: str) -> None:
+    """One line when pyenv has not the exact Python of the version's ``python_env.yaml``: MLflow would try
+    ``pyenv install`` (a download; offline, a long traceback). Nothing when the file cannot be read here."""
+    import subprocess
+
+    import mlflow
+    import yaml
+    from mlflow.exceptions import MlflowException
+
+    from cosyml.errors import CosymlError
+
+    try:
+        path = mlflow.artifacts.download_artifacts(f"{model_uri.rstrip('/')}/python_env.yaml")
+        with open(path, encoding="utf-8") as f:
+            python = str(yaml.safe_load(f)["python"])
+    except (MlflowException, OSError, KeyError, TypeError, yaml.YAMLError):
+        return  # MLflow reports it itself
+    pyenv = shutil.which("pyenv") or "pyenv"
+    root = subprocess.run([pyenv, "root"], capture_output=True, text=True, check=False).stdout.strip()
+    versions = os.path.join(root, "versions")
+    if root and os.path.isfile(os.path.join(versions, python, "bin", "python")):
+        return
+    have = sorted(os.listdir(versions)) if os.path.isdir(versions) else []
+    raise CosymlError(
+        f"--env-manager virtualenv: the voice needs Python {python} (its python_env.yaml) and pyenv has "
+        f"{', '.join(have) if have else 'no Python'}; run `pyenv install {python}` (a download, once) or serve "
+        "with --env-manager local"
+    )

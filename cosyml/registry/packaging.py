@@ -35,10 +35,17 @@ def log_voice(
     return f"models:/{logged.model_id}"
 
 
+#: What MLflow's virtualenv manager installs before the requirements (``build_dependencies`` of
+#: ``python_env.yaml``, the versions installed here): listed in the requirements too, so that
+#: ``pip download -r requirements.txt -d <wheelhouse>`` fills a wheelhouse an offline serve can build from.
+BUILD_DISTRIBUTIONS = ("pip", "setuptools", "wheel")
+
+
 def requirements(cosyml_wheel: str) -> list[str]:
     """The pip requirements of a voice: the installed versions of what the pyfunc imports, as public
-    versions (``torch==2.13.0``, not the ``+cpu`` local build, which no index serves), and cosyml itself
-    as the wheel carried in the model (``cosyml_wheel``: its path relative to the model folder)."""
+    versions (``torch==2.13.0``, not the ``+cpu`` local build, which no index serves), the build tools
+    MLflow pins in ``python_env.yaml`` (:data:`BUILD_DISTRIBUTIONS`), and cosyml itself as the wheel carried
+    in the model (``cosyml_wheel``: its path relative to the model folder)."""
     from importlib.metadata import PackageNotFoundError, version
 
     out = []
@@ -52,6 +59,7 @@ def requirements(cosyml_wheel: str) -> list[str]:
         "transformers",
         "wetext",
         "PyYAML",
+        *BUILD_DISTRIBUTIONS,
     ):  # the onnxruntime build installed here (cpu or gpu)
         with contextlib.suppress(PackageNotFoundError):
             out.append(f"{dist}=={version(dist).split('+', 1)[0]}")
@@ -62,6 +70,8 @@ def build_cosyml_wheel(out_dir: Path) -> Path:
     """A wheel (PEP 427, pure Python, no dependencies declared: the voice's requirements list them) of the
     cosyml package this process runs, written directly from its files.
 
+    Its version is ``<cosyml.__version__>+g<12 hex>``, a local version naming the package files' content
+    (:func:`code_hash`), so two versions of the code never share a wheel name, nor a requirements text.
     Works the same from a checkout and from an installed cosyml (a ``cosyml init`` project has no
     pyproject.toml), needs no network and no build backend, and the same files give the same bytes (sorted
     entries, fixed timestamps), so re-registering the same code uploads nothing new.
@@ -72,12 +82,14 @@ def build_cosyml_wheel(out_dir: Path) -> Path:
     import cosyml
 
     package = Path(cosyml.__file__).resolve().parent
-    version = cosyml.__version__
-    dist_info = f"cosyml-{version}.dist-info"
     files: list[tuple[str, bytes]] = []
     for path in sorted(package.rglob("*")):
         if path.is_file() and "__pycache__" not in path.parts and path.suffix not in (".pyc", ".pyo"):
             files.append((f"cosyml/{path.relative_to(package).as_posix()}", path.read_bytes()))
+    # MLflow keys a model's virtualenv by its requirements text: a version that names the code's content
+    # makes a version with other code get its own environment instead of reusing one with stale code.
+    version = f"{cosyml.__version__}+g{code_hash(files)[:12]}"
+    dist_info = f"cosyml-{version}.dist-info"
     metadata = f"Metadata-Version: 2.1\nName: cosyml\nVersion: {version}\nRequires-Python: >=3.11\n"
     wheel_info = "Wheel-Version: 1.0\nGenerator: cosyml\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     entry_points = "[console_scripts]\ncosyml = cosyml.cli:main\n"
@@ -102,3 +114,12 @@ def build_cosyml_wheel(out_dir: Path) -> Path:
             info.compress_type = zipfile.ZIP_DEFLATED
             archive.writestr(info, data)
     return wheel
+
+
+def code_hash(files: list[tuple[str, bytes]]) -> str:
+    """sha256 (hex) over the (archive name, bytes) of the package files, in the order given (sorted)."""
+    digest = hashlib.sha256()
+    for name, data in files:
+        digest.update(f"{name}\0{len(data)}\0".encode())
+        digest.update(data)
+    return digest.hexdigest()
