@@ -3,6 +3,7 @@ feature cache must neither grow with requests nor recompute a prompt it has seen
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -37,45 +38,54 @@ def test_prompt_features_are_cached_by_content_and_the_cache_is_bounded(kit_dir:
     assert len(frontend._cache) == PROMPT_CACHE_SIZE
 
 
-def test_a_registered_voice_carries_installable_requirements(
-    kit_dir: Path, tmp_path: Path, monkeypatch, capsys
-) -> None:
-    """Issue 15.11: requirements named ``torch==2.13.0+cpu`` and a bare ``cosyml`` (no index serves either).
-    Now cosyml travels as a wheel inside the model and every pin is a public version; pip resolves the
-    requirements file offline (``--no-index``) against the model's wheel and this environment."""
-    import json
-    import subprocess
-    import sys
-
+def register_base_voice(kit_dir: Path, tmp_path: Path) -> tuple[str, Path]:
+    """Register the kit's base voice in a sqlite store under ``tmp_path``; (model URI, downloaded folder)."""
     import mlflow
     import torch
 
     from cosyml.config import RegistryConfig
     from cosyml.registry import read_candidates, register_candidates
 
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    monkeypatch.setenv("COSYML_TRACKING", "on")
-    monkeypatch.chdir(tmp_path)
     speakers = tmp_path / "spk2embedding.pt"
     torch.save({"toy": torch.randn(192, generator=torch.Generator().manual_seed(1)).tolist()}, speakers)
-    scores = {"cer": 0.1, "cer_ci": [0.05, 0.15], "ss": 0.5, "ss_ci": [0.4, 0.6], "n": 10, "missing": 0, "over_50": 0.0}
+    summary = {
+        "cer": 0.1,
+        "cer_ci": [0.05, 0.15],
+        "ss": 0.5,
+        "ss_ci": [0.4, 0.6],
+        "n": 10,
+        "missing": 0,
+        "over_50": 0.0,
+    }
     candidates = tmp_path / "candidates.json"
     candidates.write_text(
         json.dumps(
             {
                 "speaker": "toy",
                 "model_dir": str(kit_dir),
-                "candidates": [{"name": "base", "llm": "base", "flow": "base", "summary": scores, "base": True}],
+                "candidates": [{"name": "base", "llm": "base", "flow": "base", "summary": summary, "base": True}],
             }
         ),
         encoding="utf-8",
     )
     (version,) = register_candidates(read_candidates(candidates), RegistryConfig(speakers=str(speakers)))
-    model = Path(
-        mlflow.artifacts.download_artifacts(
-            f"models:/{version.name}/{version.version}", dst_path=str(tmp_path / "model")
-        )
-    )
+    uri = f"models:/{version.name}/{version.version}"
+    return uri, Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "voice")))
+
+
+def test_a_registered_voice_carries_installable_requirements(
+    kit_dir: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Issue 15.11: requirements named ``torch==2.13.0+cpu`` and a bare ``cosyml`` (no index serves either).
+    Now cosyml travels as a wheel inside the model and every pin is a public version; pip resolves the
+    requirements file offline (``--no-index``) against the model's wheel and this environment."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    monkeypatch.setenv("COSYML_TRACKING", "on")
+    monkeypatch.chdir(tmp_path)
+    uri, model = register_base_voice(kit_dir, tmp_path)
     lines = (model / "requirements.txt").read_text(encoding="utf-8").split()
     assert not [line for line in lines if "==" in line and "+" in line], lines  # no local builds (2.13.0+cpu)
     assert any(line.startswith("torch==") for line in lines)
@@ -106,7 +116,7 @@ def test_a_registered_voice_carries_installable_requirements(
 
         monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pythons"))
         python = yaml.safe_load((model / "python_env.yaml").read_text(encoding="utf-8"))["python"]
-        assert main(["serve", "--env-manager", "virtualenv", "--model-uri", f"models:/{version.name}/1"]) == 2
+        assert main(["serve", "--env-manager", "virtualenv", "--model-uri", uri]) == 2
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert f"the voice needs Python {python} (its python_env.yaml) and pyenv has no Python" in err, err
 

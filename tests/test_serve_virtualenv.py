@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 from _servers import MLFLOW, free_port, process, wait_http
+from test_registry_serving import register_base_voice
 
 ROOT = Path(os.environ.get("COSYML_ENV_ROOT") or Path.home() / ".cache" / "cosyml") / "serve-virtualenv"
 KEEP = 2  # environments and wheelhouses kept (most recently used), ~2 GB and ~430 MB each
@@ -47,41 +48,6 @@ def _locked(path: Path) -> Iterator[None]:
     with open(path, "w") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
-
-
-def _register_voice(kit_dir: Path, tmp_path: Path) -> tuple[str, Path]:
-    """Register the kit's base voice in a sqlite store under ``tmp_path``; (model URI, downloaded folder)."""
-    import mlflow
-    import torch
-
-    from cosyml.config import RegistryConfig
-    from cosyml.registry import read_candidates, register_candidates
-
-    speakers = tmp_path / "spk2embedding.pt"
-    torch.save({"toy": torch.randn(192, generator=torch.Generator().manual_seed(1)).tolist()}, speakers)
-    summary = {
-        "cer": 0.1,
-        "cer_ci": [0.05, 0.15],
-        "ss": 0.5,
-        "ss_ci": [0.4, 0.6],
-        "n": 10,
-        "missing": 0,
-        "over_50": 0.0,
-    }
-    candidates = tmp_path / "candidates.json"
-    candidates.write_text(
-        json.dumps(
-            {
-                "speaker": "toy",
-                "model_dir": str(kit_dir),
-                "candidates": [{"name": "base", "llm": "base", "flow": "base", "summary": summary, "base": True}],
-            }
-        ),
-        encoding="utf-8",
-    )
-    (version,) = register_candidates(read_candidates(candidates), RegistryConfig(speakers=str(speakers)))
-    uri = f"models:/{version.name}/{version.version}"
-    return uri, Path(mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "voice")))
 
 
 def _pyenv_python(version: str) -> Path | None:
@@ -166,7 +132,7 @@ def test_mlflow_models_serve_default_env_manager_builds_offline_from_what_the_vo
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     monkeypatch.setenv("COSYML_TRACKING", "on")
     monkeypatch.chdir(tmp_path)  # no checkout in the server's working directory (uvicorn puts it on sys.path)
-    uri, model = _register_voice(kit_dir, tmp_path)
+    uri, model = register_base_voice(kit_dir, tmp_path)
     python = yaml.safe_load((model / "python_env.yaml").read_text(encoding="utf-8"))["python"]
     if _pyenv_python(python) is None:
         pytest.skip(f"pyenv has no Python {python} (the voice's python_env.yaml); `pyenv install {python}` once")
