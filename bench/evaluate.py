@@ -24,7 +24,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cosyml.audio import load_mono
-from cosyml.evaluation.asr import WhisperASR, resolve_device, to_simplified
+from cosyml.devices import resolve_device
+from cosyml.evaluation.asr import WhisperASR, to_simplified
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     model = random_whisper(args.dims, device)
     fp16 = device.startswith("cuda")
     waves, languages = clips(args.utts)

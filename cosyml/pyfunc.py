@@ -51,6 +51,7 @@ from mlflow.pyfunc import PythonModel, PythonModelContext
 from mlflow.types.schema import ColSpec, Schema
 
 from cosyml.errors import CosymlError, ModelDirError
+from cosyml.models.keys import CAMPPLUS_NAME, SPK2INFO_NAME, WEIGHT_FILE
 
 #: Version of the ``voice.json`` layout; a loader refuses versions it does not know.
 VOICE_FORMAT = 1
@@ -89,7 +90,7 @@ _FLOAT_FIELDS = {"speed", "top_p", "tau_r", "min_token_text_ratio", "max_token_t
 SAMPLING_KEYS = ("top_p", "top_k", "win_size", "tau_r", "min_token_text_ratio", "max_token_text_ratio")
 
 #: Files of a base model directory the engine needs (relative names); nothing else is uploaded.
-_BASE_FILES = ("llm.pt", "flow.pt", "hift.pt", "campplus.onnx", "spk2info.pt")
+_BASE_FILES = (*WEIGHT_FILE.values(), CAMPPLUS_NAME, SPK2INFO_NAME)
 
 
 def signature() -> ModelSignature:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, cast
 from cosyml.commands._common import add_params_arguments, resolve_params
 from cosyml.config import Params, TrainConfig, as_flat_dict
 from cosyml.errors import InputError
-from cosyml.models.keys import Part
+from cosyml.models.keys import CAMPPLUS_NAME, Part
 
 if TYPE_CHECKING:
     import torch
@@ -456,7 +456,7 @@ def _epoch_probe(params: Params, model_dir: Any, sampler: Any, rows: list[dict[s
 
     cfg = params.train
     whisper = params.evaluate.whisper_model or params.prepare.whisper_model
-    campplus = Path(params.evaluate.campplus_model or Path(model_dir.root) / "campplus.onnx")
+    campplus = Path(params.evaluate.campplus_model or Path(model_dir.root) / CAMPPLUS_NAME)
     missing = None
     if not whisper or not Path(whisper).is_file():
         missing = f"no Whisper checkpoint ({whisper or 'evaluate.whisper_model and prepare.whisper_model are empty'})"

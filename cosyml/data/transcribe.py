@@ -81,12 +81,11 @@ class WhisperTranscriber:
     def model(self):  # whisper.model.Whisper (imported lazily)
         """The Whisper model, loaded on first use (a fully cached re-run never loads it)."""
         if self._model is None:
-            import torch
             import whisper
 
-            device = self.requested_device
-            if device == "auto":
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            from cosyml.devices import resolve_device
+
+            device = resolve_device(self.requested_device)
             try:
                 self._model = whisper.load_model(str(self.path), device=device)
             except Exception as exc:  # a bad file fails in torch.load or in load_state_dict

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cosyml.devices import resolve_device
 from cosyml.errors import InputError
 
 SAMPLE_RATE = 16000
@@ -48,14 +49,6 @@ def to_simplified(text: str) -> str:
     import zhconv
 
     return zhconv.convert(text, "zh-cn")
-
-
-def resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
 
 
 class WhisperASR:

@@ -55,6 +55,7 @@ from cosyml.evaluation.score import EvalReport, Transcriber, UtteranceScore, sco
 from cosyml.evaluation.testset import ItemProblem, TestItem, TestSubset
 from cosyml.fileio import write_if_changed
 from cosyml.models import keys
+from cosyml.models.keys import CAMPPLUS_NAME, YAML_NAME
 
 if TYPE_CHECKING:
     from cosyml.models.generation import SamplingParams
@@ -501,7 +502,7 @@ def load_subsets(
 
 def is_tiny_kit(model_dir: Path) -> bool:
     """True for a directory written by ``cosyml kit`` (random weights: numbers prove plumbing only)."""
-    for name in ("cosyvoice2.yaml", "cosyvoice3.yaml"):
+    for name in YAML_NAME.values():
         try:
             head = (model_dir / name).read_text(encoding="utf-8")[:400]
         except OSError:
@@ -526,7 +527,7 @@ def run_suite(
 
     ``models`` keeps Whisper, CAM++ and the engine loaded for later calls (default: loaded for this one).
     """
-    from cosyml.evaluation.asr import resolve_device
+    from cosyml.devices import resolve_device
 
     config = suite.evaluate
     say = log or (lambda _msg: None)
@@ -550,10 +551,10 @@ def run_suite(
         raise InputError("evaluate.whisper_model: empty; set it to a local openai-whisper checkpoint (.pt)")
     if not Path(whisper_path).is_file():
         raise InputError(f"{whisper_path}: Whisper checkpoint not found; set evaluate.whisper_model")
-    campplus_path = Path(config.campplus_model or model_dir / "campplus.onnx")
+    campplus_path = Path(config.campplus_model or model_dir / CAMPPLUS_NAME)
     if not campplus_path.is_file():
         raise InputError(f"{campplus_path}: campplus.onnx not found; set evaluate.campplus_model")
-    device = resolve_device(config.device)
+    device = str(resolve_device(config.device))  # a string: it is part of the cache keys
     asr_key = _digest(
         {
             "v": CACHE_VERSION,

@@ -54,6 +54,7 @@ from cosyml.features.speech_tokens import (
 )
 from cosyml.features.whisper_mel import log_mel
 from cosyml.fileio import atomic_torch_save, atomic_write_text, output_lock
+from cosyml.models.keys import CAMPPLUS_NAME, SPEECH_TOKENIZER_NAME
 from cosyml.models.modeldir import detect_version
 
 SPLITS = ("train", "dev")
@@ -88,11 +89,11 @@ def find_frontend_models(model_dir: str | Path) -> FrontendModels:
     if not model_dir.is_dir():
         raise ModelDirError(f"{model_dir}: model directory not found; {hint}")
     version = "cosyvoice3" if detect_version(model_dir, default="v2") == "v3" else "cosyvoice2"
-    tokenizer = model_dir / ("speech_tokenizer_v3.onnx" if version == "cosyvoice3" else "speech_tokenizer_v2.onnx")
-    for path in (model_dir / "campplus.onnx", tokenizer):
+    tokenizer = model_dir / SPEECH_TOKENIZER_NAME["v3" if version == "cosyvoice3" else "v2"]
+    for path in (model_dir / CAMPPLUS_NAME, tokenizer):
         if not path.is_file() or path.stat().st_size == 0:
             raise ModelDirError(f"{path}: missing or empty; {hint}")
-    return FrontendModels(model_dir / "campplus.onnx", tokenizer, version)
+    return FrontendModels(model_dir / CAMPPLUS_NAME, tokenizer, version)
 
 
 @dataclass

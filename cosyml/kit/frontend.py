@@ -27,8 +27,8 @@ from torch import nn
 
 from cosyml.kit.tokenizer import write_tiny_tokenizer
 from cosyml.kit.whisper import write_tiny_whisper
+from cosyml.models.keys import CAMPPLUS_NAME
 
-CAMPPLUS_FILE = "campplus.onnx"
 SPEECH_TOKENIZER_FILES = {"cosyvoice2": "speech_tokenizer_v2.onnx", "cosyvoice3": "speech_tokenizer_v3.onnx"}
 SPEECH_TOKEN_VOCAB = 6561  # 3 ** 8 FSQ codes
 ONNX_OPSET = 17
@@ -206,7 +206,7 @@ def write_frontend_kit(
     model_dir.mkdir(parents=True, exist_ok=True)
     return FrontendKit(
         model_dir=model_dir,
-        campplus=export_campplus(model_dir / CAMPPLUS_FILE, seed),
+        campplus=export_campplus(model_dir / CAMPPLUS_NAME, seed),
         speech_tokenizer=export_speech_tokenizer(model_dir / SPEECH_TOKENIZER_FILES[version], seed),
         tokenizer_dir=write_tiny_tokenizer(model_dir, official_ids=official_text_ids),
         whisper=write_tiny_whisper(model_dir / "whisper.pt", seed=seed),

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from cosyml.devices import resolve_device
 from cosyml.errors import CosymlError, ModelDirError
 from cosyml.features.mel import MelConfig
 from cosyml.models.flow import FlowModel, build_flow
@@ -67,16 +68,6 @@ from cosyml.synth.token2wav import FlowPrompt, StageTimes, Token2Wav
 from cosyml.synth.v3 import SYSTEM_PROMPT, SYSTEM_PROMPT_PREFIX, KeepAll, SilenceLimiter
 from cosyml.synth.weights import BASE, WeightSlot, WeightSource
 from cosyml.text.tokenizer import ENDOFPROMPT, load_text_tokenizer
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` -> CUDA when available, else CPU; anything else as given (checked)."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SynthParamError(f"device {device!s}: CUDA is not available on this machine; use --device cpu")
-    return dev
 
 
 def _vocoder_seed(seed: int) -> int:
@@ -593,5 +584,4 @@ __all__ = [
     "SynthRequest",
     "SynthResult",
     "SynthStream",
-    "resolve_device",
 ]

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from cosyml.devices import resolve_device
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -56,8 +58,10 @@ def init_distributed(device: str = "auto", timeout_s: float = 1800.0) -> DistInf
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    dev = torch.device("cuda", local_rank) if use_cuda else torch.device("cpu")
+    dev = resolve_device(device, local_rank)
+    if dev.type == "cuda" and dev.index is None:  # "cuda" under torchrun: this rank's GPU
+        dev = torch.device("cuda", local_rank)
+    use_cuda = dev.type == "cuda"
     if use_cuda:
         torch.cuda.set_device(dev)
     if world_size > 1 and not dist.is_initialized():
@@ -78,7 +82,7 @@ def current(device: torch.device | None = None) -> DistInfo:
     else:
         rank, world, local = 0, 1, 0
     if device is None:
-        device = torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
+        device = resolve_device("auto", local)
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=device)
 
 
