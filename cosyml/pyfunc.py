@@ -348,12 +348,9 @@ def _row_fields(row: dict[str, Any], spec: VoiceSpec) -> dict[str, Any]:
     if "text" not in fields:
         raise CosymlError("text is empty; pass the words to speak")
     if "mode" not in fields:
-        if fields.get("instruct"):
-            fields["mode"] = "instruct"
-        elif fields.get("prompt_wav"):
-            fields["mode"] = "zero_shot" if fields.get("prompt_text") else "cross_lingual"
-        else:
-            fields["mode"] = "sft"
+        from cosyml.synth.request import infer_mode
+
+        fields["mode"] = infer_mode(fields.get("instruct"), fields.get("prompt_wav"), fields.get("prompt_text"))
     if "speaker" not in fields and fields["mode"] in ("sft", "instruct") and not fields.get("prompt_wav"):
         fields["speaker"] = spec.speaker
     for key, value in spec.sampling.items():

@@ -547,3 +547,21 @@ def test_cli_bad_files_and_seeds_are_one_line_without_traceback(kit, tmp_path, c
     code = main(["synth", "--model-dir", str(kit["model_dir"]), *argv])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and needle in err, err
+
+
+def test_one_rule_gives_a_request_its_mode_in_the_cli_the_server_and_the_suite():
+    """Before: the CLI, the served pyfunc and the evaluation suite each had their own copy of the rule (and
+    disagreed on a blank prompt transcript)."""
+    from cosyml.commands.synth import _build
+    from cosyml.evaluation.suite import synthesis_mode
+    from cosyml.evaluation.testset import TestItem
+    from cosyml.synth.request import infer_mode
+
+    assert infer_mode(None, None, None) == "sft"
+    assert infer_mode("speak softly", "p.wav", "hi") == "instruct"
+    assert infer_mode(None, "p.wav", "hi") == "zero_shot"
+    assert infer_mode(None, "p.wav", "  ") == "cross_lingual"  # a blank transcript is no transcript
+    assert _build({"text": "hi", "prompt_wav": "p.wav", "prompt_text": " "}, "cli").mode == "cross_lingual"
+    item = TestItem(utt="u", text="hi", language="en", prompt_wav=Path("p.wav"), prompt_text="hi")
+    assert synthesis_mode("zero_shot/en", item) == "zero_shot"
+    assert synthesis_mode("cross_lingual/en", item) == "cross_lingual"

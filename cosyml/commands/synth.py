@@ -93,20 +93,11 @@ def _defaults(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
-def auto_mode(fields: dict[str, Any]) -> str:
-    """The mode a request without one gets (see the command's description)."""
-    if fields.get("instruct"):
-        return "instruct"
-    if fields.get("prompt_wav"):
-        return "zero_shot" if fields.get("prompt_text") else "cross_lingual"
-    return "sft"
-
-
 def _build(fields: dict[str, Any], where: str):
-    from cosyml.synth.request import SynthRequest
+    from cosyml.synth.request import SynthRequest, infer_mode
 
     fields = dict(fields)
-    fields.setdefault("mode", auto_mode(fields))
+    fields.setdefault("mode", infer_mode(fields.get("instruct"), fields.get("prompt_wav"), fields.get("prompt_text")))
     request = SynthRequest.from_dict(fields, where)
     request.validate()
     return request

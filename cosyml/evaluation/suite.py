@@ -254,13 +254,14 @@ def utterance_seed(base_seed: int, subset: str, utt: str) -> int:
 
 
 def synthesis_mode(subset: str, item: TestItem) -> str:
-    if item.instruct:
-        return "instruct"
-    if item.prompt_wav is None:
-        return "sft"
-    if "cross_lingual" in subset.split("/")[0] or not (item.prompt_text or "").strip():
+    """The request's own mode (:func:`infer_mode`), except that a cross-lingual subset's prompt transcript
+    is never spoken into the LLM (CV3-Eval's cross-lingual task)."""
+    from cosyml.synth.request import infer_mode
+
+    mode = infer_mode(item.instruct, item.prompt_wav, item.prompt_text)
+    if mode == "zero_shot" and "cross_lingual" in subset.split("/")[0]:
         return "cross_lingual"
-    return "zero_shot"
+    return mode
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,18 @@ from cosyml.synth.errors import EmptyTextError, SynthParamError
 Mode = Literal["sft", "zero_shot", "cross_lingual", "instruct"]
 MODES: tuple[str, ...] = ("sft", "zero_shot", "cross_lingual", "instruct")
 
+
+def infer_mode(instruct: str | None, prompt_wav: object, prompt_text: str | None) -> Mode:
+    """The mode of a request that names none (the CLI's ``--mode auto``, a served row without ``mode``, a
+    test-set line): an instruction makes it ``instruct``; a prompt wav makes it ``zero_shot`` with a
+    transcript and ``cross_lingual`` without one; otherwise ``sft``."""
+    if instruct:
+        return "instruct"
+    if prompt_wav:
+        return "zero_shot" if (prompt_text or "").strip() else "cross_lingual"
+    return "sft"
+
+
 #: Upstream's defaults for the decode length, in speech tokens per text token.
 DEFAULT_MIN_TOKEN_TEXT_RATIO = 2.0
 DEFAULT_MAX_TOKEN_TEXT_RATIO = 20.0
