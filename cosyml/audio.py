@@ -13,6 +13,7 @@ features computed from our resampled audio match upstream's on the same file.
 from __future__ import annotations
 
 import functools
+import io
 import math
 import shutil
 import subprocess
@@ -49,12 +50,18 @@ class Audio:
         return 1 if self.samples.ndim == 1 else int(self.samples.shape[0])
 
 
-def read_audio(path: str | Path) -> Audio:
-    """Decode ``path`` without changing rate or channels.
+def read_audio(source: str | Path | bytes) -> Audio:
+    """Decode a file (or the bytes of one, as a parquet shard holds them) without changing rate or channels.
 
-    Raises :class:`InputError` (one line naming the file) when the file cannot be decoded.
+    Raises :class:`InputError` (one line naming the file) when it cannot be decoded.
     """
-    path = Path(path)
+    if isinstance(source, bytes):
+        try:
+            data, sr = sf.read(io.BytesIO(source), dtype="float32", always_2d=True)  # (n, channels)
+        except _SOUNDFILE_ERRORS as exc:
+            raise InputError(f"audio bytes: cannot decode ({_first_line(exc)})") from None
+        return _audio(data, sr)
+    path = Path(source)
     if not path.is_file():
         raise InputError(f"{path}: no such audio file")
     try:
@@ -62,25 +69,40 @@ def read_audio(path: str | Path) -> Audio:
         # bytes from a Windows zip), which Python holds as surrogate escapes.
         with open(path, "rb") as handle:
             data, sr = sf.read(handle, dtype="float32", always_2d=True)  # (n, channels)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError) as exc:
+    except (*_SOUNDFILE_ERRORS, OSError) as exc:
         decoded = _read_with_ffmpeg(path)
         if decoded is None:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise InputError(f"{path}: cannot decode audio ({reason}); re-encode it as wav or flac") from exc
+            raise InputError(f"{path}: cannot decode audio ({_first_line(exc)}); re-encode it as wav or flac") from exc
         return decoded
-    samples = data.T  # (channels, n)
+    return _audio(data, sr)
+
+
+_SOUNDFILE_ERRORS = (sf.LibsndfileError, RuntimeError, ValueError, TypeError)
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _audio(data: np.ndarray, sample_rate: int) -> Audio:
+    """soundfile's (n, channels) -> :class:`Audio` ((n,) mono, else (channels, n))."""
+    samples = data.T
     if samples.shape[0] == 1:
         samples = samples[0]
-    return Audio(np.ascontiguousarray(samples), int(sr))
+    return Audio(np.ascontiguousarray(samples), int(sample_rate))
 
 
-def audio_info(path: str | Path) -> tuple[int, int] | None:
-    """(frames, sample rate in Hz) from the file's header without decoding it; None when soundfile cannot
-    read the header (the ffmpeg formats, or a broken file that :func:`read_audio` will report)."""
+def audio_info(source: str | Path | bytes) -> tuple[int, int] | None:
+    """(frames, sample rate in Hz) from the header of a file (or of its bytes) without decoding it; None when
+    soundfile cannot read the header (the ffmpeg formats, or a broken file that :func:`read_audio` will
+    report)."""
     try:
-        with open(path, "rb") as handle:
-            info = sf.info(handle)
-    except (sf.LibsndfileError, RuntimeError, ValueError, TypeError, OSError):
+        if isinstance(source, bytes):
+            info = sf.info(io.BytesIO(source))
+        else:
+            with open(source, "rb") as handle:
+                info = sf.info(handle)
+    except (*_SOUNDFILE_ERRORS, OSError):
         return None
     return int(info.frames), int(info.samplerate)
 

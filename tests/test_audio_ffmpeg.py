@@ -61,3 +61,19 @@ def test_without_ffmpeg_or_with_a_broken_file_the_error_is_one_line(
     with pytest.raises(InputError, match=r"re-encode it as wav or flac") as info:
         read_audio(m4a)
     assert "\n" not in str(info.value)
+
+
+def test_the_bytes_of_a_file_decode_as_the_file_does(tmp_path: Path) -> None:
+    """One decoder for files and for the wav bytes a parquet shard holds (training batches read those)."""
+    import soundfile as sf
+
+    stereo = np.stack([np.linspace(-0.5, 0.5, 2400), np.linspace(0.5, -0.5, 2400)]).astype(np.float32)
+    sf.write(tmp_path / "s.wav", stereo.T, 24000, subtype="PCM_16")  # (frames, channels)
+    data = (tmp_path / "s.wav").read_bytes()
+    from_file, from_bytes = read_audio(tmp_path / "s.wav"), read_audio(data)
+    assert from_bytes.sample_rate == from_file.sample_rate == 24000
+    assert from_bytes.samples.shape == (2, 2400) and np.array_equal(from_bytes.samples, from_file.samples)
+    assert audio_info(data) == audio_info(tmp_path / "s.wav") == (2400, 24000)
+    assert audio_info(b"not audio") is None
+    with pytest.raises(InputError, match=r"^audio bytes: cannot decode \("):
+        read_audio(b"not audio")

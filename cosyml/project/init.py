@@ -136,8 +136,7 @@ def check_model_dir(path: str | Path) -> ModelDirReport:
 
 def check_clips(folders: Sequence[str | Path]) -> ClipsReport:
     """Clips per detected layout, hours and clips without text; one line for a folder without audio."""
-    import soundfile
-
+    from cosyml.audio import audio_info
     from cosyml.data.layouts import scan_inputs
 
     roots = [Path(f).expanduser() for f in folders]
@@ -155,11 +154,12 @@ def check_clips(folders: Sequence[str | Path]) -> ClipsReport:
                 "pass --clips with the folder that holds your clips"
             )
     seconds, unknown = 0.0, 0
-    for clip in audio:
-        try:
-            seconds += soundfile.info(str(clip.audio)).duration
-        except Exception:  # compressed formats soundfile cannot read: prepare decodes them with ffmpeg
+    for path in [c.audio for c in audio if c.audio is not None]:
+        info = audio_info(path)  # None for compressed formats prepare decodes with ffmpeg
+        if info is None:
             unknown += 1
+        else:
+            seconds += info[0] / info[1]
     return ClipsReport(
         folders=roots,
         layouts=dict(scan.layouts),

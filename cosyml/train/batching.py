@@ -23,7 +23,6 @@ Pipeline (upstream's ``data_pipeline`` numbers, in our own shape):
 
 from __future__ import annotations
 
-import io
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -33,12 +32,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
-import soundfile as sf
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from cosyml.audio import resample, to_mono
+from cosyml.audio import audio_info, read_audio, resample, to_mono
 from cosyml.data.shards import read_data_list
 from cosyml.errors import InputError
 from cosyml.train.config import TrainDataConfig
@@ -124,23 +122,23 @@ def _embedding(value: Any, normalize: bool) -> torch.Tensor | None:
     return F.normalize(emb, dim=0) if normalize else emb
 
 
-def _decode(audio_data: bytes, target_sr: int) -> tuple[np.ndarray, int]:
-    """Raw file bytes -> (mono float32 waveform at ``target_sr``, original sample rate)."""
-    data, sr = sf.read(io.BytesIO(audio_data), dtype="float32", always_2d=True)
-    wave = resample(to_mono(data.T), int(sr), target_sr)
+def _decode(audio_data: bytes, target_sr: int) -> np.ndarray:
+    """Raw file bytes -> mono float32 waveform at ``target_sr`` (peak-normalised when it clips)."""
+    audio = read_audio(audio_data)
+    wave = resample(to_mono(audio.samples), audio.sample_rate, target_sr)
     peak = float(np.abs(wave).max()) if wave.size else 0.0
     if peak > 1.0:
         wave = wave / peak
-    return wave, int(sr)
+    return wave
 
 
 def featurize_row(row: dict[str, Any], featurizer: Featurizer, cfg: TrainDataConfig) -> Sample | str:
     """A :class:`Sample`, or the reason (a short name) the row is dropped."""
-    try:
-        info = sf.info(io.BytesIO(row["audio_data"]))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+    info = audio_info(row["audio_data"])
+    if info is None:
         return "undecodable_audio"
-    filter_frames = info.frames / info.samplerate * FRAMES_PER_SECOND_FILTER
+    num_frames, sample_rate = info
+    filter_frames = num_frames / sample_rate * FRAMES_PER_SECOND_FILTER
     if filter_frames < cfg.min_length:
         return "too_short"
     if filter_frames > cfg.max_length:
@@ -154,11 +152,11 @@ def featurize_row(row: dict[str, Any], featurizer: Featurizer, cfg: TrainDataCon
     speech_token = row.get("speech_token")
     if "speech_token" in row and not speech_token:
         return "empty_speech_token"
-    if info.samplerate < MIN_SAMPLE_RATE:
+    if sample_rate < MIN_SAMPLE_RATE:
         return "sample_rate_below_16k"
     try:
-        wave, _ = _decode(row["audio_data"], featurizer.sample_rate)
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+        wave = _decode(row["audio_data"], featurizer.sample_rate)
+    except InputError:
         return "undecodable_audio"
     num_samples = int(wave.shape[0])
     frames = featurizer.mel_frames(num_samples)
