@@ -25,6 +25,8 @@ import torch
 
 from cosyml.config import RegistryConfig
 from cosyml.errors import InputError
+from cosyml.fileio import atomic_torch_save
+from cosyml.models.keys import SPK2INFO_NAME
 from cosyml.pyfunc import BASE, BASE_ARTIFACT, VoiceSpec, base_asset_files, file_sha256, tree_hash
 from cosyml.registry.candidates import CandidateSet, EvaluatedCandidate
 from cosyml.registry.lineage import producer_run
@@ -331,7 +333,7 @@ def _add_version(
         },
     )
     (stage / "voice.json").write_text(spec.to_json(), encoding="utf-8")
-    torch.save(call.speakers, stage / "spk2info.pt")
+    atomic_torch_save(call.speakers, stage / SPK2INFO_NAME)
     artifacts = {"voice": str(stage / "voice.json"), "spk2info": str(stage / "spk2info.pt")}
     model_uri = log_voice(stage, artifacts, call.candidates.speaker, cand.name, call.run_id, wheel)
     _log_scores(

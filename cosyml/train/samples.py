@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from cosyml.audio import write_wav
-from cosyml.fileio import atomic_write_text
+from cosyml.fileio import atomic_torch_save, atomic_write_text
 
 if TYPE_CHECKING:
     from cosyml.synth.weights import WeightSource
@@ -90,7 +90,7 @@ class EpochSampler:
             from cosyml.synth.engine import SynthEngine
 
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            torch.save({self.samples.speaker: self.samples.embedding}, self._speaker_file)
+            atomic_torch_save({self.samples.speaker: self.samples.embedding}, self._speaker_file)
             self._engine = SynthEngine.load(self.model_dir, device="cpu")
         return self._engine
 
