@@ -115,3 +115,27 @@ def test_data_checks_section_counts_every_reason_and_plays_flagged_clips(tmp_pat
     assert summary["counts"]["speaker_outlier"] == 1 and len(summary["clips"]) == 2
     assert read_data_checks(tmp_path / "nowhere", None) is None
     assert "No data-check files found" in render_html(result)
+
+
+def test_the_data_checks_read_rejects_through_the_data_reader_and_skip_what_they_cannot_read(tmp_path):
+    """One reader of rejects.jsonl (cosyml.data.records): a line torn by a kill, or written by another version
+    with other fields, is skipped or read for what it holds, never fatal to the report."""
+    import json
+
+    from cosyml.data.records import read_rejects
+    from cosyml.evaluation.data_checks import read_data_checks
+
+    lines = [
+        json.dumps({"source": "a.wav", "reason": "too_short", "detail": "0.2 s"}),
+        json.dumps({"source": "b.wav", "reason": "transcript_mismatch", "detail": "CER 0.9", "utt": "b", "new": 1}),
+        '{"source": "c.wav", "reas',  # torn
+    ]
+    (tmp_path / "rejects.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    rejects = read_rejects(tmp_path / "rejects.jsonl")
+    assert [(r.source, r.reason, r.utt) for r in rejects] == [
+        ("a.wav", "too_short", None),
+        ("b.wav", "transcript_mismatch", "b"),
+    ]
+    checks = read_data_checks(tmp_path, None)
+    assert checks is not None and checks.counts == {"too_short": 1, "transcript_mismatch": 1}
+    assert [(c.reason, c.utt, c.detail) for c in checks.clips] == [("transcript_mismatch", "b", "CER 0.9")]

@@ -101,5 +101,26 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
 
 
 def read_rejects(path: str | Path) -> list[Reject]:
-    """Read ``rejects.jsonl``."""
-    return [Reject(**row) for row in _read_jsonl(Path(path))]
+    """Read ``rejects.jsonl``. A line that is not a reject this version can read (torn by a kill, or written
+    by another version with other fields) is skipped: the report is advice, never a reason to stop."""
+    out = []
+    with Path(path).open(encoding="utf-8") as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if not isinstance(row, dict) or "reason" not in row:
+                continue
+            start, end = row.get("source_start_s"), row.get("source_end_s")
+            out.append(
+                Reject(
+                    source=str(row.get("source", "")),
+                    reason=str(row["reason"]),
+                    detail=str(row.get("detail", "")),
+                    utt=None if row.get("utt") is None else str(row["utt"]),
+                    source_start_s=float(start) if isinstance(start, int | float) else None,
+                    source_end_s=float(end) if isinstance(end, int | float) else None,
+                )
+            )
+    return out

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cosyml.data.records import read_rejects
 from cosyml.features.speaker_check import REASON as SPEAKER_OUTLIER
 
 #: Reasons whose clips the report offers to listen to (a person decides: fix, keep or drop).
@@ -66,19 +67,12 @@ def read_data_checks(prepared: str | Path | None, speaker_report: str | Path | N
     if rejects is not None and rejects.is_file():
         checks.files.append(str(rejects))
         counts: Counter[str] = Counter()
-        for line in rejects.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line another version wrote differently: counted nowhere, never fatal
-            if not isinstance(row, dict) or "reason" not in row:
-                continue
-            reason = str(row["reason"])
-            counts[reason] += 1
-            if reason in LISTEN_REASONS:
-                wav = _existing(row.get("source"), Path.cwd())
-                utt = str(row.get("utt") or Path(str(row.get("source", ""))).stem)
-                checks.clips.append(FlaggedClip(reason, utt, str(row.get("detail", "")), wav))
+        for reject in read_rejects(rejects):  # a line another version wrote differently is skipped there
+            counts[reject.reason] += 1
+            if reject.reason in LISTEN_REASONS:
+                wav = _existing(reject.source, Path.cwd())
+                utt = reject.utt or Path(reject.source).stem
+                checks.clips.append(FlaggedClip(reject.reason, utt, reject.detail, wav))
         checks.counts.update(sorted(counts.items()))
     report = Path(speaker_report) if speaker_report else None
     if report is not None and report.is_file():
