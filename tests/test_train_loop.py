@@ -23,14 +23,7 @@ from cosyml.train.loop import TrainingDiverged, train
 from cosyml.train.schedule import LRSchedule
 from cosyml.train.state import BestSoFar, EpochTally, RunState
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one intra-op thread is 20x faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

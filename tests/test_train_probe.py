@@ -18,13 +18,7 @@ from cosyml.errors import ConfigError, InputError
 from cosyml.train.checkpoint import CheckpointInfo, apply_retention, list_checkpoints, load_checkpoint, save_checkpoint
 from cosyml.train.config import TrainConfig
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
